@@ -1,0 +1,156 @@
+"""The one place that checks arguments.
+
+Every public function validates its arguments through these helpers, so every
+error a user can see has the same shape: the argument's name, what was expected
+and what was given. Type problems raise ``TypeError``; values outside their
+domain raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def check_tensor(name: str, value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
+    return value
+
+
+def check_floating(name: str, value: Any) -> torch.Tensor:
+    """A tensor of a floating dtype (float16, bfloat16, float32, float64)."""
+    check_tensor(name, value)
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
+            f"got dtype {value.dtype}"
+        )
+    return value
+
+
+def check_dim(name: str, dim: Any, ndim: int) -> int:
+    """An integer axis valid for a tensor of ``ndim`` dimensions; returned non-negative.
+
+    A 0-d tensor is treated as having one axis, as torch does for reductions.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"{name} must be an int, got {_describe(dim)}")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise ValueError(
+            f"{name} must be in [{-rank}, {rank - 1}] for a tensor with {ndim} dimensions, "
+            f"got {dim}"
+        )
+    return dim % rank
+
+
+def check_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """A finite real number in the interval given by ``low``/``high``.
+
+    ``low_open``/``high_open`` exclude the bound itself.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {_describe(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value:g}")
+    return value
+
+
+def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """An integer in the closed interval [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {_describe(value)}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        lo = "-inf" if low is None else str(low)
+        hi = "inf" if high is None else str(high)
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    choices = tuple(choices)
+    if value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
+def check_reduction(reduction: Any) -> str:
+    return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_mask(mask: Any, x: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """A boolean keep-mask (True = keep) broadcastable to ``x``."""
+    check_tensor(name, mask)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a boolean tensor (True = keep), got dtype {mask.dtype}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(
+            f"{name} must be broadcastable to the input's shape {tuple(x.shape)}, "
+            f"got shape {tuple(mask.shape)}"
+        )
+    return mask
+
+
+def check_class_target(
+    target: Any, logits: torch.Tensor, class_dim: int, ignore_index: int, name: str = "target"
+) -> torch.Tensor:
+    """Class indices: integer dtype, the logits' shape without ``class_dim``, in range.
+
+    Values are checked on CPU tensors only; on an accelerator an out-of-range index
+    is caught by the device-side check of the gather that reads it.
+    """
+    check_tensor(name, target)
+    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"{name} must hold class indices (an integer dtype), got {target.dtype}")
+    expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+    if target.shape != expected:
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} (the logits' shape without the class "
+            f"dimension {class_dim}), got {tuple(target.shape)}"
+        )
+    if target.device.type == "cpu" and target.numel() > 0:
+        num_classes = logits.shape[class_dim]
+        kept = target[target != ignore_index]
+        if kept.numel() > 0:
+            lo, hi = int(kept.min()), int(kept.max())
+            if lo < 0 or hi >= num_classes:
+                bad = lo if lo < 0 else hi
+                raise ValueError(
+                    f"{name} must hold class indices in [0, {num_classes - 1}] "
+                    f"(or ignore_index={ignore_index}), got {bad}"
+                )
+    return target

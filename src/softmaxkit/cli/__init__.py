@@ -1,0 +1,1 @@
+"""The ``softmaxkit`` command: ``demo``, ``bench``."""

@@ -1,0 +1,59 @@
+"""Small helpers shared by the maps (private to ``softmaxkit.functional``)."""
+
+from __future__ import annotations
+
+import torch
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a map computes in: float32 for half types, the input's dtype otherwise."""
+    return torch.float32 if x.dtype in HALF_DTYPES else x.dtype
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in its compute dtype (a no-op for float32/float64)."""
+    return x.to(compute_dtype(x))
+
+
+def maybe_any(flags: torch.Tensor) -> bool:
+    """Whether any flag may be set, read without a device synchronisation.
+
+    On CPU in eager mode reading the answer is free, so it is exact; on an accelerator
+    or under ``torch.compile`` it answers True (the caller then does the full work).
+    """
+    if flags.device.type == "cpu" and not torch.compiler.is_compiling():
+        return bool(flags.any())
+    return True
+
+
+def fill_where(y: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
+    """``y.masked_fill_(where, value)`` for a broadcastable boolean ``where``, skipping
+    the full pass over ``y`` when nothing is set (see :func:`maybe_any`)."""
+    if maybe_any(where):
+        y.masked_fill_(where, value)
+    return y
+
+
+#: elements per block of the blocked kernels: 4 MiB of float32, so a block's
+#: temporaries stay in the last-level cache and peak memory stays at the output's size.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def row_blocks(rows: int, row_length: int) -> list[slice]:
+    """Slices of whole rows covering ``rows`` rows, about ``BLOCK_ELEMENTS`` entries each."""
+    step = max(1, BLOCK_ELEMENTS // max(row_length, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` with ``dim`` moved last and flattened to (rows, size of dim); a view when it can be."""
+    return t.movedim(dim, -1).reshape(-1, t.shape[dim]) if t.ndim else t.reshape(1, 1)
+
+
+def from_rows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
+    """Inverse of :func:`as_rows` for a tensor shaped like ``like``."""
+    if like.ndim == 0:
+        return rows.reshape(())
+    return rows.view(like.movedim(dim, -1).shape).movedim(-1, dim)

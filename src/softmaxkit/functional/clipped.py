@@ -1,0 +1,129 @@
+"""Clipped softmax (Bondarenko et al. 2023)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from softmaxkit import _validation as v
+from softmaxkit.functional._common import as_rows, from_rows, row_blocks
+from softmaxkit.functional._softmax import masked_logits
+from softmaxkit.functional.two_pass import safe_normalize
+
+
+def _stretched(zb: torch.Tensor, gamma: float, zeta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax p, u = (zeta - gamma) p + gamma) of a block of rows."""
+    p, _ = safe_normalize(zb, 1, log=False)
+    return p, p.mul(zeta - gamma).add_(gamma)
+
+
+class _ClippedSoftmax(torch.autograd.Function):
+    """Clipped softmax of the rows of a 2-D input in row blocks; backward recomputes the
+    softmax of a block from the saved input, so nothing but the output is kept."""
+
+    @staticmethod
+    def forward(ctx, z2, gamma, zeta, out_dtype):
+        out = torch.empty(z2.shape, dtype=out_dtype, device=z2.device)
+        for b in row_blocks(*z2.shape):
+            out[b] = _stretched(z2[b], gamma, zeta)[1].clamp_(0.0, 1.0)
+        ctx.gamma, ctx.zeta = gamma, zeta
+        ctx.save_for_backward(z2)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (z2,) = ctx.saved_tensors
+        gamma, zeta = ctx.gamma, ctx.zeta
+        grad = torch.empty_like(z2)
+        for b in row_blocks(*z2.shape):
+            p, u = _stretched(z2[b], gamma, zeta)
+            # clamp passes the gradient where 0 <= u <= 1 (inclusive, as torch.clamp)
+            gp = g[b].to(p.dtype).mul(zeta - gamma).masked_fill_((u < 0) | (u > 1), 0.0)
+            grad[b] = torch._softmax_backward_data(gp, p, 1, p.dtype)
+        return grad, None, None, None
+
+
+def clipped_softmax_gamma(alpha: float, seq_len: int) -> float:
+    r"""The paper's rule for the clipped softmax's :math:`\gamma`: :math:`-\alpha / T`.
+
+    ``seq_len`` is the length :math:`T` the softmax runs over (the official OPT script
+    uses its ``block_size``, 512, with :math:`\alpha = 12`; BERT's uses
+    ``max_seq_length``).
+
+    Example:
+        >>> from softmaxkit import clipped_softmax_gamma
+        >>> clipped_softmax_gamma(12, 512)
+        -0.0234375
+    """
+    alpha = v.check_number("alpha", alpha, low=0.0)
+    seq_len = v.check_int("seq_len", seq_len, low=1)
+    return -alpha / seq_len
+
+
+def clipped_softmax(
+    x: torch.Tensor,
+    dim: int = -1,
+    *,
+    gamma: float = -0.025,
+    zeta: float = 1.0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""Clipped softmax: a softmax that can output exact zeros (and ones).
+
+    .. math:: y = \operatorname{clip}((\zeta - \gamma)\,\mathrm{softmax}(x) + \gamma,\ 0,\ 1)
+
+    With :math:`\gamma < 0` an attention head can give a token exactly zero weight
+    with finite logits, so it no longer has to push logits to extremes (the source of
+    the activation outliers that make transformers hard to quantise). Rows no longer
+    sum to 1. The clip's gradient is inclusive at the bounds, as ``torch.clamp``;
+    entries clipped strictly outside [0, 1] pass no gradient through their own output.
+
+    Paper: Y. Bondarenko, M. Nagel, T. Blankevoort, "Quantizable Transformers: Removing
+    Outliers by Helping Attention Heads Do Nothing", NeurIPS 2023, arXiv:2306.12929.
+    Defaults are the paper's BERT setting (``gamma=-0.025, zeta=1``, official script
+    ``clipped(-.025:1)``); the official function's own defaults are ``gamma=-0.1``,
+    ``eta=1.1`` (``eta`` is the code's name for :math:`\zeta`) and ``dim=1``. For the
+    paper's sequence-length rule use :func:`clipped_softmax_gamma`. One official
+    configuration labelled ``clipped(-.005:1.005)`` actually ran with
+    :math:`\gamma = -0.003` (a typo in the mapping); it is not replicated here.
+
+    Args:
+        x: logits of any shape; float16/bfloat16 computed in float32, returned in the
+            input dtype.
+        dim: the axis of the softmax.
+        gamma: :math:`\gamma \le 0`, the stretch below 0.
+        zeta: :math:`\zeta \ge 1`, the stretch above 1.
+        mask: boolean keep-mask broadcastable to ``x``; masked entries and rows with
+            nothing kept give 0 with zero gradient (the official code gives NaN rows).
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit import clipped_softmax
+        >>> clipped_softmax(torch.tensor([4.0, 0.0, -4.0]), gamma=-0.1)
+        tensor([0.9799, 0.0000, 0.0000])
+    """
+    gamma = v.check_number("gamma", gamma, high=0.0)
+    zeta = v.check_number("zeta", zeta, low=1.0)
+    z, dim = masked_logits(x, dim, 1.0, mask)
+    if x.numel() == 0:
+        return x.clone()
+    out2 = _ClippedSoftmax.apply(as_rows(z, dim), gamma, zeta, x.dtype)
+    return from_rows(out2, x, dim)
+
+
+class ClippedSoftmax(nn.Module):
+    """Module twin of :func:`clipped_softmax`: ``ClippedSoftmax(dim, gamma=, zeta=)(x, mask)``."""
+
+    def __init__(self, dim: int = -1, *, gamma: float = -0.025, zeta: float = 1.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.gamma = v.check_number("gamma", gamma, high=0.0)
+        self.zeta = v.check_number("zeta", zeta, low=1.0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return clipped_softmax(x, self.dim, gamma=self.gamma, zeta=self.zeta, mask=mask)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, gamma={self.gamma}, zeta={self.zeta}"
