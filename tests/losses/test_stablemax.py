@@ -173,8 +173,8 @@ def test_empty_batch_and_module():
             torch.randn(3, 4),
             torch.tensor([0, 1, 2]),
             {"dtype": torch.int32},
-            TypeError,
-            "dtype must be a floating",
+            ValueError,
+            "dtype must be one of",
         ),
     ],
 )

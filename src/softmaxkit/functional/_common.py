@@ -48,8 +48,13 @@ def row_blocks(rows: int, row_length: int) -> list[slice]:
 
 
 def as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """``t`` with ``dim`` moved last and flattened to (rows, size of dim); a view when it can be."""
-    return t.movedim(dim, -1).reshape(-1, t.shape[dim]) if t.ndim else t.reshape(1, 1)
+    """``t`` with ``dim`` moved last, flattened to contiguous (rows, size of dim).
+
+    A view when ``dim`` is already the last axis of a contiguous tensor, else a copy.
+    """
+    if t.ndim == 0:
+        return t.reshape(1, 1)
+    return t.movedim(dim, -1).contiguous().view(-1, t.shape[dim])
 
 
 def from_rows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
@@ -57,3 +62,30 @@ def from_rows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
     if like.ndim == 0:
         return rows.reshape(())
     return rows.view(like.movedim(dim, -1).shape).movedim(-1, dim)
+
+
+def workspace(x2: torch.Tensor, dtype: torch.dtype, count: int) -> list[torch.Tensor]:
+    """``count`` scratch buffers of one row block of the 2-D ``x2``, reused block after block.
+
+    Fresh temporaries per block would be returned to the OS and page-faulted in again on
+    every block; reusing these keeps the blocked kernels' working set in cache.
+    """
+    rows = min(x2.shape[0], max(1, BLOCK_ELEMENTS // max(x2.shape[1], 1)))
+    return [torch.empty(rows, x2.shape[1], dtype=dtype, device=x2.device) for _ in range(count)]
+
+
+def in_dtype(src: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``src`` if it already has ``buffer``'s dtype, else ``src`` copied into ``buffer``."""
+    return src if src.dtype == buffer.dtype else buffer.copy_(src)
+
+
+def block_target(dst: torch.Tensor, dtype: torch.dtype, fallback: torch.Tensor) -> torch.Tensor:
+    """Where a block result computed in ``dtype`` goes: ``dst`` itself when it has that
+    dtype (no copy), else the scratch ``fallback`` (then :func:`store` copies it)."""
+    return dst if dst.dtype == dtype else fallback
+
+
+def store(dst: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into ``dst`` unless it was computed there already."""
+    if value.data_ptr() != dst.data_ptr():
+        dst.copy_(value)

@@ -7,26 +7,42 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, from_rows, row_blocks
+from softmaxkit.functional._common import (
+    as_rows,
+    block_target,
+    from_rows,
+    in_dtype,
+    row_blocks,
+    store,
+    workspace,
+)
 from softmaxkit.functional._softmax import masked_logits
 from softmaxkit.functional.two_pass import safe_normalize
 
 
-def _stretched(zb: torch.Tensor, gamma: float, zeta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax p, u = (zeta - gamma) p + gamma) of a block of rows."""
-    p, _ = safe_normalize(zb, 1, log=False)
-    return p, p.mul(zeta - gamma).add_(gamma)
+def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """The neighbours of 0 and 1 below and above, in ``dtype``: lo < u < hi iff 0 <= u <= 1."""
+    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
+    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
+    return lo, hi
 
 
 class _ClippedSoftmax(torch.autograd.Function):
-    """Clipped softmax of the rows of a 2-D input in row blocks; backward recomputes the
-    softmax of a block from the saved input, so nothing but the output is kept."""
+    """Clipped softmax of the rows of a 2-D input, in row blocks.
+
+    Saves only the input: backward recomputes each block's softmax in cache, so peak
+    memory is the output and the gradient, as for ``torch.softmax``. Temporaries live
+    in a reused one-block workspace.
+    """
 
     @staticmethod
     def forward(ctx, z2, gamma, zeta, out_dtype):
         out = torch.empty(z2.shape, dtype=out_dtype, device=z2.device)
+        (work,) = workspace(z2, z2.dtype, 1)
         for b in row_blocks(*z2.shape):
-            out[b] = _stretched(z2[b], gamma, zeta)[1].clamp_(0.0, 1.0)
+            p, _ = safe_normalize(z2[b], 1, log=False, out=work[: b.stop - b.start])
+            u = p.mul_(zeta - gamma).add_(gamma)
+            store(out[b], torch.clamp(u, 0.0, 1.0, out=block_target(out[b], u.dtype, u)))
         ctx.gamma, ctx.zeta = gamma, zeta
         ctx.save_for_backward(z2)
         return out
@@ -35,13 +51,21 @@ class _ClippedSoftmax(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, g):
         (z2,) = ctx.saved_tensors
-        gamma, zeta = ctx.gamma, ctx.zeta
+        scale, gamma = ctx.zeta - ctx.gamma, ctx.gamma
         grad = torch.empty_like(z2)
+        work = workspace(z2, z2.dtype, 3)
+        # torch.clamp passes the gradient where 0 <= u <= 1, bounds included; the clip's
+        # backward kernel excludes its bounds, so it gets their outer neighbours
+        lo, hi = _open_bounds(z2.dtype)
         for b in row_blocks(*z2.shape):
-            p, u = _stretched(z2[b], gamma, zeta)
-            # clamp passes the gradient where 0 <= u <= 1 (inclusive, as torch.clamp)
-            gp = g[b].to(p.dtype).mul(zeta - gamma).masked_fill_((u < 0) | (u > 1), 0.0)
-            grad[b] = torch._softmax_backward_data(gp, p, 1, p.dtype)
+            p_buf, u_buf, g_buf = (w[: b.stop - b.start] for w in work)
+            p, _ = safe_normalize(z2[b], 1, log=False, out=p_buf)
+            u = torch.mul(p, scale, out=u_buf).add_(gamma)
+            gb = in_dtype(g[b], g_buf)
+            gu = torch.ops.aten.hardtanh_backward.grad_input(gb, u, lo, hi, grad_input=u_buf)
+            if scale != 1.0:
+                gu.mul_(scale)
+            torch.ops.aten._softmax_backward_data.out(gu, p, 1, p.dtype, grad_input=grad[b])
         return grad, None, None, None
 
 

@@ -56,8 +56,7 @@ def gumbel_softmax(
     v.check_floating("logits", logits)
     dim = v.check_dim("dim", dim, logits.ndim)
     tau = v.check_number("tau", tau, low=0.0, low_open=True)
-    if not isinstance(hard, bool):
-        raise TypeError(f"hard must be a bool, got {hard!r} ({type(hard).__name__})")
+    v.check_bool("hard", hard)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}"

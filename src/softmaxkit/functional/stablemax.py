@@ -7,22 +7,35 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, compute_dtype, from_rows, row_blocks
+from softmaxkit.functional._common import (
+    as_rows,
+    block_target,
+    compute_dtype,
+    from_rows,
+    in_dtype,
+    row_blocks,
+    store,
+    workspace,
+)
 
 
-def s_map(x: torch.Tensor) -> torch.Tensor:
-    """s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0, as ``1/(1 - min(x, 0)) + max(x, 0)``.
+def r_map(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """r(x) = 1 / (1 + |x|) = s'(x) / s(x); ``r(+-inf) = 0``. Written into ``out`` when given."""
+    return torch.abs(x, out=out).add_(1).reciprocal_()
 
-    Branch-free, so no unused branch is ever evaluated where it blows up (the official
-    code's NaN gradient at x = 1); ``s(-inf) = 0``. Returns a new tensor.
+
+def s_map(
+    x: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0, as ``max(x + 1, 1 / (1 + |x|))``.
+
+    (For x < 0, (1 + x)(1 - x) < 1 so the reciprocal is the larger; for x >= 0, 1 + x >= 1.)
+    Branch-free: no branch is evaluated where it blows up (the official code's
+    ``torch.where`` gives a NaN gradient at x = 1), and ``s(-inf) = 0``. The result
+    goes to ``out`` and ``scratch`` holds ``x + 1``, when given.
     """
-    s = torch.clamp(x, max=0).neg_().add_(1).reciprocal_()
-    return s.add_(torch.clamp(x, min=0))
-
-
-def log_s_map(x: torch.Tensor) -> torch.Tensor:
-    """log s(x) = sign(x) log(1 + |x|), exact for every x (``log s(-inf) = -inf``)."""
-    return torch.log1p(x.abs()).copysign_(x)
+    s = r_map(x, out)
+    return torch.maximum(s, torch.add(x, 1, out=scratch), out=s)
 
 
 def s_derivative_over(s: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -30,87 +43,82 @@ def s_derivative_over(s: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     return s.square_().clamp_(max=1).div_(total)
 
 
-def _block_s(xb: torch.Tensor, keep: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    s = s_map(xb.to(dtype))
-    if keep is not None:
-        s.masked_fill_(~keep, 0.0)
-    return s
-
-
-def stablemax_sums(
-    x2: torch.Tensor, keep2: torch.Tensor | None, dtype: torch.dtype
-) -> torch.Tensor:
-    """Per-row sums of s over (rows, n) ``x2`` (masked entries excluded), shape (rows, 1)."""
+def stablemax_sums(x2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per-row sums of s over the rows of a 2-D ``x2``, shape (rows, 1), in ``dtype``."""
     total = torch.empty(x2.shape[0], 1, dtype=dtype, device=x2.device)
+    work = workspace(x2, dtype, 3)
     for b in row_blocks(*x2.shape):
-        keep = None if keep2 is None else keep2[b]
-        total[b] = _block_s(x2[b], keep, dtype).sum(-1, keepdim=True)
+        s_buf, add_buf, x_buf = (w[: b.stop - b.start] for w in work)
+        total[b] = s_map(in_dtype(x2[b], x_buf), s_buf, add_buf).sum(-1, keepdim=True)
     return total
 
 
 class _StableMax(torch.autograd.Function):
-    """StableMax along the last axis of a 2-D (rows, n) input, in row blocks.
+    """StableMax / log-StableMax along the last axis of a 2-D (rows, n) input, in row blocks.
 
-    Saves only the input and the per-row sums; backward recomputes s block by block,
-    so peak memory is the output plus one block of temporaries.
+    Masked entries arrive as ``-inf`` (s = 0). Block results are written straight into
+    the output and all temporaries live in a reused one-block workspace, so peak memory
+    is the output plus a few blocks. With y = s / S and r = 1 / (1 + |x|) = s'/s:
+    d StableMax . g = s'/S (g - <g, y>)  (from the saved output) and
+    d logStableMax . g = r (g - y sum(g))  (recomputing s and r from the saved input;
+    the g of ``-inf`` outputs, which are constants, is left out of the sum).
     """
 
     @staticmethod
-    def forward(ctx, x2, keep2, log):
+    def forward(ctx, x2, log):
         dtype = compute_dtype(x2)
-        total = stablemax_sums(x2, keep2, dtype)
-        dead = total == 0  # nothing kept: zeros (or -inf), not 0/0
-        total.masked_fill_(dead, 1.0)
-        log_total = total.log()
         out = torch.empty_like(x2)
+        total = torch.empty(x2.shape[0], 1, dtype=dtype, device=x2.device)
+        work = workspace(x2, dtype, 3)
         for b in row_blocks(*x2.shape):
-            xb = x2[b].to(dtype)
-            if log:
-                yb = log_s_map(xb).sub_(log_total[b])
-                if keep2 is not None:
-                    yb.masked_fill_(~keep2[b], -torch.inf)
-            else:
-                yb = _block_s(xb, None if keep2 is None else keep2[b], dtype).div_(total[b])
-            out[b] = yb
+            s_buf, add_buf, x_buf = (w[: b.stop - b.start] for w in work)
+            s = s_map(in_dtype(x2[b], x_buf), block_target(out[b], dtype, s_buf), add_buf)
+            tb = s.sum(-1, keepdim=True)
+            tb.masked_fill_(tb == 0, 1.0)  # nothing kept: zeros (or -inf), not 0/0
+            total[b] = tb
+            # log s - log S: the log of each term, never of the (underflowing) ratio
+            store(out[b], s.log_().sub_(tb.log()) if log else s.div_(tb))
         ctx.log = log
-        ctx.save_for_backward(x2, keep2, total)
+        ctx.save_for_backward(x2 if log else None, out, total)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g2):
-        x2, keep2, total = ctx.saved_tensors
+        x2, out, total = ctx.saved_tensors
         dtype = total.dtype
-        grad = torch.empty_like(x2)
-        for b in row_blocks(*x2.shape):
-            s = _block_s(x2[b], None if keep2 is None else keep2[b], dtype)
-            gb = g2[b].to(dtype)
+        grad = torch.empty_like(out)
+        work = workspace(out, dtype, 4)
+        for b in row_blocks(*out.shape):
+            res_buf, tmp, g_buf, in_buf = (w[: b.stop - b.start] for w in work)
+            gb = in_dtype(g2[b], g_buf)
             S = total[b]
+            res = block_target(grad[b], dtype, res_buf)
             if ctx.log:
-                # d/dx_j = g_j s'_j / s_j - (sum_i g_i) s'_j / S, with s'/s = min(s, 1/s);
-                # an entry with s = 0 (masked or -inf) is the constant -inf: its g is dropped
-                gb = gb.masked_fill(s == 0, 0.0)
-                gsum = gb.sum(-1, keepdim=True)
-                own = torch.minimum(s, s.reciprocal()).mul_(gb)
-                grad[b] = own.sub_(s_derivative_over(s, S).mul_(gsum))
+                xb = in_dtype(x2[b], in_buf)
+                r = r_map(xb, out=res)
+                # sum of g over entries with r > 0 (ceil(r) is that indicator)
+                g_sum = torch.mul(torch.ceil(r, out=tmp), gb, out=tmp).sum(-1, keepdim=True)
+                y = torch.maximum(r, torch.add(xb, 1, out=tmp), out=tmp).div_(S)
+                r.mul_(y.mul_(g_sum).neg_().add_(gb))
             else:
-                # d/dx_j = s'_j / S (g_j - sum_i g_i y_i)
-                dot = torch.linalg.vecdot(gb, s, dim=-1).unsqueeze(-1).div_(S)
-                grad[b] = s_derivative_over(s, S).mul_(gb - dot)
-        return grad, None, None
+                yb = in_dtype(out[b], in_buf)
+                dot = torch.mul(gb, yb, out=tmp).sum(-1, keepdim=True)
+                s = s_derivative_over(torch.mul(yb, S, out=res), S)
+                s.mul_(torch.sub(gb, dot, out=tmp))
+            store(grad[b], res)
+        return grad, None
 
 
 def _stablemax(x, dim, mask, log):
     v.check_floating("x", x)
     dim = v.check_dim("dim", dim, x.ndim)
-    keep2 = None
     if mask is not None:
         v.check_mask(mask, x)
-        keep2 = as_rows(mask.expand(x.shape), dim)
+        x = x.masked_fill(~mask, -torch.inf)
     if x.numel() == 0:
         return x.clone()
-    out2 = _StableMax.apply(as_rows(x, dim), keep2, log)
-    return from_rows(out2, x, dim)
+    return from_rows(_StableMax.apply(as_rows(x, dim), log), x, dim)
 
 
 def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -153,11 +161,11 @@ def log_stablemax(
 ) -> torch.Tensor:
     r"""log StableMax, computed as :math:`\log s(x_i) - \log \sum_j s(x_j)`.
 
-    :math:`\log s(x) = \operatorname{sign}(x) \log(1 + |x|)` is exact for every
-    :math:`x`, so the log map keeps full relative precision where the ratio
-    :math:`s(x_i) / \sum_j s(x_j)` would round (the authors' code takes the log of the
-    ratio; the values agree, ours is more precise). Masked and ``-inf`` entries give
-    ``-inf`` with zero gradient; a row with nothing kept gives ``-inf`` everywhere.
+    The log of each term never underflows (:math:`s(x) \ge 1 / (1 + |x|)`), so the log
+    map stays finite and precise where the ratio :math:`s(x_i) / \sum_j s(x_j)` rounds
+    to 0 (the authors' code takes the log of the ratio; the values agree elsewhere).
+    Masked and ``-inf`` entries give ``-inf`` with zero gradient; a row with nothing
+    kept gives ``-inf`` everywhere.
     Paper and arguments as :func:`stablemax`.
 
     Example:

@@ -18,9 +18,12 @@ def topk_indices(z2: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries of each row of a 2-D tensor, by value descending,
     ties at the boundary broken towards the lower index (``torch.topk`` leaves that
     implementation-defined). Rows with such ties are re-selected with a stable sort."""
-    values, idx = torch.topk(z2, k, dim=1)
-    kth = values[:, -1:]
-    tied = (z2 == kth).sum(1) > (values == kth).sum(1)  # more equal entries than taken
+    n = z2.shape[1]
+    values, idx = torch.topk(z2, min(k + 1, n), dim=1)
+    if k == n:
+        return idx
+    idx = idx[:, :k]
+    tied = values[:, k] == values[:, k - 1]  # the first entry left out ties the last one kept
     if maybe_any(tied):
         rows = tied.nonzero().squeeze(1)
         idx[rows] = torch.sort(z2[rows], dim=1, descending=True, stable=True).indices[:, :k]

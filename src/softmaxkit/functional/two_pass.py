@@ -17,7 +17,7 @@ import math
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import fill_where, maybe_any, upcast
+from softmaxkit.functional._common import as_rows, fill_where, from_rows, maybe_any, upcast
 
 #: default chunk length: 64 KiB of float32 per chunk, so a chunk stays in L2 while
 #: torch's fused row kernel makes its internal passes over it.
@@ -32,16 +32,22 @@ def _torch_normalize(z: torch.Tensor, dim: int, log: bool) -> torch.Tensor:
 
 
 def safe_normalize(
-    z: torch.Tensor, dim: int, log: bool
+    z: torch.Tensor, dim: int, log: bool, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """torch's fused softmax / log-softmax with all ``-inf`` rows set to 0 / ``-inf``.
 
     torch returns NaN rows there; a NaN in the first column is the only possible sign
     of one, so the full dead-row test runs only when that column holds a NaN (always
-    on accelerators, see :func:`maybe_any`). Returns the output and the (keepdim)
-    dead-row flags, or None when no test ran.
+    on accelerators, see :func:`maybe_any`). Writes into ``out`` when given (a
+    contiguous tensor shaped like ``z``). Returns the output and the (keepdim) dead-row
+    flags, or None when no test ran.
     """
-    y = _torch_normalize(z, dim, log)
+    if out is None:
+        y = _torch_normalize(z, dim, log)
+    else:
+        y = (torch.ops.aten._log_softmax.out if log else torch.ops.aten._softmax.out)(
+            z, dim, False, out=out
+        )
     if not maybe_any(y.narrow(dim, 0, 1).isnan()):
         return y, None
     dead = z.amax(dim, keepdim=True) == -math.inf
@@ -101,10 +107,6 @@ def _chunked_normalize(z: torch.Tensor, chunk: int, log: bool) -> tuple[torch.Te
     return out, dead.all(1)
 
 
-def _rows_view(t: torch.Tensor, dim: int) -> torch.Tensor:
-    return t.movedim(dim, -1).contiguous().view(-1, t.shape[dim])
-
-
 class _Normalize(torch.autograd.Function):
     """softmax / log-softmax of ``z`` along ``dim`` with safe all ``-inf`` rows.
 
@@ -116,10 +118,9 @@ class _Normalize(torch.autograd.Function):
         if chunk is None:
             y, dead = safe_normalize(z, dim, log)
         else:
-            shape = z.movedim(dim, -1).shape
-            y, dead_rows = _chunked_normalize(_rows_view(z, dim), chunk, log)
-            y = y.view(shape).movedim(-1, dim)
-            dead = dead_rows.view(*shape[:-1], 1).movedim(-1, dim) if log else None
+            y, dead_rows = _chunked_normalize(as_rows(z, dim), chunk, log)
+            y = from_rows(y, z, dim)
+            dead = from_rows(dead_rows, z.narrow(dim, 0, 1), dim) if log else None
         ctx.dim, ctx.log, ctx.chunk = dim, log, chunk
         ctx.save_for_backward(y, dead)
         return y

@@ -7,8 +7,16 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, compute_dtype, row_blocks
-from softmaxkit.functional.stablemax import log_s_map, s_derivative_over, s_map, stablemax_sums
+from softmaxkit.functional._common import (
+    as_rows,
+    block_target,
+    compute_dtype,
+    in_dtype,
+    row_blocks,
+    store,
+    workspace,
+)
+from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map, stablemax_sums
 
 
 class _StableMaxNLL(torch.autograd.Function):
@@ -17,11 +25,11 @@ class _StableMaxNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, target, dtype):
-        total = stablemax_sums(x2, None, dtype).squeeze(-1)
+        total = stablemax_sums(x2, dtype).squeeze(-1)
         kept = target >= 0
         safe_target = target.clamp(min=0)
         picked = x2.gather(1, safe_target.unsqueeze(1)).squeeze(1).to(dtype)
-        loss = (total.log() - log_s_map(picked)).masked_fill_(~kept, 0.0)
+        loss = (total.log() - s_map(picked).log()).masked_fill_(~kept, 0.0)
         ctx.save_for_backward(x2, safe_target, kept, total, picked)
         return loss
 
@@ -31,11 +39,14 @@ class _StableMaxNLL(torch.autograd.Function):
         x2, target, kept, total, picked = ctx.saved_tensors
         g = g.masked_fill(~kept, 0.0)
         grad = torch.empty_like(x2)
+        dtype = total.dtype
+        work = workspace(x2, dtype, 3)
         for b in row_blocks(*x2.shape):
             # d/dx_j = g (s'_j / S - [j = y] / (1 + |x_y|))
-            s = s_map(x2[b].to(total.dtype))
-            grad[b] = s_derivative_over(s, total[b].unsqueeze(1)).mul_(g[b].unsqueeze(1))
-        own = g / (1 + picked.abs())
+            s_buf, add_buf, x_buf = (w[: b.stop - b.start] for w in work)
+            s = s_map(in_dtype(x2[b], x_buf), block_target(grad[b], dtype, s_buf), add_buf)
+            store(grad[b], s_derivative_over(s, total[b].unsqueeze(1)).mul_(g[b].unsqueeze(1)))
+        own = g * r_map(picked)
         grad.scatter_add_(1, target.unsqueeze(1), (-own).unsqueeze(1).to(grad.dtype))
         return grad, None, None
 
@@ -89,8 +100,8 @@ def stablemax_cross_entropy(
     v.check_reduction(reduction)
     v.check_int("ignore_index", ignore_index)
     v.check_class_target(target, logits, 1, ignore_index)
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    if dtype is not None:
+        v.check_floating_dtype("dtype", dtype)
     compute = dtype or compute_dtype(logits)
     out_dtype = dtype or logits.dtype
     flat_target = target.reshape(-1)
