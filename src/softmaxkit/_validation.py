@@ -113,16 +113,7 @@ def check_mask(mask: Any, x: torch.Tensor, name: str = "mask") -> torch.Tensor:
     check_tensor(name, mask)
     if mask.dtype != torch.bool:
         raise TypeError(f"{name} must be a boolean tensor (True = keep), got dtype {mask.dtype}")
-    try:
-        shape = torch.broadcast_shapes(mask.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise ValueError(
-            f"{name} must be broadcastable to the input's shape {tuple(x.shape)}, "
-            f"got shape {tuple(mask.shape)}"
-        )
-    return mask
+    return check_broadcastable_to(name, mask, tuple(x.shape), "the input's shape")
 
 
 def check_class_target(
@@ -154,3 +145,95 @@ def check_class_target(
                     f"(or ignore_index={ignore_index}), got {bad}"
                 )
     return target
+
+
+FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_floating_dtype(name: str, value: Any) -> torch.dtype:
+    """A floating ``torch.dtype``: float16, bfloat16, float32 or float64."""
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, got {_describe(value)}")
+    if value not in FLOATING_DTYPES:
+        options = ", ".join(str(d) for d in FLOATING_DTYPES)
+        raise ValueError(f"{name} must be one of {options}, got {value}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """A plain ``bool`` (not an int, not a tensor)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {_describe(value)}")
+    return value
+
+
+def check_callable(name: str, value: Any) -> Any:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {_describe(value)}")
+    return value
+
+
+def check_subclass(
+    name: str, value: Any, base: type, *, exclude: Iterable[type] = (), why: str = ""
+) -> type:
+    """A class deriving from ``base`` and from none of ``exclude`` (``why`` says why not)."""
+    if not (isinstance(value, type) and issubclass(value, base)):
+        raise TypeError(
+            f"{name} must be a subclass of {base.__module__}.{base.__qualname__}, "
+            f"got {_describe(value)}"
+        )
+    for bad in exclude:
+        if issubclass(value, bad):
+            reason = f" ({why})" if why else ""
+            raise ValueError(
+                f"{name} must not be {bad.__module__}.{bad.__qualname__} or a subclass{reason}, "
+                f"got {value.__qualname__}"
+            )
+    return value
+
+
+def check_broadcastable_to(
+    name: str, value: Any, shape: tuple[int, ...], what: str
+) -> torch.Tensor:
+    """A tensor whose shape broadcasts to ``shape`` without changing it (``what`` names it)."""
+    check_tensor(name, value)
+    try:
+        fits = torch.broadcast_shapes(value.shape, shape) == torch.Size(shape)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{name} must be broadcastable to {what} {tuple(shape)}, got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_tensor_values(
+    name: str,
+    value: torch.Tensor,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> torch.Tensor:
+    """A tensor whose entries all lie in the interval given by ``low``/``high`` (NaN never does).
+
+    Values are read on CPU tensors outside ``torch.compile`` only (elsewhere reading them
+    would synchronise the device); the tensor is returned unchanged.
+    """
+    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
+        return value
+    ok = torch.ones(value.shape, dtype=torch.bool)
+    if low is not None:
+        ok &= value > low if low_open else value >= low
+    if high is not None:
+        ok &= value < high if high_open else value <= high
+    if not bool(ok.all()):
+        bad = value.detach()[~ok].flatten()[0].item()
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name} must have all values in {left}{lo}, {hi}{right}, got {bad:g}")
+    return value
