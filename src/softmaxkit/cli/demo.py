@@ -1,0 +1,439 @@
+"""``softmaxkit demo``: grokking, Softmax Collapse, ⊥Grad and StableMax on modular addition.
+
+Reproduces the setting of Prieto, Barsbey, Mediano & Birdal, "Grokking at the Edge of
+Numerical Stability", ICLR 2025, arXiv:2501.04697 (Fig. 1, Secs. 2-5), on built-in data:
+(a + b) mod p, p = 113, the two operands one-hot and concatenated (2p inputs), an MLP
+with two hidden ReLU layers of width 200 and no biases (the official ``get_model`` for
+this dataset), full batch, float32, no weight decay, 40% of the p² pairs for training
+(seeded split). Three runs start from the same seeded initialisation:
+
+* ``softmax``: softmax cross-entropy (float32) with AdamW. The model fits the training
+  set, the logits keep growing along the weights (naïve loss minimisation), the Softmax
+  Collapse fraction of the training rows climbs and test accuracy stays near chance.
+* ``perpgrad``: the same with :class:`softmaxkit.dynamics.PerpGrad` around AdamW: test
+  accuracy passes 95% within a few hundred epochs (paper Fig. 1a, 300 epochs).
+* ``stablemax``: StableMax cross-entropy (float64, as the official code) with AdamW: it
+  overfits first, but its loss never reaches exactly 0, so every row keeps its gradient
+  (zero-loss 0%; a *softmax* of its fast-growing logits does collapse, which is harmless
+  here); the paper reports grokking after tens of thousands of epochs (Figs. 1b and 4,
+  80,000 epochs). The default run shows the first part; ``--long`` runs the paper's
+  80,000 epochs (not run to the end while writing this demo: an hour on two cores).
+
+Hyperparameters are the official run script's (``run_main_experiments.sh``, Fig. 1) and
+driver defaults (``grokking_experiments.py``): lr 0.01, weight decay 0, AdamW
+``betas=(0.9, 0.99), eps=1e-25`` for the softmax run (driver defaults), ``beta2=0.999``
+for StableMax (its Fig. 1 line), and for ⊥AdamW the torch defaults
+``betas=(0.9, 0.999), eps=1e-8`` that the driver's AdamW effectively ran with (see
+``PerpGrad``). Departures, each to fit a few minutes on two CPU cores:
+
+* epochs: softmax 2,000 (with seed 42 the collapse sets in at ~1,600 and reaches ~50% by
+  2,000; the paper trains 80,000 with a float64 softmax), ⊥AdamW 300 (as the paper), StableMax
+  500 by default (it has fitted the training set by then) and the paper's 80,000 with
+  ``--long``;
+* the softmax run uses the driver's default float32 softmax (``--softmax_precision 32``;
+  the Fig. 1 line uses 64) so that the collapse shows within the budget;
+* the driver re-shuffles the full batch every epoch, which changes only the rounding;
+  we keep the order fixed;
+* seed 42 (the driver's default), but torch's random streams make the split and the
+  initialisation differ from the official ones.
+
+Logged every ``--log-every`` epochs: training loss, train/test accuracy, the Softmax
+Collapse fraction of the training logits in float32
+(:func:`softmaxkit.dynamics.softmax_collapse_fraction`) and the fraction of training
+rows whose loss (the run's own) is exactly 0. Curves go to ``<out>/curves.json`` and,
+when matplotlib is importable, ``<out>/curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softmaxkit import _validation as V
+
+RUNS = ("softmax", "perpgrad", "stablemax")
+DEFAULT_EPOCHS = {"softmax": 2000, "perpgrad": 300, "stablemax": 500}
+LONG_STABLEMAX_EPOCHS = 80_000
+HIDDEN = 200
+LR = 0.01
+TARGET_POINTS = 25  # default log steps per run
+NOTE = (
+    "SC: training rows whose float32 softmax is exactly one-hot (Softmax Collapse). "
+    "zero-loss: training rows\n"
+    "whose own loss is exactly 0, so they give no gradient. StableMax never reaches a zero "
+    "loss, so a softmax\nof its (large) logits may collapse without harm."
+)
+
+
+@dataclass(frozen=True)
+class Data:
+    p: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def make_data(p: int, train_fraction: float, seed: int) -> Data:
+    """All p² pairs (a, b) -> (a + b) mod p, one-hot a ++ one-hot b, seeded split."""
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    x = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=1).to(torch.float32)
+    y = (a + b) % p
+    order = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
+    n_train = int(train_fraction * p * p)  # as the official split_dataset
+    train, test = order[:n_train], order[n_train:]
+    return Data(p, x[train], y[train], x[test], y[test])
+
+
+def make_model(p: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(2 * p, HIDDEN, bias=False),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, HIDDEN, bias=False),
+        nn.ReLU(),
+        nn.Linear(HIDDEN, p, bias=False),
+    )
+
+
+def _softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"):
+    return F.cross_entropy(logits.to(torch.float32), target, reduction=reduction)
+
+
+def _stablemax_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"):
+    from softmaxkit.losses import stablemax_cross_entropy
+
+    return stablemax_cross_entropy(logits, target, reduction=reduction, dtype=torch.float64)
+
+
+def make_run(name: str, params) -> tuple[torch.optim.Optimizer, Any, dict[str, Any]]:
+    """Optimizer, loss and a description of the run (official hyperparameters)."""
+    if name == "softmax":
+        kw = dict(lr=LR, betas=(0.9, 0.99), eps=1e-25, weight_decay=0.0)
+        return torch.optim.AdamW(params, **kw), _softmax_ce, _describe("AdamW", "softmax", kw)
+    if name == "perpgrad":
+        from softmaxkit.dynamics import PerpGrad
+
+        kw = dict(lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        opt = PerpGrad(params, torch.optim.AdamW, **kw)
+        return opt, _softmax_ce, _describe("PerpGrad(AdamW, rescale=True)", "softmax", kw)
+    kw = dict(lr=LR, betas=(0.9, 0.999), eps=1e-25, weight_decay=0.0)
+    return torch.optim.AdamW(params, **kw), _stablemax_ce, _describe("AdamW", "stablemax", kw)
+
+
+def _describe(optimizer: str, loss: str, kw: dict[str, Any]) -> dict[str, Any]:
+    names = {
+        "softmax": "softmax cross-entropy, float32",
+        "stablemax": "StableMax cross-entropy, float64",
+    }
+    return {"optimizer": optimizer, "loss": names[loss], **{k: kw[k] for k in sorted(kw)}}
+
+
+class ProgressBar:
+    """A carriage-return bar on a terminal stream; silent when the stream is not a tty."""
+
+    def __init__(self, label: str, total: int, stream: TextIO, width: int = 30) -> None:
+        self.label, self.total, self.stream, self.width = label, max(total, 1), stream, width
+        self.enabled = bool(getattr(stream, "isatty", lambda: False)())
+        self.start = time.monotonic()
+        self.last = -math.inf
+        self.shown = ""
+
+    def update(self, done: int, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.1):
+            return
+        self.last = now
+        frac = done / self.total
+        filled = int(self.width * frac)
+        bar = "#" * filled + "-" * (self.width - filled)
+        elapsed = now - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        self.shown = (
+            f"\r{self.label:<9} [{bar}] {done}/{self.total} epochs {elapsed:5.0f}s "
+            f"(eta {eta:4.0f}s)"
+        )
+        self.stream.write(self.shown)
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled and self.shown:
+            self.stream.write("\r" + " " * len(self.shown) + "\r")
+            self.stream.flush()
+            self.shown = ""
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Data, loss_fn) -> dict[str, float]:
+    from softmaxkit.dynamics import softmax_collapse_fraction
+
+    train_logits = model(data.x_train)
+    test_logits = model(data.x_test)
+    losses = loss_fn(train_logits, data.y_train, reduction="none")
+    return {
+        "train_loss": losses.double().mean().item() if losses.numel() else 0.0,
+        "train_acc": _accuracy(train_logits, data.y_train),
+        "test_acc": _accuracy(test_logits, data.y_test),
+        "collapse": softmax_collapse_fraction(train_logits, dtype=torch.float32).item(),
+        "zero_loss": (losses == 0).double().mean().item() if losses.numel() else 0.0,
+        "weight_norm": math.sqrt(sum(p.double().square().sum().item() for p in model.parameters())),
+    }
+
+
+def _accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+    if target.numel() == 0:
+        return 0.0
+    return (logits.argmax(-1) == target).double().mean().item()
+
+
+def train(
+    name: str,
+    data: Data,
+    epochs: int,
+    log_every: int,
+    seed: int,
+    out: TextIO,
+    err: TextIO,
+) -> dict[str, Any]:
+    """One run; returns its description, curves and final metrics."""
+    torch.manual_seed(seed)  # same initialisation for every run
+    model = make_model(data.p)
+    opt, loss_fn, config = make_run(name, model.parameters())
+    curves: dict[str, list[float]] = {"epoch": []}
+    bar = ProgressBar(name, epochs, err)
+    start = time.perf_counter()
+
+    def log(epoch: int) -> None:
+        metrics = evaluate(model, data, loss_fn)
+        curves["epoch"].append(epoch)
+        for key, value in metrics.items():
+            curves.setdefault(key, []).append(value)
+        bar.clear()
+        print(
+            f"  {name:<9} epoch {epoch:>6}  loss {metrics['train_loss']:.3e}  "
+            f"train {100 * metrics['train_acc']:5.1f}%  test {100 * metrics['test_acc']:5.1f}%  "
+            f"SC {100 * metrics['collapse']:5.1f}%  zero-loss {100 * metrics['zero_loss']:5.1f}%",
+            file=out,
+            flush=True,
+        )
+        bar.update(epoch, force=True)
+
+    log(0)
+    for epoch in range(1, epochs + 1):
+        loss = loss_fn(model(data.x_train), data.y_train)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if epoch % log_every == 0 or epoch == epochs:
+            log(epoch)
+        else:
+            bar.update(epoch)
+    bar.clear()
+    seconds = time.perf_counter() - start
+    config.update(epochs=epochs, log_every=log_every)
+    return {"config": config, "curves": curves, "seconds": seconds}
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    c = result["curves"]
+    best = max(range(len(c["test_acc"])), key=lambda i: (c["test_acc"][i], -i))
+    over_95 = next((e for e, a in zip(c["epoch"], c["test_acc"]) if a > 0.95), None)
+    return {
+        "epochs": c["epoch"][-1],
+        "train_acc": c["train_acc"][-1],
+        "test_acc": c["test_acc"][-1],
+        "best_test_acc": c["test_acc"][best],
+        "best_test_epoch": c["epoch"][best],
+        "first_epoch_test_over_95": over_95,
+        "collapse": c["collapse"][-1],
+        "max_collapse": max(c["collapse"]),
+        "zero_loss": c["zero_loss"][-1],
+    }
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    head = (
+        f"{'run':<10}{'epochs':>7}{'train':>8}{'test':>8}{'best test (ep)':>17}"
+        f"{'test>95% at':>13}{'SC':>8}{'max SC':>8}{'zero-loss':>11}{'time':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        s = r["final"]
+        first = "-" if s["first_epoch_test_over_95"] is None else str(s["first_epoch_test_over_95"])
+        best = f"{100 * s['best_test_acc']:.1f}% ({s['best_test_epoch']})"
+        lines.append(
+            f"{name:<10}{s['epochs']:>7}{100 * s['train_acc']:>7.1f}%{100 * s['test_acc']:>7.1f}%"
+            f"{best:>17}{first:>13}{100 * s['collapse']:>7.1f}%{100 * s['max_collapse']:>7.1f}%"
+            f"{100 * s['zero_loss']:>10.1f}%{r['seconds']:>7.1f}s"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Write the curves as a PNG; False when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(4.5 * len(results), 3.6), layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, (name, r) in zip(axes, results.items()):
+        c = r["curves"]
+        ax.plot(c["epoch"], [100 * v for v in c["train_acc"]], "--", label="train acc.")
+        ax.plot(c["epoch"], [100 * v for v in c["test_acc"]], label="test acc.")
+        ax.plot(c["epoch"], [100 * v for v in c["collapse"]], ":", label="Softmax Collapse")
+        ax.plot(c["epoch"], [100 * v for v in c["zero_loss"]], "-.", label="zero-loss rows")
+        ax.set_title(f"{name}: {r['config']['optimizer']}\n{r['config']['loss']}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(-3, 103)
+    axes[0].set_ylabel("% of the train / test pairs")
+    axes[-1].legend(loc="center right", fontsize=8)
+    canvas.print_png(str(path))
+    return True
+
+
+def _positive_int(text: str) -> int:
+    return _checked(lambda: V.check_int("value", int(text), low=1), text)
+
+
+def _checked(fn, text: str):
+    try:
+        return fn()
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+
+
+def _fraction(text: str) -> float:
+    return _checked(
+        lambda: V.check_number("value", float(text), low=0, high=1, low_open=True, high_open=True),
+        text,
+    )
+
+
+def _runs(text: str) -> list[str]:
+    def parse() -> list[str]:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+        if not names:
+            raise ValueError("expected a comma-separated subset of " + ",".join(RUNS))
+        for n in names:
+            V.check_choice("run", n, RUNS)
+        return list(dict.fromkeys(names))
+
+    return _checked(parse, text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Grokking on modular addition (Prieto et al. 2025, arXiv:2501.04697): softmax "
+        "cross-entropy collapses, ⊥Grad generalises at once, StableMax keeps every gradient."
+    )
+    parser.add_argument("--p", type=_positive_int, default=113, help="modulus (default 113)")
+    parser.add_argument(
+        "--train-fraction",
+        type=_fraction,
+        default=0.4,
+        help="fraction of the p^2 pairs used for training (default 0.4, the paper's)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="epochs for every run (default: softmax 2000, perpgrad 300, stablemax 500)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=_runs,
+        default=list(RUNS),
+        help="comma-separated subset of softmax,perpgrad,stablemax (default: all three)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("softmaxkit-demo"),
+        help="output folder for curves.json and curves.png (default ./softmaxkit-demo)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed of split and init (42)")
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help=f"run StableMax for the paper's {LONG_STABLEMAX_EPOCHS:,} epochs, long enough "
+        "to grok (about half an hour on two idle cores)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=None,
+        help=f"epochs between log lines (default: about {TARGET_POINTS} per run)",
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    p, fraction = args.p, args.train_fraction
+    if p < 2 or int(fraction * p * p) in (0, p * p):
+        print(
+            f"softmaxkit demo: --p {p} with --train-fraction {fraction} leaves an empty "
+            "train or test set",
+            file=err,
+        )
+        return 2
+    data = make_data(p, fraction, args.seed)
+    print(
+        f"Modular addition mod {p}: {len(data.y_train)} train / {len(data.y_test)} test pairs, "
+        f"MLP {2 * p}-{HIDDEN}-{HIDDEN}-{p} (no biases), full batch, seed {args.seed}",
+        file=out,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.runs:
+        epochs = args.epochs or (
+            LONG_STABLEMAX_EPOCHS if name == "stablemax" and args.long else DEFAULT_EPOCHS[name]
+        )
+        log_every = args.log_every or max(1, epochs // TARGET_POINTS)
+        r = train(name, data, epochs, log_every, args.seed, out, err)
+        print(
+            f"  -> {name}: {r['config']['optimizer']}, {r['config']['loss']}, "
+            f"{epochs} epochs in {r['seconds']:.1f}s",
+            file=out,
+            flush=True,
+        )
+        r["final"] = summary(r)
+        results[name] = r
+
+    print("\n" + table(results), file=out)
+    print(NOTE, file=out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "paper": "Prieto et al., Grokking at the Edge of Numerical Stability, ICLR 2025, "
+        "arXiv:2501.04697",
+        "task": {
+            "p": p,
+            "train_fraction": fraction,
+            "n_train": len(data.y_train),
+            "n_test": len(data.y_test),
+            "seed": args.seed,
+            "model": f"MLP {2 * p}-{HIDDEN}-{HIDDEN}-{p}, ReLU, no biases, float32",
+        },
+        "runs": results,
+    }
+    json_path = args.out / "curves.json"
+    json_path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\nCurves: {json_path}", file=out)
+    png_path = args.out / "curves.png"
+    if plot(results, png_path):
+        print(f"Plot:   {png_path}", file=out)
+    else:
+        print("Plot:   skipped (matplotlib is not installed; pip install matplotlib)", file=out)
+    return 0
