@@ -135,10 +135,11 @@ class _Normalize(torch.autograd.Function):
             else:
                 grad = torch._softmax_backward_data(g, y, dim, y.dtype)
         elif log:  # g - exp(y) * sum(g), with the row sums reduced in parallel
-            total = g.sum(dim, keepdim=True)
-            grad = torch.exp(y).mul_(total).neg_().add_(g)
-        else:  # y * (g - <g, y>)
-            dot = torch.linalg.vecdot(g, y, dim=dim).unsqueeze(dim)
+            grad = torch.exp(y).mul_(g.sum(dim, keepdim=True).neg_()).add_(g)
+        else:  # y * (g - <g, y>); the row dot products as a (BLAS) matrix product,
+            # which reads g and y once and allocates nothing of their size
+            rows_g, rows_y = g.movedim(dim, -1).unsqueeze(-2), y.movedim(dim, -1).unsqueeze(-1)
+            dot = torch.matmul(rows_g, rows_y).squeeze(-1).movedim(-1, dim)
             grad = torch.sub(g, dot).mul_(y)
         if dead is not None:  # a dead row of the log map has y = -inf: no gradient
             grad = grad.masked_fill(dead, 0.0)
