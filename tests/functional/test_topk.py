@@ -80,6 +80,8 @@ def test_half_dtypes(dtype):
 
 def test_empty_and_extreme():
     assert topk_softmax(torch.randn(0, 5), 2).shape == (0, 5)
+    y, idx = topk_softmax(torch.randn(3, 0), 1, return_indices=True)
+    assert y.shape == (3, 0) and idx.shape == (3, 0)
     x = torch.randn(3, 9, generator=gen) * 1e4
     assert torch.isfinite(topk_softmax(x, 3)).all()
 

@@ -703,7 +703,7 @@ def markdown_table(report: dict) -> str:
         mem_mode = "fwdbwd" if _ratio_of(res, "memory", "fwdbwd") is not None else "fwd"
         mem = _ratio_of(res, "memory", mem_mode)
         mem_cell = "-" if mem is None else f"{mem:.2f}" + (" (fwd)" if mem_mode == "fwd" else "")
-        targets = ", ".join(f"{k} ≤ {v['target']:g}" for k, v in res.get("verdicts", {}).items())
+        targets = ", ".join(f"{k} ≤ {v['target']:.3g}" for k, v in res.get("verdicts", {}).items())
         verdict = res["verdict"]
         if res["status"] == "failed":
             verdict += f" (max diff {_fmt_diff(res['max_abs_diff'])} > atol {res['atol']:g})"
@@ -734,12 +734,15 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, results: Path) -> None:
-    """Replace the text between the bench markers of ``readme`` by the table of ``results``."""
+def update_readme(readme: Path, results: Path | Sequence[Path]) -> None:
+    """Replace the text between the bench markers of ``readme`` by the table of ``results``
+    (several results files are listed in one table, under the first file's machine)."""
+    files = [results] if isinstance(results, Path) else list(results)
     if not readme.is_file():
         raise BenchError(f"--update-readme: {readme} does not exist")
-    if not results.is_file():
-        raise BenchError(f"--from: {results} does not exist (run `softmaxkit bench` first)")
+    for path in files:
+        if not path.is_file():
+            raise BenchError(f"--from: {path} does not exist (run `softmaxkit bench` first)")
     text = readme.read_text()
     start, end = text.find(README_START), text.find(README_END)
     if start < 0 or end < 0 or end < start:
@@ -748,10 +751,13 @@ def update_readme(readme: Path, results: Path) -> None:
             "add them where the table should go"
         )
     try:
-        report = json.loads(results.read_text())
+        reports = [json.loads(path.read_text()) for path in files]
+        report = {**reports[0], "cases": [c for r in reports for c in r["cases"]]}
+        report["skipped"] = [s for r in reports for s in r.get("skipped", [])]
         table = markdown_table(report)
     except (ValueError, KeyError, TypeError) as exc:
-        raise BenchError(f"{results}: not a softmaxkit bench results file ({exc})") from exc
+        names = ", ".join(str(p) for p in files)
+        raise BenchError(f"{names}: not a softmaxkit bench results file ({exc})") from exc
     head = text[: start + len(README_START)]
     readme.write_text(head + "\n" + table + "\n" + text[end:])
 
@@ -802,8 +808,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from",
         dest="from_file",
+        action="append",
         metavar="FILE",
-        help="results file for --update-readme (default benchmarks/results/latest.json)",
+        help="results file for --update-readme, repeatable to list several in one table "
+        "(default benchmarks/results/latest.json)",
     )
 
 
@@ -838,12 +846,12 @@ def _write_report(report: dict, out: str | None, folder: Path) -> list[Path]:
 def _run(args: argparse.Namespace) -> int:
     if args.update_readme is not None:
         results = (
-            Path(args.from_file)
+            [Path(f) for f in args.from_file]
             if args.from_file
-            else find_cases_dir(args.cases) / "results" / "latest.json"
+            else [find_cases_dir(args.cases) / "results" / "latest.json"]
         )
         update_readme(Path(args.update_readme), results)
-        print(f"updated {args.update_readme} from {results}")
+        print(f"updated {args.update_readme} from {', '.join(str(p) for p in results)}")
         return 0
     if args.repeats is not None and args.repeats < 1:
         raise BenchError(f"--repeats must be >= 1, got {args.repeats}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -41,9 +43,9 @@ def fill_where(y: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tens
 BLOCK_ELEMENTS = 1 << 20
 
 
-def row_blocks(rows: int, row_length: int) -> list[slice]:
-    """Slices of whole rows covering ``rows`` rows, about ``BLOCK_ELEMENTS`` entries each."""
-    step = max(1, BLOCK_ELEMENTS // max(row_length, 1))
+def row_blocks(rows: int, row_length: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
+    """Slices of whole rows covering ``rows`` rows, about ``elements`` entries each."""
+    step = max(1, elements // max(row_length, 1))
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
 
@@ -54,7 +56,8 @@ def as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """
     if t.ndim == 0:
         return t.reshape(1, 1)
-    return t.movedim(dim, -1).contiguous().view(-1, t.shape[dim])
+    rows = math.prod(size for axis, size in enumerate(t.shape) if axis != dim)
+    return t.movedim(dim, -1).contiguous().view(rows, t.shape[dim])
 
 
 def from_rows(rows: torch.Tensor, like: torch.Tensor, dim: int) -> torch.Tensor:
