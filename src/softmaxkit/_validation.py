@@ -23,6 +23,13 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    return f"{left}{lo}, {hi}{right}"
+
+
 def check_tensor(name: str, value: Any) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {_describe(value)}")
@@ -77,11 +84,8 @@ def check_number(
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"{name} must be in {left}{lo}, {hi}{right}, got {value:g}")
+        interval = _interval(low, high, low_open, high_open)
+        raise ValueError(f"{name} must be in {interval}, got {value:g}")
     return value
 
 
@@ -231,9 +235,6 @@ def check_tensor_values(
         ok &= value < high if high_open else value <= high
     if not bool(ok.all()):
         bad = value.detach()[~ok].flatten()[0].item()
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"{name} must have all values in {left}{lo}, {hi}{right}, got {bad:g}")
+        interval = _interval(low, high, low_open, high_open)
+        raise ValueError(f"{name} must have all values in {interval}, got {bad:g}")
     return value
