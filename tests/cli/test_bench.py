@@ -305,3 +305,17 @@ def test_update_readme_default_paths(fake_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli_main.main(["bench", "--update-readme"]) == 0
     assert "`copy/8x16`" in (tmp_path / "README.md").read_text()
+
+
+def test_update_readme_lists_several_results_files_in_one_table(fake_run, tmp_path):
+    _, report, _, results = fake_run
+    second = tmp_path / "second.json"
+    renamed = [{**case, "name": "other/" + case["name"]} for case in report["cases"]]
+    second.write_text(json.dumps({**report, "cases": renamed}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench:start --><!-- bench:end -->")
+    argv = ["bench", "--update-readme", str(readme), "--from", str(results), "--from", str(second)]
+    assert cli_main.main(argv) == 0
+    text = readme.read_text()
+    for case in report["cases"]:
+        assert f"`{case['name']}`" in text and f"`other/{case['name']}`" in text
