@@ -475,18 +475,11 @@ class Sparsemax(nn.Module):
         return f"dim={self.dim}"
 
 
-class Entmax15(nn.Module):
+class Entmax15(Sparsemax):
     """Module twin of :func:`entmax15`: ``Entmax15(dim=-1)(x)``."""
-
-    def __init__(self, dim: int = -1) -> None:
-        super().__init__()
-        self.dim = v.check_int("dim", dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return entmax15(x, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}"
 
 
 class EntmaxBisect(nn.Module):

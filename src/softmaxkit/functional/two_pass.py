@@ -158,13 +158,17 @@ def normalize(z: torch.Tensor, dim: int, log: bool, chunk: int | None) -> torch.
     return _Normalize.apply(z, dim, log, chunk)
 
 
+def _few_rows(z: torch.Tensor, dim: int) -> bool:
+    """Fewer rows along ``dim`` than threads: torch's one-thread-per-row kernel idles cores."""
+    rows = z.numel() // max(z.shape[dim], 1) if z.ndim else 1
+    return rows < torch.get_num_threads()
+
+
 def auto_chunk(z: torch.Tensor, dim: int) -> int | None:
     """The chunk length ``softmax`` uses: two-pass only for few, long rows along the last axis."""
     if z.ndim == 0 or dim != z.ndim - 1 or not z.is_contiguous():
         return None
-    n = z.shape[dim]
-    rows = z.numel() // max(n, 1)
-    if n >= AUTO_MIN_ROW and rows < torch.get_num_threads():
+    if z.shape[dim] >= AUTO_MIN_ROW and _few_rows(z, dim):
         return DEFAULT_CHUNK
     return None
 
@@ -178,8 +182,7 @@ def _two_pass(x: torch.Tensor, dim: int, chunk_size: int | None, log: bool) -> t
     if chunk_size is None:
         # one chunk per row when there are enough rows to keep every thread busy
         # (the algorithm then reduces to torch's fused row kernel)
-        rows = x.numel() // max(x.shape[dim], 1) if x.ndim else 1
-        chunk_size = DEFAULT_CHUNK if rows < torch.get_num_threads() else None
+        chunk_size = DEFAULT_CHUNK if _few_rows(x, dim) else None
     return normalize(z, dim, log, chunk_size).to(x.dtype)
 
 
