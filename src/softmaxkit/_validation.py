@@ -125,8 +125,8 @@ def check_class_target(
 ) -> torch.Tensor:
     """Class indices: integer dtype, the logits' shape without ``class_dim``, in range.
 
-    Values are checked on CPU tensors only; on an accelerator an out-of-range index
-    is caught by the device-side check of the gather that reads it.
+    Values are checked on CPU tensors outside ``torch.compile`` only; elsewhere an
+    out-of-range index is caught by the device-side check of the gather that reads it.
     """
     check_tensor(name, target)
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
@@ -137,7 +137,7 @@ def check_class_target(
             f"{name} must have shape {tuple(expected)} (the logits' shape without the class "
             f"dimension {class_dim}), got {tuple(target.shape)}"
         )
-    if target.device.type == "cpu" and target.numel() > 0:
+    if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
         num_classes = logits.shape[class_dim]
         kept = target[target != ignore_index]
         if kept.numel() > 0:
