@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,49 @@ def test_matches_reference_for_every_reduction():
         stablemax_cross_entropy(x, t, reduction="sum").item(), expected.sum(), rel_tol=1e-12
     )
     assert math.isclose(stablemax_cross_entropy(x, t).item(), expected.mean(), rel_tol=1e-12)
+
+
+def expected_soft(x, probs):
+    """sum_k t_k l(x, k) from the index reference."""
+    n, c = probs.shape
+    per_class = np.stack(
+        [ref.stablemax_cross_entropy(np64(x), np.full(n, k)) for k in range(c)], axis=1
+    )
+    return (np64(probs) * per_class).sum(1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_targets_and_label_smoothing(reduction):
+    x, t = case()
+    probs = torch.softmax(torch.randn(6, 5, generator=gen, dtype=torch.float64), -1)
+    per = expected_soft(x, probs)
+    expected = {"none": per, "sum": per.sum(), "mean": per.mean()}[reduction]
+    got = stablemax_cross_entropy(x, probs, reduction=reduction)
+    np.testing.assert_allclose(np64(got), expected, rtol=1e-12)
+    # label smoothing == the smoothed probability target; ignored rows still give 0
+    eps = 0.2
+    t[1] = -100
+    smooth = F.one_hot(t.clamp(min=0), 5).double() * (1 - eps) + eps / 5
+    per = expected_soft(x, smooth)
+    per[1] = 0.0
+    got = stablemax_cross_entropy(x, t, reduction="none", label_smoothing=eps)
+    np.testing.assert_allclose(np64(got), per, rtol=1e-12)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z: stablemax_cross_entropy(z, probs, reduction=reduction, label_smoothing=0.1),
+        (x,),
+    )
+    assert torch.autograd.gradcheck(
+        lambda z: stablemax_cross_entropy(z, t, reduction=reduction, label_smoothing=eps), (x,)
+    )
+
+
+def test_soft_target_with_minus_inf_logit_is_finite():
+    x = torch.tensor([[-math.inf, 0.5, 2.0]], requires_grad=True)
+    probs = torch.tensor([[0.0, 0.3, 0.7]])
+    loss = stablemax_cross_entropy(x, probs)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and x.grad[0, 0] == 0
 
 
 def test_class_dim_one_with_extra_dims():
@@ -150,8 +194,22 @@ def test_empty_batch_and_module():
             torch.randn(3, 4),
             torch.tensor([0.0, 1.0, 2.0]),
             {},
-            TypeError,
-            "target must hold class indices",
+            ValueError,
+            r"or probabilities of the logits' shape \(3, 4\), got torch.float32 of shape \(3,\)",
+        ),
+        (
+            torch.randn(3, 4),
+            torch.tensor([0, 1, 2]),
+            {"label_smoothing": 1.5},
+            ValueError,
+            r"label_smoothing must be in \[0, 1\], got 1.5",
+        ),
+        (
+            torch.randn(3, 4),
+            -torch.rand(3, 4),
+            {},
+            ValueError,
+            "target must have all values in",
         ),
         (torch.randn(3, 4), torch.tensor([0, 1]), {}, ValueError, r"target must have shape \(3,\)"),
         (torch.randn(4), torch.tensor(0), {}, ValueError, "logits must have shape"),

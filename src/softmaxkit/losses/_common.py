@@ -95,8 +95,9 @@ def prepare(
             )
         if target.shape != logits.shape:
             raise ValueError(
-                f"probability target must have the logits' shape {tuple(logits.shape)}, "
-                f"got {tuple(target.shape)}"
+                f"target must hold class indices (an integer dtype) of shape "
+                f"{tuple(logits.shape[:1] + logits.shape[2:])} or probabilities of the logits' "
+                f"shape {tuple(logits.shape)}, got {target.dtype} of shape {tuple(target.shape)}"
             )
         v.check_tensor_values("target", target, low=0.0)
         t2 = as_rows(target.detach(), 1).to(
