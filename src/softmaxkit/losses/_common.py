@@ -35,8 +35,8 @@ class Rows:
 
     ``index`` holds class indices (ignored rows set to 0) when the targets were indices,
     ``probs`` the (rows, C) probability targets when they were probabilities; exactly one
-    is set. ``smoothing`` is the label smoothing still to apply to ``index`` targets
-    (probability targets have it applied already). ``kept`` marks the rows that count
+    is set. ``smoothing`` is the label smoothing still to apply (block by block, in
+    :func:`row_loss`). ``kept`` marks the rows that count
     (``None``: all do). ``shape`` is the per-sample shape of ``reduction="none"``.
     """
 
@@ -85,7 +85,6 @@ def prepare(
     v.check_int("ignore_index", ignore_index)
     v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     v.check_tensor("target", target)
-    num_classes = logits.shape[1]
     x2 = as_rows(logits, 1)
     if target.dtype.is_floating_point:
         if not probs:
@@ -100,13 +99,9 @@ def prepare(
                 f"shape {tuple(logits.shape)}, got {target.dtype} of shape {tuple(target.shape)}"
             )
         v.check_tensor_values("target", target, low=0.0)
-        t2 = as_rows(target.detach(), 1).to(
-            x2.dtype if x2.dtype not in HALF_DTYPES else torch.float32
-        )
-        if label_smoothing > 0:
-            t2 = t2 * (1 - label_smoothing) + label_smoothing / num_classes
         sample_shape = logits.shape[:1] + logits.shape[2:]
-        return Rows(x2, None, t2, 0.0, None, sample_shape)
+        t2 = as_rows(target.detach(), 1)
+        return Rows(x2, None, t2, float(label_smoothing), None, sample_shape)
     v.check_class_target(target, logits, 1, ignore_index)
     flat = target.reshape(-1)
     kept = flat != ignore_index
@@ -138,6 +133,8 @@ def _block_args(b: slice, inputs, target, extras, smoothing, dtype):
     t = None if target is None else target[b]
     if t is not None and t.dtype.is_floating_point:
         t = t.to(dtype)
+        if smoothing > 0:
+            t = t * (1 - smoothing) + smoothing / t.shape[1]
     elif t is not None and smoothing > 0:
         t = smoothed(t, smoothing, inputs[0].shape[1], dtype)
     return zs, t, [e[b] for e in extras]
@@ -208,8 +205,9 @@ def row_loss(
     ``fn`` receives each input's block in ``dtype`` (default: float32 for half inputs,
     else the input dtype), the target block (indices (b,), or probabilities (b, C), or
     ``None``) and the blocks of the per-row ``extras`` (never differentiated), and returns
-    the (b,) losses using differentiable torch ops. Index targets with ``smoothing > 0``
-    reach ``fn`` as their dense smoothed probabilities. Rows where ``kept`` is False give 0
+    the (b,) losses using differentiable torch ops. With ``smoothing > 0`` the target
+    block reaches ``fn`` as smoothed probabilities, ``(1 - eps) t + eps / C`` (index
+    targets as ``t = e_y``). Rows where ``kept`` is False give 0
     and zero gradient. ``grad_fn(*zs, t, *extras, g)``, when given, returns the gradient
     of ``sum(g * fn(...))`` with respect to each input (a tensor, or a tuple for several).
     """
