@@ -51,12 +51,6 @@ class Rows:
     def target(self) -> torch.Tensor:
         return self.index if self.index is not None else self.probs
 
-    def count(self) -> torch.Tensor | int:
-        """The denominator of ``reduction="mean"``: kept rows (at least 1)."""
-        if self.kept is None:
-            return self.logits.shape[0]
-        return self.kept.sum().clamp(min=1)
-
 
 def check_logits(name: str, logits: torch.Tensor) -> torch.Tensor:
     v.check_floating(name, logits)
@@ -109,14 +103,19 @@ def prepare(
     return Rows(x2, index, None, float(label_smoothing), kept, target.shape)
 
 
-def reduce(losses: torch.Tensor, rows: Rows, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+def reduce(
+    losses: torch.Tensor, rows: Rows | Sequence[int], reduction: str, dtype: torch.dtype
+) -> torch.Tensor:
     """``reduction`` of per-row ``losses`` as ``cross_entropy`` does it: "mean" divides by
-    the number of kept rows (0 when all are ignored), "none" has the per-sample shape."""
+    the number of kept rows (0, not NaN, when none is kept or there are no rows), "none"
+    has the per-sample shape. ``rows`` is the :class:`Rows` of the loss, or the per-sample
+    shape of a loss without ignored rows."""
+    shape, kept = (rows.shape, rows.kept) if isinstance(rows, Rows) else (tuple(rows), None)
     if reduction == "none":
-        return losses.reshape(rows.shape).to(dtype)
+        return losses.reshape(shape).to(dtype)
     total = losses.sum()
     if reduction == "mean":
-        total = total / rows.count()
+        total = total / (kept.sum().clamp(min=1) if kept is not None else max(losses.numel(), 1))
     return total.to(dtype)
 
 

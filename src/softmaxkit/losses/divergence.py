@@ -1,0 +1,326 @@
+"""f-divergences between the softmax distributions of two logit tensors.
+
+Every divergence is computed in log space from the log-softmax of both inputs, row block
+by row block through the losses' engine, with a closed-form gradient to both inputs: the
+forward pass allocates nothing of size N x C (beyond a contiguous copy when ``dim`` is not the
+last axis) and backward allocates only the gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from torch import nn
+
+from softmaxkit import _validation as v
+from softmaxkit.functional._common import HALF_DTYPES, as_rows, maybe_any
+from softmaxkit.losses._common import reduce, row_loss
+
+KINDS = ("kl", "reverse_kl", "js", "tv", "hellinger", "alpha")
+
+#: below this |1 - alpha| (or |alpha|) the alpha-divergence is evaluated at its KL limit;
+#: the first neglected term is |1 - alpha| * d**2 / 2 for a log-ratio d, far below rounding.
+_ALPHA_LIMIT = 1e-20
+
+#: for 0 < 1 - alpha the exponent (1 - alpha) log(q / p) is capped here: it only exceeds it
+#: where p^alpha q^(1 - alpha) < exp(-80), far below rounding against the sum's 1.
+_EXP_CAP = 80.0
+
+Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+# The kernels below avoid torch.where / masked_fill / comparisons on whole blocks (on CPU they
+# cost 10-30 elementwise passes each). Log-probabilities are "floored" instead: -inf becomes
+# the most negative finite number L, so that p * (log p - log q) is an exact 0 where p = 0,
+# and a class with p > 0 = q shows up as a log-ratio near -L, which a row maximum detects.
+
+
+def log_probs(z: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-softmax of a (b, C) block; a row of only ``-inf`` logits is the zero
+    measure (``-inf`` everywhere) instead of NaN."""
+    out = torch.log_softmax(z, 1)
+    dead = z.amax(1, keepdim=True) == -math.inf
+    return out.masked_fill(dead, -math.inf) if maybe_any(dead) else out
+
+
+def floor_inf(x: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``-inf`` replaced by the most negative finite number of its dtype."""
+    return x.clamp(min=torch.finfo(x.dtype).min)
+
+
+def unbounded_rows(ratio: torch.Tensor) -> torch.Tensor:
+    """Rows whose floored log-ratio reaches about -L: a class with p > 0 = q."""
+    return ratio.amax(1) > torch.finfo(ratio.dtype).max / 2
+
+
+def nonnegative(loss: torch.Tensor) -> torch.Tensor:
+    """A divergence rounded below zero (by at most a few ulps) is 0; gradients are
+    computed from the exact formulas, not through this clamp."""
+    return loss.clamp(min=0.0)
+
+
+def _kl(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+    """KL(p || q), and with ``grads`` its gradients w.r.t. the logits of p and of q."""
+    p = lp.exp()
+    ratio = floor_inf(lp) - floor_inf(lq)  # log(p / q); 0 log 0 = 0 as p * ratio = 0 where p = 0
+    loss = (p * ratio).sum(1).masked_fill(unbounded_rows(ratio), math.inf)  # +inf where p > 0 = q
+    if not grads:
+        return nonnegative(loss), lp, lq
+    return nonnegative(loss), p * (ratio - loss.unsqueeze(1)), lq.exp() - p
+
+
+def _reverse_kl(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+    loss, grad_q, grad_p = _kl(lq, lp, grads)
+    return loss, grad_p, grad_q
+
+
+def _js(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+    p, q = lp.exp(), lq.exp()
+    lm = floor_inf((0.5 * (p + q)).log())
+    rp, rq = floor_inf(lp) - lm, floor_inf(lq) - lm  # <= log 2 where p > 0 (resp. q > 0)
+    kp, kq = (p * rp).sum(1, keepdim=True), (q * rq).sum(1, keepdim=True)
+    loss = nonnegative(0.5 * (kp + kq).squeeze(1))
+    if not grads:
+        return loss, lp, lq
+    return loss, 0.5 * p * (rp - kp), 0.5 * q * (rq - kq)
+
+
+def _tv(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+    p, q = lp.exp(), lq.exp()
+    diff = p - q
+    loss = 0.5 * diff.abs().sum(1)
+    if not grads:
+        return loss, lp, lq
+    sign = diff.sign()
+    grad_p = 0.5 * p * (sign - (sign * p).sum(1, keepdim=True))
+    grad_q = -0.5 * q * (sign - (sign * q).sum(1, keepdim=True))
+    return loss, grad_p, grad_q
+
+
+def _hellinger(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+    rp, rq = (0.5 * lp).exp(), (0.5 * lq).exp()
+    loss = 0.5 * (rp - rq).square().sum(1)
+    if not grads:
+        return loss, lp, lq
+    both = rp * rq
+    overlap = both.sum(1, keepdim=True)  # the Bhattacharyya coefficient
+    return loss, 0.5 * (rp.square() * overlap - both), 0.5 * (rq.square() * overlap - both)
+
+
+def _alpha_upper(lp: torch.Tensor, lq: torch.Tensor, alpha: float, grads: bool) -> Parts:
+    """Amari alpha-divergence for alpha >= 1/2, written around its alpha -> 1 limit.
+
+    With beta = 1 - alpha and d = log q - log p on the support of p,
+    sum p^alpha q^beta - 1 = sum p expm1(beta d) = beta * S with S = sum p E,
+    E = expm1(beta d) / beta (-> d as beta -> 0), so D = -S / alpha with no cancellation.
+    """
+    beta = 1.0 - alpha
+    if abs(beta) < _ALPHA_LIMIT:
+        return _kl(lp, lq, grads)
+    p = lp.exp()
+    x = beta * (floor_inf(lq) - floor_inf(lp))  # where p = 0: -huge (beta < 0) or capped (beta > 0)
+    if beta > 0:
+        x = x.clamp(max=_EXP_CAP)
+    pe = p * torch.expm1(x)
+    if beta < 0:  # p^alpha q^beta overflowed where p itself underflowed: +inf, not 0 * inf
+        pe = pe.nan_to_num(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    pe = pe / beta  # p E
+    s = pe.sum(1, keepdim=True)
+    loss = nonnegative(-s.squeeze(1) / alpha)
+    if not grads:
+        return loss, lp, lq
+    w = p + beta * pe  # p^alpha q^beta
+    grad_q = -(w - lq.exp() * w.sum(1, keepdim=True)) / alpha
+    return loss, p * s - pe, grad_q
+
+
+def _alpha(lp: torch.Tensor, lq: torch.Tensor, alpha: float, grads: bool) -> Parts:
+    if alpha >= 0.5:
+        return _alpha_upper(lp, lq, alpha, grads)
+    # D_alpha(p || q) = D_(1 - alpha)(q || p): evaluate around the alpha -> 0 limit instead
+    loss, grad_q, grad_p = _alpha_upper(lq, lp, 1.0 - alpha, grads)
+    return loss, grad_p, grad_q
+
+
+_PARTS: dict[str, Callable[..., Parts]] = {
+    "kl": _kl,
+    "reverse_kl": _reverse_kl,
+    "js": _js,
+    "tv": _tv,
+    "hellinger": _hellinger,
+}
+
+
+def divergence_parts(
+    kind: str, alpha: float | None, scale: float = 1.0, factor: float = 1.0
+) -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+    """Row functions ``fn(zp, zq, t)`` and ``grad_fn(zp, zq, t, g)`` for the engine giving
+    ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` per row and its gradients."""
+    parts = _PARTS[kind] if kind != "alpha" else partial(_alpha, alpha=alpha)
+
+    def evaluate(zp: torch.Tensor, zq: torch.Tensor, grads: bool) -> Parts:
+        if scale != 1.0:
+            zp, zq = zp * scale, zq * scale
+        return parts(log_probs(zp), log_probs(zq), grads=grads)
+
+    def fn(zp: torch.Tensor, zq: torch.Tensor, t: None) -> torch.Tensor:
+        loss = evaluate(zp, zq, False)[0]
+        return loss * factor if factor != 1.0 else loss
+
+    def grad_fn(zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor):
+        _, grad_p, grad_q = evaluate(zp, zq, True)
+        g = (g * (factor * scale)).unsqueeze(1)
+        return grad_p * g, grad_q * g
+
+    return fn, grad_fn
+
+
+def pair_dtypes(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, result dtype) of a pair of logit tensors: the promoted dtype, computed
+    in float32 when it is a half type."""
+    out = torch.promote_types(a.dtype, b.dtype)
+    return (torch.float32 if out in HALF_DTYPES else out), out
+
+
+def check_alpha(kind: str, alpha: float | None) -> float | None:
+    v.check_choice("kind", kind, KINDS)
+    if kind == "alpha":
+        if alpha is None:
+            raise ValueError('alpha must be given (a real number) when kind="alpha", got None')
+        return v.check_number("alpha", alpha)
+    if alpha is not None:
+        raise ValueError(f'alpha is only used with kind="alpha", got alpha={alpha!r} with {kind=}')
+    return None
+
+
+def f_divergence(
+    p_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    kind: str,
+    *,
+    alpha: float | None = None,
+    dim: int = -1,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    r"""An f-divergence :math:`D(p \,\|\, q)` between ``p = softmax(p_logits)`` and
+    ``q = softmax(q_logits)`` along ``dim``.
+
+    .. math::
+        \mathrm{kl}:\ \sum_k p_k \log\frac{p_k}{q_k} \qquad
+        \mathrm{reverse\_kl}:\ \sum_k q_k \log\frac{q_k}{p_k} \qquad
+        \mathrm{js}:\ \tfrac12 \mathrm{KL}(p\|m) + \tfrac12 \mathrm{KL}(q\|m),\ m = \tfrac{p+q}2
+
+        \mathrm{tv}:\ \tfrac12 \sum_k |p_k - q_k| \qquad
+        \mathrm{hellinger}:\ \tfrac12 \sum_k (\sqrt{p_k} - \sqrt{q_k})^2
+            = 1 - \sum_k \sqrt{p_k q_k}
+
+        \mathrm{alpha}:\ D_\alpha(p\|q) = \frac{1}{\alpha(\alpha - 1)}
+            \Big(\sum_k p_k^\alpha q_k^{1-\alpha} - 1\Big)
+
+    Each is an f-divergence :math:`\sum_k q_k f(p_k / q_k)` (Csiszar 1967; Ali & Silvey
+    1966), so each is >= 0 and 0 exactly when p = q, i.e. when the two logit rows agree up
+    to an additive shift. JS lies in [0, log 2] and is symmetric; TV in [0, 1]; "hellinger"
+    is the *squared* Hellinger distance with the 1/2 convention, in [0, 1] (take its square
+    root for the Hellinger metric). "alpha" is Amari's alpha-divergence in the
+    parameterisation of A. Cichocki, S. Amari, "Families of Alpha- Beta- and
+    Gamma-Divergences: Flexible and Robust Measures of Similarities", Entropy 12(6),
+    1532-1568, 2010, for normalised distributions (Csiszar generator
+    :math:`f(u) = (u^\alpha - 1 - \alpha (u - 1)) / (\alpha(\alpha - 1))`, the one of
+    ``tfp.vi.amari_alpha``): alpha -> 1 gives KL(p || q), alpha -> 0 gives
+    KL(q || p) = reverse KL, alpha = 1/2 gives 4 x "hellinger", and
+    :math:`D_\alpha(p\|q) = D_{1-\alpha}(q\|p)`; any real alpha is accepted (Amari's
+    original alpha' in [-1, 1] is 2 alpha - 1). Both limits are continuous: the sum is evaluated as
+    :math:`\sum_k p_k\,\mathrm{expm1}((1-\alpha) \log(q_k/p_k))` (mirrored for
+    alpha < 1/2), which never subtracts two numbers near 1.
+
+    Computed exactly in log space from the log-softmax of both inputs, so it holds for any
+    logits, including ``-inf`` (a zero-probability class; 0 log 0 = 0) and ±1e4. The
+    result is ``+inf`` only where the divergence is: for "kl" where some class has
+    p > 0 = q ("reverse_kl": q > 0 = p; "alpha": the same for alpha >= 1, resp. alpha <= 0);
+    the gradient there is not defined (NaN or inf). A row of only ``-inf`` logits is
+    treated as the zero measure (no NaN). Both inputs receive gradients (closed form,
+    computed block by block in backward); neither is detached.
+
+    As a distillation loss, pass the teacher as ``p_logits`` and the student as
+    ``q_logits`` for the forward KL of Hinton et al. (``kind="kl"``, the usual KD loss;
+    :func:`softmaxkit.losses.kd_loss` adds the temperature), or use "reverse_kl" for the
+    mode-seeking KL(student || teacher); detach the teacher yourself
+    (``teacher.detach()``) when it must not be trained.
+
+    Args:
+        p_logits: logits of p, any shape; float16/bfloat16 are computed in float32.
+        q_logits: logits of q, the same shape.
+        kind: one of "kl", "reverse_kl", "js", "tv", "hellinger", "alpha".
+        alpha: the alpha of ``kind="alpha"`` (required there, rejected otherwise).
+        dim: the class axis.
+        reduction: "mean" over all distributions (every position other than ``dim``;
+            the "batchmean" of ``torch.nn.functional.kl_div`` for 2-D input, 0 for an
+            empty batch), "sum", or "none" (the input shape without ``dim``).
+
+    Returns:
+        The divergence in the promoted dtype of the two inputs.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.divergence import f_divergence
+        >>> p, q = torch.tensor([[2.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, 0.0]])
+        >>> f_divergence(p, q, "kl"), f_divergence(p, q, "js")
+        (tensor(0.5743), tensor(0.1495))
+        >>> f_divergence(p, q, "alpha", alpha=1.0), f_divergence(p, q, "alpha", alpha=0.0)
+        (tensor(0.5743), tensor(0.7379))
+        >>> f_divergence(p, torch.tensor([[2.0, 0.0, -float("inf")]]), "tv")
+        tensor(0.0420)
+    """
+    v.check_floating("p_logits", p_logits)
+    v.check_floating("q_logits", q_logits)
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(
+            f"q_logits must have the shape of p_logits {tuple(p_logits.shape)}, "
+            f"got {tuple(q_logits.shape)}"
+        )
+    alpha = check_alpha(kind, alpha)
+    dim = v.check_dim("dim", dim, p_logits.ndim)
+    v.check_reduction(reduction)
+    compute, out_dtype = pair_dtypes(p_logits, q_logits)
+    fn, grad_fn = divergence_parts(kind, alpha)
+    x2, y2 = as_rows(p_logits, dim), as_rows(q_logits, dim)
+    losses = row_loss(fn, [x2, y2], None, grad_fn=grad_fn, dtype=compute)
+    return reduce(losses, p_logits.shape[:dim] + p_logits.shape[dim + 1 :], reduction, out_dtype)
+
+
+class FDivergence(nn.Module):
+    """Module twin of :func:`f_divergence`: ``FDivergence(kind, alpha=None, dim=-1,
+    reduction="mean")(p_logits, q_logits)``.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.divergence import FDivergence
+        >>> FDivergence("hellinger")(torch.tensor([[2.0, 0.0, -1.0]]), torch.zeros(1, 3))
+        tensor(0.1562)
+    """
+
+    def __init__(
+        self, kind: str, *, alpha: float | None = None, dim: int = -1, reduction: str = "mean"
+    ) -> None:
+        super().__init__()
+        self.alpha = check_alpha(kind, alpha)
+        v.check_reduction(reduction)
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
+        self.kind, self.dim, self.reduction = kind, dim, reduction
+
+    def forward(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        return f_divergence(
+            p_logits,
+            q_logits,
+            self.kind,
+            alpha=self.alpha,
+            dim=self.dim,
+            reduction=self.reduction,
+        )
+
+    def extra_repr(self) -> str:
+        alpha = f", alpha={self.alpha}" if self.kind == "alpha" else ""
+        return f"kind={self.kind!r}{alpha}, dim={self.dim}, reduction={self.reduction!r}"

@@ -1,0 +1,600 @@
+"""Losses of the spherical family (Vincent et al. 2015) and the PaLM log-partition penalty.
+
+* :func:`z_loss`: the Z-loss of de Brébisson & Vincent 2016, a softplus of the z-scored
+  target output; invariant to shifting and to positively rescaling the outputs.
+* :func:`spherical_softmax_loss` and :func:`taylor_softmax_loss`: the negative
+  log-likelihoods of the spherical softmax and of the second-order Taylor softmax
+  (de Brébisson & Vincent, ICLR 2016), with the maps themselves as
+  :func:`spherical_softmax` and :func:`taylor_softmax`.
+* :func:`logsumexp_penalty`: ``weight * logsumexp(logits)^2``, the auxiliary term PaLM
+  (Chowdhery et al. 2022) calls "z-loss". It is **not** the Z-loss above.
+
+The first three depend on a row of outputs ``o`` only through ``sum(o)``, ``sum(o^2)`` and
+the target entries, which is what makes them members of the spherical family: their
+gradient has the form ``f1 o + f2 1 + (sparse part on the targets)``. Here they take the
+full (N, C) logits; the O(d^2) output layer that exploits this form lives in ``heads``.
+Each loss has an analytic gradient and runs through the row engine, so backward allocates
+only the gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softmaxkit import _validation as v
+from softmaxkit.functional._common import as_rows, compute_dtype
+from softmaxkit.losses._common import Rows, prepare, reduce, row_loss
+
+_Fn = Callable[..., torch.Tensor]
+
+
+def _check_common(reduction: str, ignore_index: int, label_smoothing: float) -> None:
+    v.check_reduction(reduction)
+    v.check_int("ignore_index", ignore_index)
+    v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+
+
+def _run(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    fns: tuple[_Fn, _Fn],
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
+    losses = row_loss(
+        fns[0],
+        [rows.logits],
+        rows.target,
+        kept=rows.kept,
+        smoothing=rows.smoothing,
+        grad_fn=fns[1],
+    )
+    return reduce(losses, rows, reduction, logits.dtype)
+
+
+def _sq_norm(z: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of squares, (b, 1), without a (b, C) temporary."""
+    return torch.linalg.vector_norm(z, dim=1, keepdim=True).square()
+
+
+def _picked(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return z.gather(1, t.unsqueeze(1))
+
+
+# --- Z-loss ------------------------------------------------------------------------------------
+
+
+def _softplus_scaled(x: torch.Tensor, a: float) -> torch.Tensor:
+    """(1/a) log(1 + exp(a x)); linear only beyond a x = 40, where the difference (e^-40)
+    is below float64 resolution."""
+    return F.softplus(x, beta=a, threshold=40.0)
+
+
+def _z_stats(z: torch.Tensor, eps: float):
+    """Centred outputs d = o - mean(o), the population standard deviation sigma and the
+    divisor s = sigma + eps (1 where both are 0: then d = 0 and every z-score is 0)."""
+    d = z - z.mean(1, keepdim=True)
+    sigma = torch.linalg.vector_norm(d, dim=1, keepdim=True) / math.sqrt(z.shape[1])
+    s = sigma + eps
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return d, sigma, s
+
+
+def _over_sigma(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x / sigma, and 0 where sigma = 0 (there the centred outputs it multiplies are 0)."""
+    return torch.where(sigma > 0, x / torch.where(sigma > 0, sigma, torch.ones_like(sigma)), 0.0)
+
+
+def _rowdot(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of t * h, (b,), overwriting the temporary ``h`` (faster than bmm)."""
+    return h.mul_(t).sum(1)
+
+
+def _z_fns(a: float, b: float, eps: float) -> tuple[_Fn, _Fn]:
+    # z_k = d_k / s; dz_k/do_j = (delta_kj - 1/C) / s - z_k d_j / (C s sigma)
+    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        d, _, s = _z_stats(z, eps)
+        if t.dtype.is_floating_point:
+            return _rowdot(t, _softplus_scaled(d.div_(s).neg_().add_(b), a))
+        return _softplus_scaled(b - _picked(d, t) / s, a).squeeze(1)
+
+    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        d, sigma, s = _z_stats(z, eps)
+        C = z.shape[1]
+        g = g.unsqueeze(1)
+        if t.dtype.is_floating_point:
+            zs = d / s
+            # w_k = t_k dl/dz_k = -t_k sigmoid(a (b - z_k))
+            w = zs.neg().add_(b).mul_(a).sigmoid_().neg_().mul_(t)
+            w1 = w.sum(1, keepdim=True)
+            w2 = _rowdot(w, zs).unsqueeze(1)
+            out = d.mul_(_over_sigma(-w2 / (C * s), sigma)).add_(w.div_(s))
+            return out.sub_(w1 / (C * s)).mul_(g)
+        zc = _picked(d, t) / s
+        gf = g * torch.sigmoid(a * (b - zc)).neg_()  # g dl/dz_c
+        out = d.mul_(_over_sigma(-gf * zc / (C * s), sigma)).sub_(gf / (C * s))
+        return out.scatter_add_(1, t.unsqueeze(1), gf / s)
+
+    return fn, grad_fn
+
+
+def z_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    a: float,
+    b: float,
+    eps: float = 1e-12,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    r"""The Z-loss: a softplus of the z-scored target output (de Brébisson & Vincent 2016).
+
+    For a row of outputs :math:`o \in \mathbb{R}^C` and target class :math:`c`:
+
+    .. math::
+        \mu = \frac{1}{C}\sum_k o_k, \qquad
+        \sigma = \sqrt{\frac{1}{C}\sum_k (o_k - \mu)^2}, \qquad
+        z_c = \frac{o_c - \mu}{\sigma + \varepsilon},
+
+        \ell(o, c) = \frac{1}{a}\operatorname{softplus}\big(a\,(b - z_c)\big)
+                   = \frac{1}{a}\log\big(1 + e^{a (b - z_c)}\big).
+
+    :math:`\sigma` is the population standard deviation (divided by :math:`C`), as in the
+    paper and the official code. The loss is invariant to adding a constant to every
+    output and (up to :math:`\varepsilon`) to multiplying them by a positive factor, and it
+    depends on :math:`o` only through :math:`\sum_k o_k`, :math:`\sum_k o_k^2` and
+    :math:`o_c`, so it belongs to the spherical family. :math:`a > 0` sets the sharpness
+    of the softplus and :math:`b` the z-score beyond which the target stops being pushed
+    up. The paper tunes them per task (they trade top-1 against top-k accuracy), so both
+    are required here. The official example (``pascal20100/factored_output_layer``,
+    ``example/timing_example.py``) uses :math:`\operatorname{softplus}(-z_c)`, i.e.
+    ``a=1, b=0``, with ``eps=1e-12`` added to :math:`\sigma`; ``eps`` defaults to that
+    value. A constant row (:math:`\sigma = 0`) has z-scores 0 and a finite loss, but the
+    gradient grows like :math:`1/(\sigma + \varepsilon)` as the outputs become equal: a
+    row of equal outputs (e.g. from a zero-initialised output layer) gets a gradient of
+    order :math:`1/\varepsilon`, so raise ``eps`` if that can happen.
+
+    A probability target :math:`t` (or label smoothing) gives the expected loss
+    :math:`\sum_k t_k\,\ell(o, k)`.
+
+    **Not the PaLM "z-loss".** Large language models call "z-loss" the auxiliary penalty
+    :math:`10^{-4} \log^2 \sum_k e^{o_k}` on the softmax normaliser (Chowdhery et al.
+    2022); that is :func:`logsumexp_penalty`, added *to* cross-entropy. This function is
+    a classification loss that *replaces* cross-entropy.
+
+    Paper: A. de Brébisson, P. Vincent, "The Z-loss: a shift and scale invariant
+    classification loss belonging to the Spherical Family", 2016, arXiv:1604.08859.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...) outputs with classes on dim 1, like
+            ``cross_entropy``; C >= 2.
+        target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
+        a: sharpness, > 0 (required; the paper tunes it).
+        b: z-score margin, any real (required; the paper tunes it).
+        eps: added to :math:`\sigma`, >= 0 (default 1e-12, the official code's).
+        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
+            "none".
+        ignore_index: target value that contributes nothing (index targets only).
+        label_smoothing: in [0, 1], as in ``cross_entropy``.
+
+    Returns:
+        The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import z_loss
+        >>> x = torch.tensor([[1.0, 2.0, 4.0], [0.0, 0.0, 1.0]])
+        >>> z_loss(x, torch.tensor([2, 0]), a=1.0, b=1.0, reduction="none")
+        tensor([0.5391, 1.8738])
+    """
+    v.check_number("a", a, low=0.0, low_open=True)
+    v.check_number("b", b)
+    v.check_number("eps", eps, low=0.0)
+    _check_common(reduction, ignore_index, label_smoothing)
+    v.check_floating("logits", logits)
+    if logits.ndim >= 2 and logits.shape[1] < 2:
+        raise ValueError(
+            f"z_loss needs at least 2 classes (the z-score of a single output is undefined), "
+            f"got logits of shape {tuple(logits.shape)}"
+        )
+    fns = _z_fns(float(a), float(b), float(eps))
+    return _run(logits, target, fns, reduction, ignore_index, label_smoothing)
+
+
+# --- spherical softmax and Taylor softmax ------------------------------------------------------
+
+
+def _spherical_fns(eps: float) -> tuple[_Fn, _Fn]:
+    # l = log(sum_k o_k^2 + C eps) - log(o_c^2 + eps)
+    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        log_total = (_sq_norm(z) + z.shape[1] * eps).log().squeeze(1)
+        if t.dtype.is_floating_point:
+            return t.sum(1) * log_total - _rowdot(t, z.square().add_(eps).log_())
+        return log_total - _picked(z, t).square().add_(eps).log_().squeeze(1)
+
+    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        scale = 2 * g.unsqueeze(1) / (_sq_norm(z) + z.shape[1] * eps)
+        if t.dtype.is_floating_point:
+            own = t * z / z.square().add_(eps)
+            return (z * t.sum(1, keepdim=True)).mul_(scale).sub_(own.mul_(2 * g.unsqueeze(1)))
+        oc = _picked(z, t)
+        out = z * scale
+        return out.scatter_add_(1, t.unsqueeze(1), -2 * g.unsqueeze(1) * oc / (oc * oc + eps))
+
+    return fn, grad_fn
+
+
+def _taylor_terms(z: torch.Tensor) -> torch.Tensor:
+    """1 + o + o^2 / 2, written ((1 + o)^2 + 1) / 2 (no cancellation; always >= 1/2)."""
+    return (z + 1).square_().add_(1).mul_(0.5)
+
+
+def _taylor_total(z: torch.Tensor) -> torch.Tensor:
+    """sum_k (1 + o_k + o_k^2 / 2) from sum(o) and sum(o^2), (b, 1)."""
+    return z.sum(1, keepdim=True) + 0.5 * _sq_norm(z) + z.shape[1]
+
+
+def _taylor_fns() -> tuple[_Fn, _Fn]:
+    # l = log(sum_k f(o_k)) - log f(o_c), f(o) = 1 + o + o^2 / 2, f'(o) = 1 + o
+    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        log_total = _taylor_total(z).log_().squeeze(1)
+        if t.dtype.is_floating_point:
+            return t.sum(1) * log_total - _rowdot(t, _taylor_terms(z).log_())
+        return log_total - _taylor_terms(_picked(z, t)).log_().squeeze(1)
+
+    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        g = g.unsqueeze(1)
+        total = _taylor_total(z)
+        if t.dtype.is_floating_point:
+            own = t * (z + 1) / _taylor_terms(z)
+            return (z + 1).mul_(t.sum(1, keepdim=True) / total).sub_(own).mul_(g)
+        oc = _picked(z, t)
+        out = (z + 1).mul_(g / total)
+        return out.scatter_add_(1, t.unsqueeze(1), -g * (oc + 1) / _taylor_terms(oc))
+
+    return fn, grad_fn
+
+
+def spherical_softmax_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    r"""Negative log-likelihood of the spherical softmax (log-spherical softmax loss).
+
+    .. math::
+        p_c = \frac{o_c^2 + \varepsilon}{\sum_k (o_k^2 + \varepsilon)}, \qquad
+        \ell(o, c) = -\log p_c
+                   = \log\Big(\sum_k o_k^2 + C\varepsilon\Big) - \log(o_c^2 + \varepsilon).
+
+    The map squares the outputs where softmax exponentiates them, so the loss depends on
+    :math:`o` only through :math:`\sum_k o_k^2` and :math:`o_c` (spherical family) and is
+    unchanged when every output flips sign. :math:`\varepsilon > 0` keeps :math:`p`
+    defined when the outputs are 0 and bounds the loss by :math:`\log(C + \sum_k o_k^2 /
+    \varepsilon)`; it is a hyperparameter of the map (the paper notes the spherical
+    softmax needs it, the Taylor softmax does not) and has no default here. Because
+    :math:`o_k^2` grows in both directions, a ``-inf`` logit does not mean "impossible
+    class" here: it makes that class the most likely one (the loss is then infinite or
+    NaN).
+
+    A probability target :math:`t` (or label smoothing) gives the soft-target
+    cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.
+
+    Papers: the map is from P. Vincent, A. de Brébisson, X. Bouthillier, "Efficient Exact
+    Gradient Update for training Deep Networks with Very Large Sparse Targets", NeurIPS
+    2015, arXiv:1412.7091; the loss is studied in A. de Brébisson, P. Vincent, "An
+    Exploration of Softmax Alternatives Belonging to the Spherical Loss Family", ICLR 2016,
+    arXiv:1511.05042.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
+        target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
+        eps: the constant added to every squared output, > 0 (required).
+        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
+            "none".
+        ignore_index: target value that contributes nothing (index targets only).
+        label_smoothing: in [0, 1], as in ``cross_entropy``.
+
+    Returns:
+        The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import spherical_softmax_loss
+        >>> x = torch.tensor([[1.0, -2.0, 0.0]])
+        >>> spherical_softmax_loss(x, torch.tensor([1]), eps=0.01)
+        tensor(0.2266)
+    """
+    v.check_number("eps", eps, low=0.0, low_open=True)
+    _check_common(reduction, ignore_index, label_smoothing)
+    return _run(
+        logits, target, _spherical_fns(float(eps)), reduction, ignore_index, label_smoothing
+    )
+
+
+def taylor_softmax_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    r"""Negative log-likelihood of the second-order Taylor softmax (log-Taylor softmax loss).
+
+    .. math::
+        f(o) = 1 + o + \frac{o^2}{2}, \qquad
+        p_c = \frac{f(o_c)}{\sum_k f(o_k)}, \qquad
+        \ell(o, c) = \log\Big(C + \sum_k o_k + \frac{1}{2}\sum_k o_k^2\Big) - \log f(o_c).
+
+    :math:`f` is the second-order Taylor expansion of :math:`e^o` at 0; it is at least
+    :math:`1/2` (at :math:`o = -1`), so :math:`p` needs no :math:`\varepsilon`, and unlike
+    the spherical softmax it is not symmetric in the sign of :math:`o`. The loss depends on
+    :math:`o` only through :math:`\sum_k o_k`, :math:`\sum_k o_k^2` and :math:`o_c`
+    (spherical family). As for the spherical softmax, a ``-inf`` logit does not mean
+    "impossible class" (:math:`f(-\infty) = \infty`).
+
+    A probability target :math:`t` (or label smoothing) gives the soft-target
+    cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.
+
+    Paper: A. de Brébisson, P. Vincent, "An Exploration of Softmax Alternatives Belonging
+    to the Spherical Loss Family", ICLR 2016, arXiv:1511.05042.
+
+    Args:
+        logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
+        target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
+        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
+            "none".
+        ignore_index: target value that contributes nothing (index targets only).
+        label_smoothing: in [0, 1], as in ``cross_entropy``.
+
+    Returns:
+        The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import taylor_softmax_loss
+        >>> x = torch.tensor([[1.0, -2.0, 0.0]])
+        >>> taylor_softmax_loss(x, torch.tensor([0]))
+        tensor(0.5878)
+    """
+    _check_common(reduction, ignore_index, label_smoothing)
+    return _run(logits, target, _taylor_fns(), reduction, ignore_index, label_smoothing)
+
+
+def _map(x: torch.Tensor, dim: int, terms: Callable[[torch.Tensor], torch.Tensor]):
+    v.check_floating("x", x)
+    dim = v.check_dim("dim", dim, x.ndim)
+    z = x.to(compute_dtype(x))
+    f = terms(z)
+    return (f / f.sum(dim, keepdim=True)).to(x.dtype)
+
+
+def spherical_softmax(x: torch.Tensor, *, eps: float, dim: int = -1) -> torch.Tensor:
+    r"""The spherical softmax :math:`p_i = (x_i^2 + \varepsilon) / \sum_k (x_k^2 +
+    \varepsilon)` along ``dim``.
+
+    The map whose negative log is :func:`spherical_softmax_loss` (see there for the papers
+    and for :math:`\varepsilon`). Any shape and floating dtype; half inputs are computed in
+    float32 and returned in their dtype. Plain differentiable torch ops.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import spherical_softmax
+        >>> spherical_softmax(torch.tensor([1.0, -2.0, 0.0]), eps=0.01)
+        tensor([0.2008, 0.7972, 0.0020])
+    """
+    v.check_number("eps", eps, low=0.0, low_open=True)
+    return _map(x, dim, lambda z: z.square() + eps)
+
+
+def taylor_softmax(x: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
+    r"""The second-order Taylor softmax :math:`p_i = f(x_i) / \sum_k f(x_k)`,
+    :math:`f(x) = 1 + x + x^2/2`, along ``dim``.
+
+    The map whose negative log is :func:`taylor_softmax_loss` (de Brébisson & Vincent,
+    ICLR 2016, arXiv:1511.05042). Strictly positive (:math:`f \ge 1/2`). Any shape and
+    floating dtype; half inputs are computed in float32 and returned in their dtype.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import taylor_softmax
+        >>> taylor_softmax(torch.tensor([1.0, -2.0, 0.0]))
+        tensor([0.5556, 0.2222, 0.2222])
+    """
+    return _map(x, dim, lambda z: z + 1 + 0.5 * z.square())
+
+
+# --- PaLM log-partition penalty ----------------------------------------------------------------
+
+
+def _lse_fns(weight: float) -> tuple[_Fn, _Fn]:
+    def lse_of(z: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(z, 1)
+        return torch.where(lse == -math.inf, 0.0, lse)  # a row of -inf has nothing to penalise
+
+    def fn(z: torch.Tensor, t: None) -> torch.Tensor:
+        return weight * lse_of(z).square()
+
+    def grad_fn(z: torch.Tensor, t: None, g: torch.Tensor) -> torch.Tensor:
+        lse = lse_of(z).unsqueeze(1)
+        return (z - lse).exp_().mul_(2 * weight * lse * g.unsqueeze(1))
+
+    return fn, grad_fn
+
+
+def logsumexp_penalty(
+    logits: torch.Tensor,
+    *,
+    weight: float = 1e-4,
+    dim: int = 1,
+    reduction: str = "mean",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    r"""The PaLM "z-loss": ``weight * logsumexp(logits)^2`` per sample.
+
+    .. math:: \ell(o) = w \, \log^2 Z, \qquad Z = \sum_k e^{o_k}, \qquad
+              \frac{\partial \ell}{\partial o_k} = 2 w \log Z \cdot \operatorname{softmax}(o)_k.
+
+    An auxiliary term added to cross-entropy that pulls the log-normaliser
+    :math:`\log Z` towards 0, which keeps the logits in a range where low-precision
+    training stays stable (and makes :math:`o` close to normalised log-probabilities).
+    Chowdhery et al. use :math:`w = 10^{-4}` (the default). Language-model codebases
+    (T5X/Mesh TensorFlow, PaLM, OLMo) call this "z-loss"; it is **not** the Z-loss of de
+    Brébisson & Vincent 2016, which is a classification loss on z-scored outputs
+    (:func:`z_loss`). A row whose logits are all ``-inf`` gives 0 and zero gradient.
+
+    Paper: A. Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022,
+    arXiv:2204.02311 (Section 5, "z_loss = 10^-4 * log^2 Z").
+
+    Args:
+        logits: any shape with the classes on ``dim``.
+        weight: the coefficient :math:`w`, >= 0 (default 1e-4, PaLM's).
+        dim: the class dimension (default 1, the ``cross_entropy`` layout, so
+            ``F.cross_entropy(x, t) + logsumexp_penalty(x)`` uses the same logits).
+        reduction: "mean" (over kept samples; 0 when none is kept), "sum" or "none" (the
+            logits' shape without ``dim``).
+        mask: optional boolean keep-mask (True = keep) broadcastable to the logits' shape
+            without ``dim``; e.g. ``target != ignore_index``, so the penalty averages over
+            the same tokens as the cross-entropy it is added to.
+
+    Returns:
+        The penalty in the logits' dtype.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.losses.spherical import logsumexp_penalty
+        >>> logsumexp_penalty(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), weight=1.0)
+        tensor(2.9576)
+    """
+    v.check_floating("logits", logits)
+    dim = v.check_dim("dim", dim, logits.ndim)
+    v.check_number("weight", weight, low=0.0)
+    v.check_reduction(reduction)
+    shape = logits.shape[:dim] + logits.shape[dim + 1 :]
+    kept = None
+    if mask is not None:
+        v.check_tensor("mask", mask)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean tensor (True = keep), got dtype {mask.dtype}")
+        v.check_broadcastable_to("mask", mask, tuple(shape), "the logits' shape without dim")
+        kept = mask.expand(shape).reshape(-1)
+    x2 = as_rows(logits, dim)
+    rows = Rows(x2, None, None, 0.0, kept, shape)
+    fn, grad_fn = _lse_fns(float(weight))
+    losses = row_loss(fn, [x2], None, kept=kept, grad_fn=grad_fn)
+    return reduce(losses, rows, reduction, logits.dtype)
+
+
+# --- modules -----------------------------------------------------------------------------------
+
+
+class _LossModule(nn.Module):
+    def __init__(self, reduction: str, ignore_index: int, label_smoothing: float) -> None:
+        super().__init__()
+        _check_common(reduction, ignore_index, label_smoothing)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
+
+    def _options(self) -> dict:
+        return {
+            "reduction": self.reduction,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={val!r}" for k, val in self._options().items())
+
+
+class ZLoss(_LossModule):
+    """Module twin of :func:`z_loss` (the de Brébisson & Vincent Z-loss; for PaLM's
+    "z-loss" penalty see :class:`LogSumExpPenalty`)."""
+
+    def __init__(
+        self,
+        a: float,
+        b: float,
+        *,
+        eps: float = 1e-12,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(reduction, ignore_index, label_smoothing)
+        v.check_number("a", a, low=0.0, low_open=True)
+        v.check_number("b", b)
+        v.check_number("eps", eps, low=0.0)
+        self.a, self.b, self.eps = float(a), float(b), float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return z_loss(logits, target, a=self.a, b=self.b, eps=self.eps, **self._options())
+
+    def extra_repr(self) -> str:
+        return f"a={self.a}, b={self.b}, eps={self.eps}, " + super().extra_repr()
+
+
+class SphericalSoftmaxLoss(_LossModule):
+    """Module twin of :func:`spherical_softmax_loss`."""
+
+    def __init__(
+        self,
+        eps: float,
+        *,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__(reduction, ignore_index, label_smoothing)
+        v.check_number("eps", eps, low=0.0, low_open=True)
+        self.eps = float(eps)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return spherical_softmax_loss(logits, target, eps=self.eps, **self._options())
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, " + super().extra_repr()
+
+
+class TaylorSoftmaxLoss(_LossModule):
+    """Module twin of :func:`taylor_softmax_loss`."""
+
+    def __init__(
+        self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__(reduction, ignore_index, label_smoothing)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return taylor_softmax_loss(logits, target, **self._options())
+
+
+class LogSumExpPenalty(nn.Module):
+    """Module twin of :func:`logsumexp_penalty` (PaLM's "z-loss"; not :class:`ZLoss`)."""
+
+    def __init__(self, weight: float = 1e-4, *, dim: int = 1, reduction: str = "mean") -> None:
+        super().__init__()
+        v.check_number("weight", weight, low=0.0)
+        v.check_reduction(reduction)
+        self.weight, self.dim, self.reduction = float(weight), dim, reduction
+
+    def forward(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return logsumexp_penalty(
+            logits, weight=self.weight, dim=self.dim, reduction=self.reduction, mask=mask
+        )
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, dim={self.dim}, reduction={self.reduction!r}"
