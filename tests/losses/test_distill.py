@@ -624,3 +624,131 @@ X, Y = torch.randn(3, 4), torch.tensor([0, 1, 2])
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- fast kernels and their exact fallback ---------------------------------------------------
+
+from softmaxkit.losses import distill as distill_module  # noqa: E402
+from softmaxkit.losses import divergence as divergence_module  # noqa: E402
+
+
+def numeric_grad(fn, row, h=1e-6):
+    """Central differences of the float64 reference ``fn(row) -> value`` w.r.t. the finite
+    entries of ``row`` (0 at the -inf ones)."""
+    out = np.zeros_like(row)
+    for k in np.flatnonzero(np.isfinite(row)):
+        hi, lo = row.copy(), row.copy()
+        hi[k] += h
+        lo[k] -= h
+        out[k] = (float(fn(hi)) - float(fn(lo))) / (2 * h)
+    return out
+
+
+def spy_fallback(monkeypatch, module):
+    """Record the rows each fast kernel call hands to the exact kernel."""
+    flagged, real = [], module.redo_rows
+
+    def redo_rows(bad, values, exact):
+        flagged.append(bad.clone())
+        real(bad, values, exact)
+
+    monkeypatch.setattr(module, "redo_rows", redo_rows)
+    return flagged
+
+
+def loss_and_grads(fn, weights, *inputs):
+    """Per-row losses and the gradients of their ``weights``-weighted sum over finite rows."""
+    xs = [x.detach().clone().requires_grad_() for x in inputs]
+    loss = fn(*xs)
+    finite = torch.isfinite(loss)
+    grads = torch.autograd.grad((loss[finite] * weights[finite]).sum(), xs)
+    return loss.detach(), grads
+
+
+def mixed_block(n=10, c=6):
+    """Student and teacher rows: finite (one at +-1e4) mixed with rows holding -inf."""
+    s, t = logits(n, c), logits(n, c)
+    s[1] *= 5e3
+    t[1] *= 5e3
+    t[2, 3] = -math.inf  # a class the teacher rules out
+    s[3, 0] = -math.inf  # ... the student rules out (KD: +inf)
+    s[4, [1, 4]] = t[4, [1, 4]] = -math.inf  # both
+    t[5] = -math.inf  # the teacher is the zero measure
+    s[6] = -math.inf
+    s[7] = t[7] = -math.inf
+    s[8, [0, 2]] = t[8, [2, 5]] = -math.inf
+    return s, t
+
+
+@pytest.mark.parametrize("tau", [4.0, 1.0])
+def test_kd_fast_path_falls_back_on_exactly_the_non_finite_rows(tau, monkeypatch):
+    s, t = mixed_block()
+    want = ref.kd(np64(s), np64(t), tau)
+    flagged = spy_fallback(monkeypatch, divergence_module)
+    w = torch.rand(10, generator=gen, dtype=torch.float64) + 0.5
+
+    def run(a, b):
+        return kd_loss(a, b, temperature=tau, reduction="none", detach_teacher=False)
+
+    loss, (gs, gt) = loss_and_grads(run, w, s, t)
+    check(loss, want, rtol=1e-10, atol=1e-10)  # inf where the reference is
+    assert torch.equal(flagged[0], ~torch.isfinite(s + t).all(1)) and len(flagged) == 2
+    # the exact kernel's values and gradients on every row, student only or both
+    _, (only_s,) = loss_and_grads(lambda a: kd_loss(a, t, temperature=tau, reduction="none"), w, s)
+    monkeypatch.setattr(divergence_module, "fast_ok", lambda z: False)
+    exact_loss, (es, et) = loss_and_grads(run, w, s, t)
+    torch.testing.assert_close(loss, exact_loss, rtol=1e-10, atol=1e-12)
+    finite = np.isfinite(want)
+    torch.testing.assert_close(gs[finite], es[finite], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(only_s[finite], es[finite], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gt[finite], et[finite], rtol=1e-9, atol=1e-12)
+    # and the reference's derivative (not on zero-measure rows, where the gradient is not a
+    # derivative of the constant loss)
+    np_s, np_t = np64(s), np64(t)
+    for i in [i for i in np.flatnonzero(finite) if i not in (5, 6, 7)]:
+
+        def kd_row(a, b):
+            return ref.kd(a[None], b[None], tau)[0]
+
+        num_s = numeric_grad(lambda r, i=i: kd_row(r, np_t[i]), np_s[i])
+        num_t = numeric_grad(lambda r, i=i: kd_row(np_s[i], r), np_t[i])
+        check(gs[i], w[i].item() * num_s, rtol=1e-5, atol=1e-5)
+        check(gt[i], w[i].item() * num_t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_nkd_fast_path_falls_back_on_exactly_the_non_finite_rows(tau, monkeypatch):
+    s, t = mixed_block()
+    y = torch.tensor([0, 1, 2, 0, 3, 1, 2, 5, 0, 4])  # row 3: the student rules out y
+    t[9, [0, 1, 2, 3, 5]] = -math.inf  # the teacher puts everything on y
+    want = ref.nkd(np64(s), np64(t), y.numpy(), tau, 1.5)
+    flagged = spy_fallback(monkeypatch, distill_module)
+    w = torch.rand(10, generator=gen, dtype=torch.float64) + 0.5
+
+    def run(a, b):
+        return nkd_loss(a, b, y, temperature=tau, reduction="none", detach_teacher=False)
+
+    loss, (gs, gt) = loss_and_grads(run, w, s, t)
+    check(loss, want, rtol=1e-10, atol=1e-10)
+    # forward: rows 3-9 go to the exact kernel; row 2 (a non-target class only the teacher
+    # rules out) is exact on the fast path, and so are the finite rows 0, 1
+    assert flagged[0].tolist() == [False] * 3 + [True] * 7 and len(flagged) == 2
+    _, (only_s,) = loss_and_grads(
+        lambda a: nkd_loss(a, t, y, temperature=tau, reduction="none"), w, s
+    )
+    monkeypatch.setattr(distill_module, "fast_ok", lambda z: False)
+    exact_loss, (es, et) = loss_and_grads(run, w, s, t)
+    torch.testing.assert_close(loss, exact_loss, rtol=1e-10, atol=1e-12)
+    finite = np.isfinite(want)
+    torch.testing.assert_close(gs[finite], es[finite], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(only_s[finite], es[finite], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gt[finite], et[finite], rtol=1e-9, atol=1e-12)
+    # the student's gradient is the reference's derivative (T_y is a constant there)
+    np_s, np_t = np64(s), np64(t)
+    for i in [i for i in np.flatnonzero(finite) if i not in (5, 6, 7)]:
+
+        def nkd_row(r, i=i):
+            return ref.nkd(r[None], np_t[i][None], y[i : i + 1].numpy(), tau, 1.5)[0]
+
+        num_s = numeric_grad(nkd_row, np_s[i])
+        check(gs[i], w[i].item() * num_s, rtol=1e-5, atol=1e-5)

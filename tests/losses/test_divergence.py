@@ -334,3 +334,97 @@ def test_errors(args, kwargs, error, match):
     if "alpha" in kwargs or args[2] in ("kld", "alpha"):
         with pytest.raises(error, match=match):
             FDivergence(args[2], **kwargs)
+
+
+# --- fast kernels and their exact fallback ---------------------------------------------------
+
+from softmaxkit.losses import divergence as divergence_module  # noqa: E402
+
+
+def mixed_block():
+    """Finite rows (one at +-1e4) mixed with the rows the fast kernels hand to the exact
+    ones: -inf in p only, in q only, in both, all -inf rows."""
+    p, q = pair(n=10, c=6)
+    p[1] *= 5e3
+    q[1] *= 5e3
+    p[2, 3] = -math.inf  # p = 0 at one class
+    q[3, 0] = -math.inf  # q = 0 at one class
+    p[4, [1, 4]] = q[4, [1, 4]] = -math.inf  # impossible under both
+    p[5] = -math.inf  # p is the zero measure
+    q[6] = -math.inf
+    p[7] = q[7] = -math.inf
+    p[8, [0, 2]] = q[8, [2, 5]] = -math.inf
+    return p, q
+
+
+def numeric_grad(fn, row, h=1e-6):
+    """Central differences of the float64 reference ``fn(row) -> value`` w.r.t. the finite
+    entries of ``row`` (0 at the -inf ones)."""
+    out = np.zeros_like(row)
+    for k in np.flatnonzero(np.isfinite(row)):
+        hi, lo = row.copy(), row.copy()
+        hi[k] += h
+        lo[k] -= h
+        out[k] = (float(fn(hi)) - float(fn(lo))) / (2 * h)
+    return out
+
+
+def spy_fallback(monkeypatch, module):
+    """Record the rows each fast kernel call hands to the exact kernel."""
+    flagged, real = [], module.redo_rows
+
+    def redo_rows(bad, values, exact):
+        flagged.append(bad.clone())
+        real(bad, values, exact)
+
+    monkeypatch.setattr(module, "redo_rows", redo_rows)
+    return flagged
+
+
+def loss_and_grads(fn, weights, *inputs):
+    """Per-row losses and the gradients of their ``weights``-weighted sum over finite rows."""
+    xs = [x.detach().clone().requires_grad_() for x in inputs]
+    loss = fn(*xs)
+    finite = torch.isfinite(loss)
+    grads = torch.autograd.grad((loss[finite] * weights[finite]).sum(), xs)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize(("kind", "alpha"), CASES, ids=IDS)
+def test_fast_path_falls_back_on_exactly_the_non_finite_rows(kind, alpha, monkeypatch):
+    p, q = mixed_block()
+    want = expected(p, q, kind, alpha)
+    flagged = spy_fallback(monkeypatch, divergence_module)
+
+    def run(x, y):
+        return f_divergence(x, y, kind, alpha=alpha, reduction="none")
+
+    w = torch.rand(10, generator=gen, dtype=torch.float64) + 0.5
+    loss, (gp, gq) = loss_and_grads(run, w, p, q)
+    # the reference's value (inf where it is inf); for "alpha" not on the zero-measure rows,
+    # where the reference keeps the -1 of a normalised p^alpha q^(1 - alpha) sum and the
+    # exact kernel does not (left as it is: compared with the exact kernel below)
+    rows = [0, 1, 2, 3, 4, 8, 9] if kind == "alpha" else list(range(10))
+    np.testing.assert_allclose(np64(loss)[rows], want[rows], rtol=1e-10, atol=1e-10)
+    # forward and backward ran the fast kernels, which kept the moderate finite rows
+    assert len(flagged) == 2 and not flagged[0][[0, 9]].any()
+    if kind in ("kl", "reverse_kl", "js"):  # every row with a -inf logit, no other
+        assert torch.equal(flagged[0], ~torch.isfinite(p + q).all(1))
+    if kind in ("tv", "hellinger"):  # zero measures only: a -inf logit is an exact 0 there
+        assert flagged[0].tolist() == [False] * 5 + [True] * 3 + [False] * 2
+    # the same values and gradients as the exact kernel on every row
+    monkeypatch.setattr(divergence_module, "fast_ok", lambda z: False)
+    exact_loss, (ep, eq) = loss_and_grads(run, w, p, q)
+    torch.testing.assert_close(loss, exact_loss, rtol=1e-10, atol=1e-12)
+    finite = np.isfinite(want)
+    torch.testing.assert_close(gp[finite], ep[finite], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gq[finite], eq[finite], rtol=1e-9, atol=1e-12)
+    # and the reference's derivative (rows of a zero measure excepted: there the exact
+    # kernel's gradient is not a derivative of the constant loss)
+    live = [i for i in np.flatnonzero(finite) if i not in (5, 6, 7)]
+    np_p, np_q = np64(p), np64(q)
+    for i in live:
+        num_p = numeric_grad(lambda r, i=i: ref.divergence(r, np_q[i], kind, alpha), np_p[i])
+        num_q = numeric_grad(lambda r, i=i: ref.divergence(np_p[i], r, kind, alpha), np_q[i])
+        np.testing.assert_allclose(np64(gp[i]), w[i].item() * num_p, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np64(gq[i]), w[i].item() * num_q, rtol=1e-5, atol=1e-5)

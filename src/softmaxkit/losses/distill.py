@@ -16,10 +16,13 @@ from softmaxkit import _validation as v
 from softmaxkit.functional._common import as_rows, row_blocks
 from softmaxkit.losses._common import Rows, check_logits, prepare, reduce, row_loss
 from softmaxkit.losses.divergence import (
+    Scratch,
     divergence_parts,
+    fast_ok,
     floor_inf,
     log_probs,
     pair_dtypes,
+    redo_rows,
     unbounded_rows,
 )
 
@@ -99,9 +102,14 @@ def kd_loss(
     if detach_teacher:
         teacher_logits = teacher_logits.detach()
     compute, _ = pair_dtypes(student_logits, teacher_logits)
-    fn, grad_fn = divergence_parts("kl", None, scale=1.0 / temperature, factor=temperature**2)
     inputs = [as_rows(teacher_logits, 1), as_rows(student_logits, 1)]
+    needs = (inputs[0].requires_grad, inputs[1].requires_grad)
+    scratch = Scratch()
+    fn, grad_fn = divergence_parts(
+        "kl", None, scale=1.0 / temperature, factor=temperature**2, needs=needs, scratch=scratch
+    )
     losses = row_loss(fn, inputs, None, grad_fn=grad_fn, dtype=compute)
+    scratch.clear()  # backward allocates its own
     sample_shape = student_logits.shape[:1] + student_logits.shape[2:]
     return reduce(losses, sample_shape, reduction, student_logits.dtype)
 
@@ -171,6 +179,66 @@ def _nkd_parts(zs, zt, y, temperature: float, gamma: float, grads: bool):
     grad_s -= (gamma * temperature) * (nt - ns.exp() * nt.sum(1, keepdim=True))
     grad_t = -(gamma * temperature) * nt * (floored - cross)
     return grad_s, grad_t
+
+
+def _masked_shifted(z, col, scale: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scale * z`` with the ``col`` entries at -inf, minus its (new) row maximum, in
+    ``out``; and that maximum (b, 1)."""
+    out = torch.mul(z, scale, out=out) if scale != 1.0 else out.copy_(z)
+    out.scatter_(1, col, -math.inf)
+    top = out.amax(1, keepdim=True)
+    return out.sub_(top), top
+
+
+def _nkd_fast(zs, zt, y, temperature: float, gamma: float, ws: Scratch, g=None, need_t=False):
+    """NKD of a block by the plain closed forms: the (b,) loss (``g`` None) or ``g`` times
+    the gradients (student, teacher or None); and the rows where that is not exact (only
+    rows holding a non-finite logit or no finite non-target one), for the exact kernel.
+
+    With ``a, b`` the non-target logits over tau shifted to maximum 0: T-hat = softmax(a),
+    S-hat = softmax(b), log S-hat = b + log max S-hat, and the non-target log-sum-exps
+    ``lse_a = max - log max T-hat`` (resp. S-hat). At tau = 1 the full rows' log-sum-exps
+    follow from these: log S_y = -log(1 + exp(lse_b - s_y)), T_y = sigmoid(t_y - lse_a),
+    1 - S_y = sigmoid(lse_b - s_y), and S = S-hat (1 - S_y) off the target.
+    """
+    scale, col = 1.0 / temperature, y.unsqueeze(1)
+    a, top_a = _masked_shifted(zt, col, scale, ws(0, zt))
+    nt = torch.softmax(a, 1, out=ws(1, zt))  # T-hat (0 at y)
+    log_top_nt = nt.amax(1, keepdim=True).log_()
+    b, top_b = _masked_shifted(zs, col, scale, ws(2, zs))
+    sh = torch.softmax(b, 1, out=ws(3, zs))  # S-hat (0 at y)
+    log_top_sh = sh.amax(1, keepdim=True).log_()
+    s_y, t_y_logit = zs.gather(1, col), zt.gather(1, col)
+    if scale == 1.0:
+        lse_s = top_b - log_top_sh  # log sum_(k != y) exp(s_k)
+        t_y = torch.sigmoid(t_y_logit - (top_a - log_top_nt))
+    else:
+        t_y = torch.log_softmax(zt, 1, out=ws(4, zt)).gather(1, col).exp_()
+    weight = gamma * temperature
+    if g is None or need_t:
+        ns = b.add_(log_top_sh).scatter_(1, col, 0.0)  # log S-hat, finite at y (T-hat_y = 0)
+        cross = torch.mul(ns, nt, out=ws(5, zs)).sum(1, keepdim=True)  # sum T-hat log S-hat
+    if g is None:
+        if scale == 1.0:
+            log_s_y = -torch.logaddexp(lse_s - s_y, torch.zeros_like(s_y))  # -softplus
+        else:
+            log_s_y = torch.log_softmax(zs, 1, out=ws(4, zs)).gather(1, col)
+        loss = (-t_y * log_s_y - (weight * temperature) * cross).squeeze(1)
+        return loss, ~torch.isfinite(loss)
+    if scale == 1.0:
+        rest = torch.sigmoid(lse_s - s_y)  # 1 - S_y, without cancellation
+        grad_s = sh.mul_(g * (t_y * rest + weight)).addcmul_(nt, g, value=-weight)
+        grad_s.scatter_(1, col, -(t_y * rest * g))
+    else:
+        grad_s = torch.softmax(zs, 1, out=ws(4, zs)).mul_(t_y * g)
+        grad_s.addcmul_(sh, g, value=weight).addcmul_(nt, g, value=-weight)
+        grad_s.scatter_add_(1, col, -(t_y * g))
+    bad = ~torch.isfinite(grad_s.sum(1))
+    grad_t = None
+    if need_t:  # -gamma tau T-hat (log S-hat - cross)
+        grad_t = ns.sub_(cross).mul_(nt).mul_(g * -weight)
+        bad |= ~torch.isfinite(cross.squeeze(1))
+    return grad_s, grad_t, bad
 
 
 def nkd_loss(
@@ -257,16 +325,35 @@ def nkd_loss(
         teacher_logits = teacher_logits.detach()
     compute, _ = pair_dtypes(student_logits, teacher_logits)
 
+    inputs = [rows.logits, as_rows(teacher_logits, 1)]
+    need_t = inputs[1].requires_grad
+    scratch = Scratch()
+
     def fn(zs, zt, y):
-        return _nkd_parts(zs, zt, y, temperature, gamma, grads=False)
+        if not fast_ok(zs):
+            return _nkd_parts(zs, zt, y, temperature, gamma, grads=False)
+        loss, bad = _nkd_fast(zs, zt, y, temperature, gamma, scratch)
+        redo_rows(
+            bad, [loss], lambda r: [_nkd_parts(zs[r], zt[r], y[r], temperature, gamma, False)]
+        )
+        return loss
 
     def grad_fn(zs, zt, y, g):
-        grad_s, grad_t = _nkd_parts(zs, zt, y, temperature, gamma, grads=True)
         g = g.unsqueeze(1)
-        return grad_s * g, grad_t * g
+        if not fast_ok(zs):
+            grad_s, grad_t = _nkd_parts(zs, zt, y, temperature, gamma, grads=True)
+            return grad_s * g, grad_t * g
+        grad_s, grad_t, bad = _nkd_fast(zs, zt, y, temperature, gamma, scratch, g, need_t)
 
-    inputs = [rows.logits, as_rows(teacher_logits, 1)]
+        def exact(r):
+            grad_s, grad_t = _nkd_parts(zs[r], zt[r], y[r], temperature, gamma, grads=True)
+            return grad_s * g[r], grad_t * g[r]
+
+        redo_rows(bad, [grad_s, grad_t], exact)
+        return grad_s, grad_t
+
     losses = row_loss(fn, inputs, index, kept=rows.kept, grad_fn=grad_fn, dtype=compute)
+    scratch.clear()  # backward allocates its own
     return reduce(losses, rows, reduction, student_logits.dtype)
 
 

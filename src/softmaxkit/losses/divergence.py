@@ -4,12 +4,16 @@ Every divergence is computed in log space from the log-softmax of both inputs, r
 by row block through the losses' engine, with a closed-form gradient to both inputs: the
 forward pass allocates nothing of size N x C (beyond a contiguous copy when ``dim`` is not the
 last axis) and backward allocates only the gradients.
+
+Two kernels per divergence: an exact one, right for any logits (``-inf`` included), and on
+CPU a fast one, the plain closed forms with a few passes over each block, which hands the
+rare rows it cannot get exactly (a ``-inf``, ``inf`` or NaN logit) to the exact one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -153,12 +157,282 @@ _PARTS: dict[str, Callable[..., Parts]] = {
 }
 
 
+# --------------------------------------------------------------------------------------
+# Fast kernels. The exact kernels above spend most of their passes over a block on -inf
+# robustness (floors, dead-row checks, masks) that finite logits never need. The kernels
+# below use the plain closed forms (no comparisons, no masks: on CPU those cost 10-40
+# arithmetic passes) and report the rows where that is not exact, which is only where some
+# logit is infinite, NaN or the row is all -inf: there a plain closed form meets 0 * inf,
+# inf - inf or 0 / 0 and its per-row result (or sum) is NaN or infinite. Those rows alone
+# are recomputed with the exact kernels. Finding them means reading a flag, which is free
+# on CPU only: elsewhere (an accelerator, torch.compile) the exact kernels run on every row,
+# so no code path synchronises with the device.
+
+
+def fast_ok(z: torch.Tensor) -> bool:
+    """Whether the fast kernels run on ``z``'s block (on CPU, in eager mode)."""
+    return z.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def redo_rows(
+    bad: torch.Tensor,
+    values: Sequence[torch.Tensor | None],
+    exact: Callable[[torch.Tensor], Sequence[torch.Tensor | None]],
+) -> None:
+    """Overwrite the ``bad`` rows (a (b,) bool) of each of ``values`` with ``exact(rows)``,
+    the exact kernel evaluated on those rows only (``rows``: their indices)."""
+    if maybe_any(bad):
+        rows = bad.reshape(-1).nonzero().squeeze(1)
+        for value, fixed in zip(values, exact(rows)):
+            if value is not None:
+                value[rows] = fixed
+
+
+class Scratch:
+    """Block-sized buffers reused block after block by the fast kernels.
+
+    A fresh block-sized temporary is page-faulted in again on every block, which costs
+    about as much as the arithmetic pass writing it; ``scratch(i, like)`` returns buffer
+    ``i`` with ``like``'s shape (the first rows of a buffer allocated at the largest
+    block's size). :meth:`clear` frees them (e.g. between forward and backward).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, torch.Tensor] = {}
+
+    def __call__(self, i: int, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(i)
+        if (
+            buf is None
+            or buf.shape[0] < like.shape[0]
+            or buf.shape[1:] != like.shape[1:]
+            or buf.dtype != like.dtype
+            or buf.device != like.device
+        ):
+            buf = self._buffers[i] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        return buf[: like.shape[0]]
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def scaled(z: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """``scale * z`` in ``out``, or ``z`` itself when ``scale`` is 1 (``z`` is read only)."""
+    return z if scale == 1.0 else torch.mul(z, scale, out=out)
+
+
+def shifted(z: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """``scale * z`` minus each row's maximum, in ``out``: the largest entry is exactly 0."""
+    if scale == 1.0:
+        return torch.sub(z, z.amax(1, keepdim=True), out=out)
+    torch.mul(z, scale, out=out)
+    return out.sub_(out.amax(1, keepdim=True))
+
+
+def log_softmax_and_softmax(
+    z: torch.Tensor, scale: float, out_log: torch.Tensor, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-softmax, softmax) of the rows of ``scale * z`` with one exponential pass, in
+    (``out_log``, ``out``).
+
+    With the row maximum shifted to 0 the largest probability is exactly
+    ``1 / sum_k exp(a_k)`` (>= 1 / C), so ``log softmax = a + log(max softmax)`` is as
+    precise as ``torch.log_softmax`` (``a - log sum exp a``). NaN on rows holding ``+inf``,
+    NaN or only ``-inf``.
+    """
+    a = shifted(z, scale, out_log)
+    probs = torch.softmax(a, 1, out=out)
+    return a.add_(probs.amax(1, keepdim=True).log_()), probs
+
+
+def _finite_rows(*sums: torch.Tensor) -> torch.Tensor:
+    ok = torch.isfinite(sums[0])
+    for s in sums[1:]:
+        ok &= torch.isfinite(s)
+    return ok
+
+
+def _kl_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
+    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
+    lq = torch.log_softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
+    return lp.sub_(lq).mul_(p).sum(1)  # NaN or inf on every row with a non-finite logit
+
+
+def _kl_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
+    """g * the gradients of KL(p || q) w.r.t. both logits (None where not needed), and the
+    rows where they are not exact."""
+    need_p, need_q = needs
+    checks = []
+    if need_p:
+        lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
+        lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
+        ratio = lp.sub_(lq)
+        kl = torch.mul(ratio, p, out=ws(4, zp)).sum(1, keepdim=True)
+        grad_p = ratio.sub_(kl).mul_(p).mul_(g)  # p (log(p / q) - KL)
+        checks.append(kl)
+    else:
+        p = torch.softmax(scaled(zp, scale, ws(0, zp)), 1, out=ws(1, zp))
+        q = torch.softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
+        grad_p = None
+    grad_q = q.sub_(p).mul_(g) if need_q else None
+    if need_q:
+        checks.append(grad_q.sum(1, keepdim=True))  # NaN only on rows of NaN p or q
+    return grad_p, grad_q, ~_finite_rows(*checks).squeeze(1)
+
+
+def _js_terms(zp, zq, scale: float, ws: Scratch):
+    """p, q, log(p / m), log(q / m) and KL(p || m), KL(q || m) of a block, m = (p + q) / 2."""
+    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
+    lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
+    # m >= tiny: where p and q both underflow to 0 the terms are 0 either way and the log
+    # ratios stay finite; a -inf logit still gives 0 * -inf = NaN in its row's sum
+    lm = torch.lerp(p, q, 0.5, out=ws(4, zp)).clamp_(min=torch.finfo(p.dtype).tiny).log_()
+    rp, rq = lp.sub_(lm), lq.sub_(lm)
+    kp = torch.mul(p, rp, out=lm).sum(1, keepdim=True)
+    kq = torch.mul(q, rq, out=lm).sum(1, keepdim=True)
+    return p, q, rp, rq, kp, kq
+
+
+def _js_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
+    *_, kp, kq = _js_terms(zp, zq, scale, ws)
+    return (0.5 * (kp + kq)).squeeze(1)
+
+
+def _js_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
+    p, q, rp, rq, kp, kq = _js_terms(zp, zq, scale, ws)
+    half = 0.5 * g
+    grad_p = rp.sub_(kp).mul_(p).mul_(half) if needs[0] else None
+    grad_q = rq.sub_(kq).mul_(q).mul_(half) if needs[1] else None
+    return grad_p, grad_q, ~_finite_rows(kp, kq).squeeze(1)  # kp finite: each p_k r_k is
+
+
+def _tv_terms(zp, zq, scale: float, ws: Scratch):
+    p = torch.softmax(scaled(zp, scale, ws(0, zp)), 1, out=ws(1, zp))
+    q = torch.softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
+    return p, q, torch.sub(p, q, out=ws(4, zp))
+
+
+def _tv_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
+    *_, diff = _tv_terms(zp, zq, scale, ws)
+    return 0.5 * diff.abs_().sum(1)
+
+
+def _tv_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
+    p, q, diff = _tv_terms(zp, zq, scale, ws)
+    sign = diff.sign_()
+    sp = torch.mul(sign, p, out=ws(0, zp)).sum(1, keepdim=True)
+    sq = torch.mul(sign, q, out=ws(0, zp)).sum(1, keepdim=True)
+    half = 0.5 * g
+    grad_p = torch.sub(sign, sp, out=ws(0, zp)).mul_(p).mul_(half) if needs[0] else None
+    grad_q = q.mul_(sign.sub_(sq)).mul_(-half) if needs[1] else None
+    return grad_p, grad_q, ~_finite_rows(sp, sq).squeeze(1)  # NaN only where p or q is
+
+
+def _sqrt_probs(z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Tensor):
+    """sqrt(softmax(scale * z)) = softmax(scale * z / 2) / its 2-norm, in ``out``."""
+    u = torch.softmax(torch.mul(z, 0.5 * scale, out=work), 1, out=out)
+    return u.div_(torch.linalg.vector_norm(u, dim=1, keepdim=True))
+
+
+def _hellinger_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
+    rp = _sqrt_probs(zp, scale, ws(0, zp), ws(1, zp))
+    rq = _sqrt_probs(zq, scale, ws(0, zq), ws(2, zq))
+    return 0.5 * rp.sub_(rq).square_().sum(1)
+
+
+def _hellinger_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
+    rp = _sqrt_probs(zp, scale, ws(0, zp), ws(1, zp))
+    rq = _sqrt_probs(zq, scale, ws(0, zq), ws(2, zq))
+    both = torch.mul(rp, rq, out=ws(0, zp))
+    overlap = both.sum(1, keepdim=True)  # the Bhattacharyya coefficient
+    half = 0.5 * g
+    grad_p = rp.square_().mul_(overlap).sub_(both).mul_(half) if needs[0] else None
+    grad_q = rq.square_().mul_(overlap).sub_(both).mul_(half) if needs[1] else None
+    return grad_p, grad_q, ~torch.isfinite(overlap.squeeze(1))
+
+
+def _alpha_terms(zp, zq, scale: float, alpha: float, ws: Scratch, grads: bool):
+    """The terms of :func:`_alpha_upper` (alpha >= 1/2, beta = 1 - alpha not tiny) by the
+    plain closed forms: p, q (None unless ``grads``), p E and S = sum p E. Where p or q is
+    0 the exact kernel's floors and its NaN repair act; here those rows give NaN or inf."""
+    beta = 1.0 - alpha
+    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
+    if grads:
+        lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
+    else:
+        lq, q = torch.log_softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq)), None
+    x = lq.sub_(lp).mul_(beta)
+    if beta > 0:
+        x.clamp_(max=_EXP_CAP)
+    pe = x.expm1_().mul_(p).div_(beta)  # p E
+    return p, q, pe, pe.sum(1, keepdim=True)
+
+
+def _alpha_fast(alpha: float):
+    """Fast (loss, grads) kernels of the alpha-divergence, mirrored and at the KL limits as
+    :func:`_alpha`."""
+    if alpha < 0.5:
+        loss, grads = _alpha_fast(1.0 - alpha)
+        return _swap_loss(loss), _swap_grads(grads)
+    if abs(1.0 - alpha) < _ALPHA_LIMIT:
+        return _kl_fast_loss, _kl_fast_grads
+
+    def loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
+        *_, s = _alpha_terms(zp, zq, scale, alpha, ws, grads=False)
+        return -s.squeeze(1) / alpha
+
+    def grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
+        p, q, pe, s = _alpha_terms(zp, zq, scale, alpha, ws, grads=True)
+        grad_p = torch.mul(p, s, out=ws(0, zp)).sub_(pe).mul_(g) if needs[0] else None
+        w = pe.mul_(1.0 - alpha).add_(p)  # p^alpha q^(1 - alpha)
+        total = w.sum(1, keepdim=True)
+        grad_q = q.mul_(total).sub_(w).mul_(g / alpha) if needs[1] else None
+        return grad_p, grad_q, ~_finite_rows(s, total).squeeze(1)
+
+    return loss, grads
+
+
+def _swap_loss(kernel):
+    return lambda zp, zq, scale, ws: kernel(zq, zp, scale, ws)
+
+
+def _swap_grads(kernel):
+    def grads(zp, zq, scale, g, needs, ws):
+        grad_q, grad_p, bad = kernel(zq, zp, scale, g, needs[::-1], ws)
+        return grad_p, grad_q, bad
+
+    return grads
+
+
+#: kind -> (fast per-row loss, fast gradients); "alpha" has :func:`_alpha_fast`
+_FAST = {
+    "kl": (_kl_fast_loss, _kl_fast_grads),
+    "reverse_kl": (_swap_loss(_kl_fast_loss), _swap_grads(_kl_fast_grads)),
+    "js": (_js_fast_loss, _js_fast_grads),
+    "tv": (_tv_fast_loss, _tv_fast_grads),
+    "hellinger": (_hellinger_fast_loss, _hellinger_fast_grads),
+}
+
+
 def divergence_parts(
-    kind: str, alpha: float | None, scale: float = 1.0, factor: float = 1.0
+    kind: str,
+    alpha: float | None,
+    scale: float = 1.0,
+    factor: float = 1.0,
+    needs: tuple[bool, bool] = (True, True),
+    scratch: Scratch | None = None,
 ) -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
     """Row functions ``fn(zp, zq, t)`` and ``grad_fn(zp, zq, t, g)`` for the engine giving
-    ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` per row and its gradients."""
+    ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` per row and its gradients.
+
+    ``needs`` says which of the two inputs need a gradient (``grad_fn`` may return None for
+    the other). On CPU the fast kernels run, with the exact kernel on the rows they flag;
+    their block buffers live in ``scratch`` (pass one to :meth:`Scratch.clear` it after the
+    forward pass)."""
     parts = _PARTS[kind] if kind != "alpha" else partial(_alpha, alpha=alpha)
+    fast_loss, fast_grads = _FAST[kind] if kind != "alpha" else _alpha_fast(alpha)
+    if scratch is None:
+        scratch = Scratch()
 
     def evaluate(zp: torch.Tensor, zq: torch.Tensor, grads: bool) -> Parts:
         if scale != 1.0:
@@ -166,12 +440,26 @@ def divergence_parts(
         return parts(log_probs(zp), log_probs(zq), grads=grads)
 
     def fn(zp: torch.Tensor, zq: torch.Tensor, t: None) -> torch.Tensor:
-        loss = evaluate(zp, zq, False)[0]
+        if fast_ok(zp):
+            loss = fast_loss(zp, zq, scale, scratch)
+            redo_rows(~torch.isfinite(loss), [loss], lambda r: evaluate(zp[r], zq[r], False)[:1])
+            loss = nonnegative(loss)
+        else:
+            loss = evaluate(zp, zq, False)[0]
         return loss * factor if factor != 1.0 else loss
 
     def grad_fn(zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor):
-        _, grad_p, grad_q = evaluate(zp, zq, True)
         g = (g * (factor * scale)).unsqueeze(1)
+        if fast_ok(zp):
+            grad_p, grad_q, bad = fast_grads(zp, zq, scale, g, needs, scratch)
+
+            def exact(rows: torch.Tensor):
+                _, grad_p, grad_q = evaluate(zp[rows], zq[rows], True)
+                return grad_p * g[rows], grad_q * g[rows]
+
+            redo_rows(bad, [grad_p, grad_q], exact)
+            return grad_p, grad_q
+        _, grad_p, grad_q = evaluate(zp, zq, True)
         return grad_p * g, grad_q * g
 
     return fn, grad_fn
@@ -284,9 +572,12 @@ def f_divergence(
     dim = v.check_dim("dim", dim, p_logits.ndim)
     v.check_reduction(reduction)
     compute, out_dtype = pair_dtypes(p_logits, q_logits)
-    fn, grad_fn = divergence_parts(kind, alpha)
     x2, y2 = as_rows(p_logits, dim), as_rows(q_logits, dim)
+    scratch = Scratch()
+    needs = (x2.requires_grad, y2.requires_grad)
+    fn, grad_fn = divergence_parts(kind, alpha, needs=needs, scratch=scratch)
     losses = row_loss(fn, [x2, y2], None, grad_fn=grad_fn, dtype=compute)
+    scratch.clear()  # backward allocates its own
     return reduce(losses, p_logits.shape[:dim] + p_logits.shape[dim + 1 :], reduction, out_dtype)
 
 
