@@ -9,27 +9,10 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit.functional._common import HALF_DTYPES, as_rows
-from softmaxkit.losses._common import prepare, reduce, row_loss
+from softmaxkit.losses.comp_sum import comp_sum_loss
 
 #: Zhai & Wu's temperature; the official code's ``NormSoftmaxLoss`` default (scale 1/0.05 = 20).
 DEFAULT_TEMPERATURE = 0.05
-
-
-def _cross_entropy(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Per-row softmax cross-entropy: ``logsumexp(z) - z_y``, or ``sum_k t_k (lse - z_k)``."""
-    lse = torch.logsumexp(z, -1)
-    if t.dtype.is_floating_point:
-        return t.sum(-1) * lse - (t * z).sum(-1)
-    return lse - z.gather(1, t.unsqueeze(1)).squeeze(1)
-
-
-def _cross_entropy_grad(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    # d/dz_j = softmax(z)_j * sum(t) - t_j   (t = e_y for an index target)
-    p = torch.softmax(z, -1)
-    g = g.unsqueeze(1)
-    if t.dtype.is_floating_point:
-        return p.mul_(t.sum(-1, keepdim=True)).sub_(t).mul_(g)
-    return p.scatter_add_(1, t.unsqueeze(1), torch.full_like(p[:, :1], -1.0)).mul_(g)
 
 
 def _unit_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -182,17 +165,15 @@ def normalized_softmax_loss(
     """
     v.check_reduction(reduction)
     logits = cosine_logits(embeddings, class_weights, temperature=temperature, eps=eps)
-    rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    losses = row_loss(
-        _cross_entropy,
-        [rows.logits],
-        rows.target,
-        kept=rows.kept,
-        smoothing=rows.smoothing,
-        grad_fn=_cross_entropy_grad,
+    loss = comp_sum_loss(  # tau = 1: cross-entropy, blocked with its analytic gradient
+        logits,
+        target,
+        1.0,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
-    out_dtype = torch.promote_types(embeddings.dtype, class_weights.dtype)
-    return reduce(losses, rows, reduction, out_dtype)
+    return loss.to(torch.promote_types(embeddings.dtype, class_weights.dtype))
 
 
 class NormalizedSoftmaxLoss(nn.Module):
