@@ -1,12 +1,13 @@
 """softmaxkit: everything at and around the softmax, from recent papers, for PyTorch.
 
 The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts are
-sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.dynamics`).
+sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
+:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from softmaxkit import dynamics, functional, losses
+from softmaxkit import distributed, dynamics, functional, heads, losses
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -15,4 +16,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["functional", "losses", "dynamics", "__version__", *_functional_all]
+__all__ = [
+    "functional",
+    "losses",
+    "heads",
+    "distributed",
+    "dynamics",
+    "__version__",
+    *_functional_all,
+]
