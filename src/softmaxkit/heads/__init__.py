@@ -1,4 +1,5 @@
-"""Output layers for large label spaces: the fused linear + cross-entropy, VQ-Logits, kNN-LM."""
+"""Output layers for large label spaces: the fused linear + cross-entropy, the spherical
+exact-gradient layer, VQ-Logits, kNN-LM."""
 
 from softmaxkit.heads.knnlm import KNNLM
 from softmaxkit.heads.linear_ce import (
@@ -6,12 +7,14 @@ from softmaxkit.heads.linear_ce import (
     LinearCrossEntropyExtras,
     linear_cross_entropy,
 )
+from softmaxkit.heads.spherical import SphericalOutputLayer
 from softmaxkit.heads.vq_logits import KMeansResult, VQLogits, kmeans
 
 __all__ = [
     "linear_cross_entropy",
     "LinearCrossEntropy",
     "LinearCrossEntropyExtras",
+    "SphericalOutputLayer",
     "VQLogits",
     "kmeans",
     "KMeansResult",
