@@ -274,9 +274,6 @@ def test_parameter_reduction_at_issue_shape():
     linear = nn.Linear(d, v, bias=False, device="meta")
     assert head.num_parameters() == sum(p.numel() for p in head.parameters()) == k * d == 786432
     assert VQLogits.linear_num_parameters(d, v) == linear.weight.numel() == 38597376
-    assert 1 - head.num_parameters() / VQLogits.linear_num_parameters(d, v) == pytest.approx(
-        1 - 1024 / 50257
-    )
     with_bias = VQLogits(d, v, k, bias=True, generator=g(21))
     assert with_bias.num_parameters() == sum(p.numel() for p in with_bias.parameters())
     assert VQLogits.linear_num_parameters(d, v, bias=True) == v * d + v
