@@ -112,6 +112,13 @@ def check_reduction(reduction: Any) -> str:
     return check_choice("reduction", reduction, REDUCTIONS)
 
 
+def check_loss_options(reduction: Any, ignore_index: Any, label_smoothing: Any) -> None:
+    """The ``cross_entropy`` options every class loss shares (for module twins' ``__init__``)."""
+    check_reduction(reduction)
+    check_int("ignore_index", ignore_index)
+    check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+
+
 def check_mask(mask: Any, x: torch.Tensor, name: str = "mask") -> torch.Tensor:
     """A boolean keep-mask (True = keep) broadcastable to ``x``."""
     check_tensor(name, mask)

@@ -341,9 +341,7 @@ def _check(
             raise ValueError(
                 f"weight (class weights) must have shape ({V},), got shape {tuple(weight.shape)}"
             )
-    v.check_reduction(reduction)
-    v.check_int("ignore_index", ignore_index)
-    v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
     if softcap is not None:
         v.check_number("softcap", softcap, low=0.0, low_open=True)
     v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)

@@ -151,9 +151,7 @@ class SquaredHingeLoss(nn.Module):
     ) -> None:
         super().__init__()
         v.check_number("margin", margin, low=0.0)
-        v.check_reduction(reduction)
-        v.check_int("ignore_index", ignore_index)
-        v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        v.check_loss_options(reduction, ignore_index, label_smoothing)
         self.margin = float(margin)
         self.reduction = reduction
         self.ignore_index = ignore_index

@@ -214,9 +214,7 @@ class NormalizedSoftmaxLoss(nn.Module):
         v.check_int("num_classes", num_classes, low=1)
         v.check_number("temperature", temperature, low=0.0, low_open=True)
         v.check_number("eps", eps, low=0.0, low_open=True)
-        v.check_reduction(reduction)
-        v.check_int("ignore_index", ignore_index)
-        v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        v.check_loss_options(reduction, ignore_index, label_smoothing)
         if dtype is not None:
             v.check_floating_dtype("dtype", dtype)
         self.embedding_dim, self.num_classes = embedding_dim, num_classes

@@ -33,12 +33,6 @@ from softmaxkit.losses._common import Rows, prepare, reduce, row_loss
 _Fn = Callable[..., torch.Tensor]
 
 
-def _check_common(reduction: str, ignore_index: int, label_smoothing: float) -> None:
-    v.check_reduction(reduction)
-    v.check_int("ignore_index", ignore_index)
-    v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-
-
 def _run(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -199,7 +193,7 @@ def z_loss(
     v.check_number("a", a, low=0.0, low_open=True)
     v.check_number("b", b)
     v.check_number("eps", eps, low=0.0)
-    _check_common(reduction, ignore_index, label_smoothing)
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
     v.check_floating("logits", logits)
     if logits.ndim >= 2 and logits.shape[1] < 2:
         raise ValueError(
@@ -319,7 +313,7 @@ def spherical_softmax_loss(
         tensor(0.2266)
     """
     v.check_number("eps", eps, low=0.0, low_open=True)
-    _check_common(reduction, ignore_index, label_smoothing)
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
     return _run(
         logits, target, _spherical_fns(float(eps)), reduction, ignore_index, label_smoothing
     )
@@ -371,7 +365,7 @@ def taylor_softmax_loss(
         >>> taylor_softmax_loss(x, torch.tensor([0]))
         tensor(0.5878)
     """
-    _check_common(reduction, ignore_index, label_smoothing)
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
     return _run(logits, target, _taylor_fns(), reduction, ignore_index, label_smoothing)
 
 
@@ -505,7 +499,7 @@ def logsumexp_penalty(
 class _LossModule(nn.Module):
     def __init__(self, reduction: str, ignore_index: int, label_smoothing: float) -> None:
         super().__init__()
-        _check_common(reduction, ignore_index, label_smoothing)
+        v.check_loss_options(reduction, ignore_index, label_smoothing)
         self.reduction = reduction
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing
