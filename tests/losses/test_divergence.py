@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softmaxkit.losses.divergence import FDivergence, f_divergence
-from tests.helpers import HALF_DTYPES, np64
+from tests.helpers import HALF_DTYPES, loss_and_grads, np64, numeric_grad, spy_fallback
 from tests.reference import divergence_ref as ref
 
 gen = torch.Generator().manual_seed(11)
@@ -355,39 +355,6 @@ def mixed_block():
     p[7] = q[7] = -math.inf
     p[8, [0, 2]] = q[8, [2, 5]] = -math.inf
     return p, q
-
-
-def numeric_grad(fn, row, h=1e-6):
-    """Central differences of the float64 reference ``fn(row) -> value`` w.r.t. the finite
-    entries of ``row`` (0 at the -inf ones)."""
-    out = np.zeros_like(row)
-    for k in np.flatnonzero(np.isfinite(row)):
-        hi, lo = row.copy(), row.copy()
-        hi[k] += h
-        lo[k] -= h
-        out[k] = (float(fn(hi)) - float(fn(lo))) / (2 * h)
-    return out
-
-
-def spy_fallback(monkeypatch, module):
-    """Record the rows each fast kernel call hands to the exact kernel."""
-    flagged, real = [], module.redo_rows
-
-    def redo_rows(bad, values, exact):
-        flagged.append(bad.clone())
-        real(bad, values, exact)
-
-    monkeypatch.setattr(module, "redo_rows", redo_rows)
-    return flagged
-
-
-def loss_and_grads(fn, weights, *inputs):
-    """Per-row losses and the gradients of their ``weights``-weighted sum over finite rows."""
-    xs = [x.detach().clone().requires_grad_() for x in inputs]
-    loss = fn(*xs)
-    finite = torch.isfinite(loss)
-    grads = torch.autograd.grad((loss[finite] * weights[finite]).sum(), xs)
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize(("kind", "alpha"), CASES, ids=IDS)
