@@ -8,19 +8,13 @@ in float64 to 1e-6 (in practice to rounding).
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-import traceback
-from datetime import timedelta
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from softmaxkit.distributed import vocab_parallel_cross_entropy, vocab_parallel_log_softmax
+from tests.distributed.launch import spawn
 from tests.helpers import HALF_DTYPES
 
 N, V = 7, 13
@@ -29,7 +23,6 @@ TARGET = [0, 12, 5, 6, 9, 3, 1]  # classes on every rank
 IGNORED = [2, 5]
 REDUCTIONS = ["mean", "sum", "none"]
 SMOOTHINGS = [0.0, 0.2, 1.0]
-TIMEOUT_S = 60.0
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 
 
@@ -166,57 +159,10 @@ def _checks(rank: int, world: int) -> dict:
     return out
 
 
-def _worker(rank: int, world: int, port: int, outdir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S)
-    )
-    try:
-        result = _checks(rank, world)
-    except Exception:
-        result = {"error": traceback.format_exc()}
-    finally:
-        dist.destroy_process_group()
-    torch.save(result, os.path.join(outdir, f"rank{rank}.pt"))
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(world: int, outdir: str) -> list[dict]:
-    # forkserver: torch and this module are imported once, in a fresh server process that
-    # has run no OpenMP region, and each rank is forked from it (spawn re-imports per rank)
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload([__name__])
-    port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world, port, outdir)) for r in range(world)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + TIMEOUT_S
-    for p in procs:
-        p.join(max(deadline - time.monotonic(), 0.0))
-    hung = [r for r, p in enumerate(procs) if p.is_alive()]
-    for r in hung:
-        procs[r].kill()
-        procs[r].join()
-    assert not hung, f"ranks {hung} of {world} did not finish within {TIMEOUT_S} s"
-    codes = [p.exitcode for p in procs]
-    assert codes == [0] * world, f"worker exit codes {codes}"
-    results = [torch.load(os.path.join(outdir, f"rank{r}.pt")) for r in range(world)]
-    for r, res in enumerate(results):
-        assert "error" not in res, f"rank {r} failed:\n{res['error']}"
-    return results
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def ranks(request, tmp_path_factory):
     world = request.param
-    return world, _spawn(world, str(tmp_path_factory.mktemp(f"world{world}")))
+    return world, spawn(_checks, world, str(tmp_path_factory.mktemp(f"world{world}")))
 
 
 def _reference_ce(full, target, eps, reduction, cot):
