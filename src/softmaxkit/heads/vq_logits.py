@@ -20,13 +20,26 @@ section; the full text could not be read here): the two formulas above, the code
 being a learned K x d matrix, "a learned or pre-assigned mapping", and ablations on
 "codebook size, initialization, and learning strategies". **Not verified**: k-means on the
 original output embeddings as the initialisation (REFERENCE.md section 27 names it as an
-example), whether and how the map is re-assigned during training, and any auxiliary
-loss. Following
-REFERENCE.md section 27 this module therefore ships a *fixed* map (k-means of a pretrained
-output matrix, a seeded balanced random map, or one the user supplies) and a codebook
-trained by backpropagation of the language-model loss; learned re-assignment of the map is
-not implemented. The optional per-code bias is a softmaxkit addition (the paper's ``L_c``
-has none), off by default.
+example), whether and how the paper re-assigns the map during training, and any auxiliary
+loss. This module ships the pre-assigned maps (k-means of a pretrained output matrix, a
+seeded balanced random map, or one the user supplies) with a codebook trained by
+backpropagation of the language-model loss, and a *learned* map
+(``assignment="learned"``) whose update rule is softmaxkit's own, derived below from the
+likelihood (:meth:`VQLogits.reassign`), not the paper's (which could not be read). The
+optional per-code bias is a softmaxkit addition (the paper's ``L_c`` has none), off by
+default.
+
+Learned map (softmaxkit's rule). Moving token ``i`` from code ``a`` to code ``b`` changes
+the training log-likelihood by exactly ``sum_{n: y_n = i} (L_c[n, b] - L_c[n, a]) -
+sum_n log(1 + q_n(b) - q_n(a))``, where ``q_n(k) = exp(L_c[n, k]) / Z_n`` is the
+probability of one token of code ``k`` at position ``n``. To first order in ``q`` (small
+for a large vocabulary) this is ``S[i, b] - S[i, a]`` with the score
+``S[i, k] = s_i . c_k + m_i b_k - Q_k``, where ``s_i`` is the sum of the hidden states
+whose target is ``i``, ``m_i`` their number and ``Q_k = sum_n q_n(k)``. Training
+alternates gradient steps on the codebook (the statistics ``s``, ``m``, ``Q`` are gathered
+by :meth:`VQLogits.cross_entropy` in training mode) with :meth:`VQLogits.reassign`, which
+moves every seen token to its best-scoring code (a hard coordinate-ascent step, like the
+assignment step of k-means).
 """
 
 from __future__ import annotations
@@ -230,13 +243,16 @@ class VQLogits(nn.Module):
     * ``"kmeans"``: k-means (:func:`kmeans`) of the rows of a pretrained output matrix
       ``weight`` (V, d); the codebook is the centroids and ``M`` the cluster of each token.
       Same as :meth:`from_linear`.
+    * ``"learned"``: starts as ``"kmeans"`` when ``weight`` is given, else ``"random"``,
+      and is re-assigned during training: in training mode :meth:`cross_entropy` gathers
+      statistics and :meth:`reassign` (call it every few hundred steps) moves each seen
+      token to the code that most increases the likelihood (softmaxkit's rule, derived in
+      the module docstring; the paper's could not be verified).
     * a (V,) integer tensor with values in [0, K): a map supplied by the user.
 
     The codebook starts as the per-code mean of ``weight``'s rows when ``weight`` is given
     (for k-means these are the centroids), else uniform in ``[-1/sqrt(d), 1/sqrt(d)]`` as
-    ``nn.Linear`` initialises its weight. The paper's "learned" mapping (re-assigning
-    tokens to codes during training) is not implemented: its update rule could not be
-    verified (see the module docstring).
+    ``nn.Linear`` initialises its weight.
 
     Parameters: ``K d`` (+ ``K`` with ``bias=True``) against ``V d`` (+ ``V``) for
     ``nn.Linear(d, V)``; see :meth:`num_parameters`. At V = 50257, K = 1024, d = 768:
@@ -246,7 +262,8 @@ class VQLogits(nn.Module):
         hidden_size: d, >= 1.
         vocab_size: V, >= 1.
         codebook_size: K, in [1, V].
-        assignment: ``None``, ``"random"``, ``"kmeans"`` or a (V,) integer map (see above).
+        assignment: ``None``, ``"random"``, ``"kmeans"``, ``"learned"`` or a (V,) integer
+            map (see above).
         weight: optional pretrained (V, d) output matrix (required by ``"kmeans"``).
         bias: add a learned per-code bias ``b`` (K,) (default False: the paper's ``L_c`` has none).
         kmeans_iters: maximum k-means iterations (default 25).
@@ -321,8 +338,10 @@ class VQLogits(nn.Module):
         else:
             if assignment is None:
                 assignment = "kmeans" if weight is not None else "random"
-            v.check_choice("assignment", assignment, ("random", "kmeans"))
+            v.check_choice("assignment", assignment, ("random", "kmeans", "learned"))
             self.assignment = assignment
+            if assignment == "learned":
+                assignment = "kmeans" if weight is not None else "random"
             if assignment == "kmeans":
                 if weight is None:
                     raise ValueError(
@@ -362,12 +381,17 @@ class VQLogits(nn.Module):
             self.register_parameter("bias", None)
         self.register_buffer("mapping", mapping)
         self.register_buffer("code_counts", torch.bincount(mapping, minlength=k))
+        # statistics of the learned map (s, m, Q of the module docstring), allocated by the
+        # first training-mode cross_entropy and released by reassign(); not saved
+        self._token_sums: torch.Tensor | None = None
+        self._token_counts: torch.Tensor | None = None
+        self._code_mass: torch.Tensor | None = None
 
     def _check_mapping(self, mapping: torch.Tensor) -> torch.Tensor:
         v.check_tensor("assignment", mapping)
         if mapping.dtype.is_floating_point or mapping.dtype == torch.bool or mapping.is_complex():
             raise TypeError(
-                f"assignment must be 'random', 'kmeans' or an integer tensor, got dtype "
+                f"assignment must be 'random', 'kmeans', 'learned' or an integer tensor, got dtype "
                 f"{mapping.dtype}"
             )
         if tuple(mapping.shape) != (self.vocab_size,):
@@ -541,6 +565,8 @@ class VQLogits(nn.Module):
         Same ``reduction`` ("mean" over non-ignored targets, "sum", "none") and
         ``ignore_index`` semantics as ``torch.nn.functional.cross_entropy`` (class indices,
         no class weights or label smoothing). ``hidden`` (..., d), ``target`` (...).
+        With ``assignment="learned"`` in training mode it also adds this batch to the
+        statistics that :meth:`reassign` uses (the non-ignored rows; no gradient).
 
         Example:
             >>> head = VQLogits(4, 10, 3, generator=torch.Generator().manual_seed(0))
@@ -554,6 +580,8 @@ class VQLogits(nn.Module):
         self._check_target(target, hidden, ignore_index)
         lc = self._code_logits(hidden)
         kept = target != ignore_index
+        if self.training and self.assignment == "learned":
+            self._accumulate(hidden, lc, target, kept)
         loss = -self._log_prob(lc, torch.where(kept, target, 0))
         loss = torch.where(kept, loss, loss.new_zeros(()))
         if reduction == "none":
@@ -561,6 +589,73 @@ class VQLogits(nn.Module):
         if reduction == "sum":
             return loss.sum().to(hidden.dtype)
         return (loss.sum() / kept.sum().to(loss.dtype)).to(hidden.dtype)
+
+    @torch.no_grad()
+    def _accumulate(
+        self, hidden: torch.Tensor, lc: torch.Tensor, target: torch.Tensor, kept: torch.Tensor
+    ) -> None:
+        """Add a batch to ``s`` (per-token hidden sums), ``m`` (counts), ``Q`` (code mass)."""
+        lc = lc.detach().reshape(-1, self.codebook_size)
+        dt = lc.dtype
+        if self._token_sums is None:
+            self._token_sums = lc.new_zeros(self.vocab_size, self.hidden_size)
+            self._token_counts = lc.new_zeros(self.vocab_size)
+            self._code_mass = lc.new_zeros(self.codebook_size)
+        keep = kept.reshape(-1, 1).to(dt)
+        token = torch.where(kept, target, 0).reshape(-1)
+        self._token_sums.index_add_(0, token, hidden.detach().reshape(-1, self.hidden_size) * keep)
+        self._token_counts.index_add_(0, token, keep.squeeze(1))
+        log_q = lc - torch.logsumexp(lc + self.code_counts.to(dt).log(), dim=-1, keepdim=True)
+        self._code_mass.add_((log_q.exp() * keep).sum(0))
+
+    @torch.no_grad()
+    def reassign(self) -> int:
+        """Move every token seen since the last call to its best-scoring code (``"learned"``).
+
+        Scores ``S[i, k] = s_i . c_k + m_i b_k - Q_k`` (module docstring: the first-order
+        change of the training log-likelihood when token ``i`` moves to code ``k``) from the
+        statistics gathered by :meth:`cross_entropy` in training mode with the *current*
+        codebook; token ``i`` moves when some code scores strictly higher than its own
+        (unseen tokens keep their code; a code may become empty, and then drops out of the
+        softmax). Updates ``mapping`` and ``code_counts`` in place and releases the
+        statistics. Evaluated in chunks of tokens (no (V, K) tensor). Returns the number
+        of tokens moved.
+
+        Example:
+            >>> g = torch.Generator().manual_seed(0)
+            >>> head = VQLogits(8, 40, 4, assignment="learned", generator=g)
+            >>> h, t = torch.randn(64, 8, generator=g), torch.randint(0, 40, (64,), generator=g)
+            >>> head.cross_entropy(h, t).backward()  # training mode: statistics gathered
+            >>> moved = head.reassign()
+            >>> 0 <= moved <= 40 and int(head.code_counts.sum()) == 40
+            True
+        """
+        if self.assignment != "learned":
+            raise RuntimeError(
+                f"reassign() needs a head built with assignment='learned', this one has "
+                f"assignment={self.assignment!r}"
+            )
+        if self._token_sums is None:
+            return 0
+        sums, counts, mass = self._token_sums, self._token_counts, self._code_mass
+        codebook = self.codebook.detach().to(sums.dtype)
+        bias = None if self.bias is None else self.bias.detach().to(sums.dtype)
+        new = self.mapping.clone()
+        step = max(1, 2**22 // self.codebook_size)
+        for lo in range(0, self.vocab_size, step):
+            rows = slice(lo, min(lo + step, self.vocab_size))
+            score = sums[rows] @ codebook.T - mass
+            if bias is not None:
+                score.addcmul_(counts[rows, None], bias)
+            best_score, best = score.max(1)
+            own = score.gather(1, self.mapping[rows, None]).squeeze(1)
+            move = (counts[rows] > 0) & (best_score > own)
+            new[rows] = torch.where(move, best, self.mapping[rows])
+        moved = int((new != self.mapping).sum())
+        self.mapping.copy_(new)
+        self.code_counts.copy_(torch.bincount(new, minlength=self.codebook_size))
+        self._token_sums = self._token_counts = self._code_mass = None
+        return moved
 
     def num_parameters(self) -> int:
         """Learned parameters: ``K d`` (+ ``K`` with a bias). The map is a buffer of V int64
