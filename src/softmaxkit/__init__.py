@@ -2,12 +2,12 @@
 
 The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts are
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
-:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`).
+:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from softmaxkit import distributed, dynamics, functional, heads, losses
+from softmaxkit import distributed, dynamics, functional, heads, labels, losses
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -22,6 +22,7 @@ __all__ = [
     "heads",
     "distributed",
     "dynamics",
+    "labels",
     "__version__",
     *_functional_all,
 ]

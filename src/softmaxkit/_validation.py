@@ -245,3 +245,116 @@ def check_tensor_values(
         interval = _interval(low, high, low_open, high_open)
         raise ValueError(f"{name} must have all values in {interval}, got {bad:g}")
     return value
+
+
+def check_nonempty(name: str, value: torch.Tensor, what: str = "element") -> torch.Tensor:
+    """A tensor with at least one entry (``what`` names an entry in the message)."""
+    if value.numel() == 0:
+        raise ValueError(
+            f"{name} must hold at least one {what}, got an empty tensor of shape "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
+def check_no_nan(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A tensor without NaN entries (+-inf allowed).
+
+    Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
+    """
+    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
+        return value
+    nan = torch.isnan(value.detach())
+    if bool(nan.any()):
+        count = int(nan.sum())
+        raise ValueError(
+            f"{name} must not contain NaN, got {count} NaN value(s) in a tensor of shape "
+            f"{tuple(value.shape)}"
+        )
+    return value
+
+
+def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> torch.Tensor:
+    """An (items, annotators) integer tensor of class indices in [0, num_classes) or ``missing``.
+
+    ``missing`` must itself lie outside [0, num_classes). Values are read on CPU tensors
+    outside ``torch.compile`` only, like :func:`check_tensor_values`.
+    """
+    check_tensor(name, value)
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(
+            f"{name} must hold class indices (an integer dtype), got dtype {value.dtype}"
+        )
+    if value.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (items, annotators), got shape {tuple(value.shape)}")
+    if 0 <= missing < num_classes:
+        raise ValueError(
+            f"missing must lie outside the class range [0, {num_classes - 1}], got {missing}"
+        )
+    if value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling():
+        bad = (value != missing) & ((value < 0) | (value >= num_classes))
+        if bool(bad.any()):
+            got = int(value[bad].flatten()[0])
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes - 1}] "
+                f"(or missing={missing}), got {got}"
+            )
+    return value
+
+
+def check_class_indices(
+    name: str, value: Any, shape: tuple[int, ...], num_classes: int
+) -> torch.Tensor:
+    """Class indices: integer dtype, exactly ``shape``, all in [0, num_classes).
+
+    Values are read on CPU tensors outside ``torch.compile`` only, like
+    :func:`check_tensor_values`.
+    """
+    check_tensor(name, value)
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold class indices (an integer dtype), got {value.dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
+    if value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling():
+        lo, hi = int(value.min()), int(value.max())
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"{name} must hold class indices in [0, {num_classes - 1}], "
+                f"got {lo if lo < 0 else hi}"
+            )
+    return value
+
+
+def check_logit_rows(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Logits (..., C) with no NaN, no +inf, and a finite entry in every row (-inf allowed).
+
+    Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
+    """
+    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
+        return value
+    v = value.detach()
+    if bool(torch.isnan(v).any()):
+        raise ValueError(f"{name} must not contain NaN, got {int(torch.isnan(v).sum())} NaN(s)")
+    if bool((v == math.inf).any()):
+        raise ValueError(f"{name} must not contain +inf (softmax is undefined there), got +inf")
+    if bool((v == -math.inf).all(dim=-1).any()):
+        raise ValueError(f"{name} must have a finite entry in every row, got a row of all -inf")
+    return value
+
+
+def check_probability_rows(name: str, value: torch.Tensor, atol: float) -> torch.Tensor:
+    """Probabilities (..., C): entries in [0, 1], each row summing to 1 within ``atol``.
+
+    Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
+    """
+    check_tensor_values(name, value, low=0.0, high=1.0)
+    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
+        return value
+    err = (value.detach().to(torch.float64).sum(dim=-1) - 1.0).abs()
+    if bool((err > atol).any()):
+        worst = float(err.max())
+        raise ValueError(
+            f"{name} must have rows summing to 1 (within {atol:g}) when from_logits=False, "
+            f"got a row whose sum is off by {worst:g}"
+        )
+    return value
