@@ -2,12 +2,13 @@
 
 The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts are
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
-:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`).
+:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`,
+:mod:`softmaxkit.ood`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from softmaxkit import distributed, dynamics, functional, heads, labels, losses
+from softmaxkit import distributed, dynamics, functional, heads, labels, losses, ood
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -23,6 +24,7 @@ __all__ = [
     "distributed",
     "dynamics",
     "labels",
+    "ood",
     "__version__",
     *_functional_all,
 ]

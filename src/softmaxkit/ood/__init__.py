@@ -1,0 +1,40 @@
+"""Out-of-distribution scores and metrics.
+
+One sign convention throughout: **a higher score means more in-distribution** (ID).
+pytorch-ood's detectors return outlier scores (higher = more OOD), the negation.
+
+- Logit scores: :func:`msp_score`, :func:`max_logit_score`, :func:`energy_score`.
+- Feature scores: :class:`Mahalanobis` (with the paper's input pre-processing) and
+  :class:`MahalanobisEnsemble`, :class:`KNNScore`, :class:`PrototypeScore` and
+  :class:`SSDScore` (PALM).
+- Metrics (ID positive unless stated): :func:`auroc`, :func:`aupr_in`, :func:`aupr_out`,
+  :func:`fpr_at_tpr`.
+"""
+
+from softmaxkit.ood.knn import KNNScore
+from softmaxkit.ood.mahalanobis import (
+    NOISE_MAGNITUDES,
+    Mahalanobis,
+    MahalanobisEnsemble,
+    logistic_regression,
+)
+from softmaxkit.ood.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr
+from softmaxkit.ood.prototype import PrototypeScore, SSDScore
+from softmaxkit.ood.scores import energy_score, max_logit_score, msp_score
+
+__all__ = [
+    "msp_score",
+    "max_logit_score",
+    "energy_score",
+    "Mahalanobis",
+    "MahalanobisEnsemble",
+    "NOISE_MAGNITUDES",
+    "logistic_regression",
+    "KNNScore",
+    "PrototypeScore",
+    "SSDScore",
+    "auroc",
+    "aupr_in",
+    "aupr_out",
+    "fpr_at_tpr",
+]

@@ -1,0 +1,206 @@
+"""Scores of PALM (Lu, Gong, Wang, Xue, Yao & Moore 2024).
+
+"Learning with Mixture of Prototypes for Out-of-Distribution Detection", ICLR 2024,
+arXiv:2402.02653. Official code: jeff024/PALM.
+
+What PALM scores with at test time (settled from the official code): ``eval_cifar.py``
+calls ``util/evaluations/mahalanobis.py::eval_maha``, the "SSD+" score of Sehwag, Chiang
+& Mittal, "SSD: A Unified Framework for Self-Supervised Outlier Detection", ICLR 2021,
+arXiv:2103.12051: a single class-agnostic Gaussian on L2-normalised, standardised
+penultimate features. The prototypes shape the embedding during training but are not
+used by that score. This module offers both:
+
+- :class:`SSDScore`: the published test-time score (with the official code's double
+  mean subtraction behind ``official_centering=True``);
+- :class:`PrototypeScore`: a score built from PALM's learned prototypes, the log of the
+  class-conditional von Mises-Fisher mixture PALM models each class with (uniform
+  mixture weights at test time, as a test sample has no assignment weights). This is
+  our construction from the paper's model, not a score the paper evaluates.
+
+Not built: PALM's training (Sinkhorn assignment, EMA prototype update, MLE and
+prototype-contrastive losses), so there is no ``fit`` that learns prototypes.
+
+Sign convention: higher = more in-distribution.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from softmaxkit import _validation as V
+
+__all__ = ["PrototypeScore", "SSDScore"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _features(name: str, features: object, dim: int | None = None) -> torch.Tensor:
+    V.check_floating(name, features)
+    if features.ndim != 2:
+        raise ValueError(
+            f"{name} must be a 2-D (samples, features) tensor, got shape {tuple(features.shape)}"
+        )
+    if dim is not None and features.shape[1] != dim:
+        raise ValueError(f"{name} must have {dim} features, got shape {tuple(features.shape)}")
+    V.check_tensor_values(
+        name, features, low=float("-inf"), high=float("inf"), low_open=True, high_open=True
+    )
+    return features
+
+
+class PrototypeScore:
+    r"""Mixture-of-prototypes score from PALM's prototypes.
+
+    PALM models class c on the unit sphere by prototypes ``p_1^c .. p_K^c`` and
+    ``p(z | c) ~ sum_k w_k^c exp(p_k^c . z / tau)`` (its MLE objective). With uniform weights,
+
+        score(x) = max_c log( 1/K_c sum_{k: class(k) = c} exp(p_k . z / tau) ),
+        z = f(x) / ||f(x)||,
+
+    computed stably (one max-shift per row, a scatter-add over classes). Higher = more
+    in-distribution. The official prototype buffer has ``num_classes * cache_size``
+    rows (cache_size 6 in ``runner.sh``) with prototype p in class ``p mod num_classes``;
+    that is the default layout here.
+
+    Args:
+        prototypes: (P, d) prototypes (L2-normalised here).
+        num_classes: C; prototype p belongs to class ``p % C`` (ignored when
+            ``prototype_labels`` is given).
+        prototype_labels: (P,) class of each prototype, in [0, C).
+        temperature: tau (default 0.1, the official ``runner.sh`` value).
+
+    Example:
+        >>> import torch
+        >>> protos = torch.eye(4)  # class p % 2: classes {e0, e2} and {e1, e3}
+        >>> s = PrototypeScore(protos, num_classes=2)
+        >>> s.score(torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+        tensor([9.3069, 5.0000])
+    """
+
+    def __init__(
+        self,
+        prototypes: torch.Tensor,
+        *,
+        num_classes: int | None = None,
+        prototype_labels: torch.Tensor | None = None,
+        temperature: float = 0.1,
+    ) -> None:
+        _features("prototypes", prototypes)
+        V.check_nonempty("prototypes", prototypes, "prototype")
+        p = prototypes.detach()
+        p = p.float() if p.dtype in _HALF else p
+        self.prototypes = p / torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp(
+            min=torch.finfo(p.dtype).tiny
+        )
+        self.temperature = V.check_number("temperature", temperature, low=0.0, low_open=True)
+        n_protos = p.shape[0]
+        if prototype_labels is None:
+            if num_classes is None:
+                raise ValueError("num_classes must be given when prototype_labels is None")
+            V.check_int("num_classes", num_classes, low=1, high=n_protos)
+            labels = torch.arange(n_protos, device=p.device) % num_classes
+        else:
+            if num_classes is None:
+                V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), 2**62)
+                num_classes = int(prototype_labels.max()) + 1
+            V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), num_classes)
+            labels = prototype_labels.to(p.device)
+        counts = torch.bincount(labels, minlength=num_classes)
+        if bool((counts == 0).any()):
+            missing = int(torch.nonzero(counts == 0)[0, 0])
+            raise ValueError(
+                f"prototype_labels must give every class a prototype, got none for class {missing}"
+            )
+        self.num_classes = num_classes
+        self.prototype_labels = labels
+        self._log_counts = counts.to(p.dtype).log()
+
+    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-class log mixture likelihoods ``log(1/K_c sum_k exp(p_k . z / tau))``, (N, C)."""
+        x = _features("features", features, self.prototypes.shape[1])
+        protos = self.prototypes
+        dtype = torch.float64 if x.dtype == torch.float64 else protos.dtype
+        z = x.to(dtype)
+        z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+        logits = z @ protos.to(dtype).T / self.temperature
+        shift = logits.detach().amax(1, keepdim=True)
+        mass = torch.zeros(z.shape[0], self.num_classes, dtype=dtype, device=z.device)
+        mass = mass.index_add(1, self.prototype_labels, torch.exp(logits - shift))
+        out = mass.log() + shift - self._log_counts.to(dtype)
+        return out.to(x.dtype)
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """``max_c`` of :meth:`class_scores`, shape (N,), ``features``' dtype."""
+        return self.class_scores(features).amax(1)
+
+    __call__ = score
+
+
+class SSDScore:
+    r"""PALM's test-time score: SSD+ class-agnostic Mahalanobis on normalised features.
+
+    As ``eval_maha`` in the official code: with ``u = f / (||f|| + 1e-10)`` and the
+    training mean ``m`` and (biased) std ``s`` of ``u``, ``z = (u - m) / (s + 1e-10)``;
+    the training covariance ``Sigma`` of ``z`` is the biased (divide by N) one and
+
+        score(f) = -z^T pinv(Sigma) z        (no 1/2 factor).
+
+    ``official_centering=True`` reproduces a quirk of the official code, which scores
+    ``z - m`` (the *un-standardised* mean subtracted a second time) and so reproduces the
+    published numbers; the default centres once. Fitted in float64 (``pinv`` with
+    ``hermitian=True``; the official ``np.linalg.pinv`` cuts off at a smaller relative
+    singular value, which only matters for near-singular covariances). Use penultimate
+    (encoder) features, not the projection head's.
+
+    Args:
+        official_centering: subtract the raw training mean again before scoring
+            (default False).
+
+    Example:
+        >>> import torch
+        >>> g = torch.Generator().manual_seed(0)
+        >>> train = torch.randn(500, 6, generator=g) + 3
+        >>> ssd = SSDScore().fit(train)
+        >>> bool(ssd.score(train[:50]).mean() > ssd.score(-train[:50]).mean())
+        True
+    """
+
+    def __init__(self, *, official_centering: bool = False) -> None:
+        self.official_centering = V.check_bool("official_centering", official_centering)
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self.precision: torch.Tensor | None = None
+
+    @staticmethod
+    def _unit(x: torch.Tensor) -> torch.Tensor:
+        return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-10)
+
+    def fit(self, features: torch.Tensor) -> SSDScore:
+        """Fit the mean, std and precision on training features (N, d), N >= 1."""
+        x = _features("features", features)
+        V.check_nonempty("features", x, "sample")
+        u = self._unit(x.detach().to(torch.float64))
+        self.mean = u.mean(0)
+        self.std = u.std(0, correction=0)
+        z = (u - self.mean) / (self.std + 1e-10)
+        zc = z - z.mean(0)
+        cov = zc.T @ zc / z.shape[0]
+        self.precision = torch.linalg.pinv(cov, hermitian=True)
+        return self
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """``-z^T pinv(Sigma) z``, shape (N,); float64 features in float64, others in
+        float32, returned in ``features``' dtype."""
+        if self.precision is None:
+            raise RuntimeError("SSDScore.score called before fit(features)")
+        x = _features("features", features, self.precision.shape[0])
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        mean, std, precision = (
+            t.to(device=x.device, dtype=dtype) for t in (self.mean, self.std, self.precision)
+        )
+        z = (self._unit(x.to(dtype)) - mean) / (std + 1e-10)
+        if self.official_centering:
+            z = z - mean
+        return (-((z @ precision) * z).sum(1)).to(x.dtype)
+
+    __call__ = score
