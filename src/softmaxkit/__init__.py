@@ -3,12 +3,12 @@
 The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts are
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`,
-:mod:`softmaxkit.ood`).
+:mod:`softmaxkit.ood`, :mod:`softmaxkit.calibration`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from softmaxkit import distributed, dynamics, functional, heads, labels, losses, ood
+from softmaxkit import calibration, distributed, dynamics, functional, heads, labels, losses, ood
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -25,6 +25,7 @@ __all__ = [
     "dynamics",
     "labels",
     "ood",
+    "calibration",
     "__version__",
     *_functional_all,
 ]
