@@ -1,1 +1,1 @@
-"""The ``softmaxkit`` command: ``demo``, ``bench``."""
+"""The ``softmaxkit`` command: ``demo``, ``bench``, ``report``."""

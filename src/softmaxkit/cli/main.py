@@ -14,6 +14,7 @@ from collections.abc import Sequence
 SUBCOMMANDS = {
     "demo": "run the grokking / Softmax Collapse experiment of Prieto et al. 2025",
     "bench": "time our ops against the plain torch code they replace",
+    "report": "calibration, Softmax Collapse and OOD report of a file of logits (HTML + JSON)",
 }
 
 
