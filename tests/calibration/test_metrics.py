@@ -453,7 +453,6 @@ def test_row_blocks_give_the_same_result(monkeypatch, from_logits):
     assert torch.equal(x, z if from_logits else torch.softmax(z, -1))  # input untouched
 
 
-@pytest.mark.slow
 def test_compiles():
     z, y = _data(n=300, c=7, seed=10, dtype=torch.float32)
     for fn in (expected_calibration_error, brier_score, negative_log_likelihood):

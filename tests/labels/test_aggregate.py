@@ -285,7 +285,6 @@ def test_softmax_is_not_scale_invariant():
     )
 
 
-@pytest.mark.slow
 def test_runs_under_torch_compile():
     # Compiling takes tens of seconds on a loaded CPU, hence slow. The EM loops graph-break
     # at their once-per-iteration convergence read; the results must not change.

@@ -226,7 +226,6 @@ def test_custom_missing_and_dtypes():
         torch.testing.assert_close(r.confusion.float(), base.confusion, atol=tol, rtol=0)
 
 
-@pytest.mark.slow
 def test_runs_under_torch_compile():
     p, q = parameters(60, 8, (0.3, 0.99), (0.6, 0.9), 1)
     a, _, _ = top_two_crowd(60, 8, 4, p, q, seed=1, observe=0.8)

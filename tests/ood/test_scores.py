@@ -176,7 +176,6 @@ def test_errors():
         msp_score(torch.tensor(1.0))
 
 
-@pytest.mark.slow  # ~35 s of compilation on a loaded 2-core CPU
 def test_compiles():
     def all_scores(x):
         return msp_score(x).sum() + max_logit_score(x).sum() + energy_score(x, 2.0).sum()
