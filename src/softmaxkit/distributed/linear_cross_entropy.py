@@ -22,7 +22,10 @@ from torch.autograd.function import once_differentiable
 from softmaxkit import _validation as v
 from softmaxkit.distributed.vocab_parallel import (
     _all_reduce,
+    _check_owned_once,
+    _check_target,
     _checks_values,
+    _class_index,
     _resolve_group,
     _vocab_layout,
 )
@@ -55,6 +58,19 @@ def _logits(x_c, W, b, o: _Opts):
     return th * o.softcap, th
 
 
+def _chunks(x, W, b, tgt, kept, o: _Opts):
+    """Per row chunk: (rows, input chunk in the compute dtype, (soft-capped) logits of this
+    shard, tanh or None, target's local column (0 where not owned), owned-and-kept mask)."""
+    rows, width = x.shape[0], W.shape[0]
+    for lo in range(0, rows, o.chunk):
+        sl = slice(lo, min(lo + o.chunk, rows))
+        x_c = x[sl].to(W.dtype)
+        s, th = _logits(x_c, W, b, o)
+        local = tgt[sl] - o.start
+        own = kept[sl] & (local >= 0) & (local < width)
+        yield sl, x_c, s, th, torch.where(own, local, torch.zeros_like(local)), own
+
+
 def _grad_block(e, th, local, own, scale, o: _Opts):
     """dLoss/dz of one chunk, in place in ``e``, which holds the global softmax times the
     row coefficient: subtract the target distribution's part (``scale`` is the row's upstream
@@ -71,8 +87,7 @@ def _grad_block(e, th, local, own, scale, o: _Opts):
 def _forward(x, W, b, tgt, kept, o: _Opts, needs: tuple[bool, bool, bool]):
     """Per-row CE part and global lse; with any of ``needs`` (x, W, b) also those unit-scale
     gradients (divided by the "mean" denominator; x's not yet all-reduced)."""
-    rows, width = x.shape[0], W.shape[0]
-    cdt = W.dtype
+    rows, cdt = x.shape[0], W.dtype
     want_grad = any(needs)
     ce = x.new_empty(rows, dtype=cdt)
     lse = x.new_empty(rows, dtype=cdt)
@@ -80,13 +95,7 @@ def _forward(x, W, b, tgt, kept, o: _Opts, needs: tuple[bool, bool, bool]):
     keptf = kept.to(cdt)
     # the upstream scale of each row's loss (1 / kept rows for "mean"; 0 on ignored rows)
     scale_all = keptf / keptf.sum().clamp(min=1) if o.reduction == "mean" else keptf
-    for lo in range(0, rows, o.chunk):
-        sl = slice(lo, min(lo + o.chunk, rows))
-        x_c = x[sl].to(cdt)
-        s, th = _logits(x_c, W, b, o)
-        local = tgt[sl] - o.start
-        own = kept[sl] & (local >= 0) & (local < width)
-        local = torch.where(own, local, torch.zeros_like(local))
+    for sl, x_c, s, th, local, own in _chunks(x, W, b, tgt, kept, o):
         s_y = torch.where(own, s.gather(1, local.unsqueeze(1)).squeeze(1), 0.0)
         m = _all_reduce(s.amax(1), dist.ReduceOp.MAX, o.group, o.world)
         stats = [s_y]
@@ -97,15 +106,7 @@ def _forward(x, W, b, tgt, kept, o: _Opts, needs: tuple[bool, bool, bool]):
         e = s.sub_(m.unsqueeze(1)).exp_()  # s is a fresh buffer
         stats = _all_reduce(torch.stack([e.sum(1), *stats]), dist.ReduceOp.SUM, o.group, o.world)
         if o.check:
-            bad = kept[sl] & (stats[-1] != 1)
-            if bool(bad.any()):
-                row = lo + int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"target must be identical on every rank and hold class indices in "
-                    f"[0, V - 1] (or ignore_index) with the ranks' slices tiling [0, V); row "
-                    f"{row} (target {int(tgt[row])}) lies in {int(stats[-1][row - lo])} ranks' "
-                    f"slices instead of 1"
-                )
+            _check_owned_once(kept[sl], stats[-1], tgt[sl], sl.start)
         lse_c = m + stats[0].log()
         loss = lse_c - stats[1]
         if o.smoothing > 0:
@@ -140,18 +141,11 @@ def _accumulate(G, W, x_c, sl, gx, gw, gb):
 def _backward_none(x, W, b, tgt, kept, lse, g, o: _Opts, needs):
     """Gradients for reduction "none" (per-row upstream ``g``): recompute each chunk's
     logits; the saved global lse gives the softmax, so no statistic crosses ranks."""
-    rows, width = x.shape[0], W.shape[0]
     cdt = W.dtype
     gx, gw, gb = _grad_buffers(x, W, needs)
     keptf = kept.to(cdt)
     scale_all = g.to(cdt) * keptf
-    for lo in range(0, rows, o.chunk):
-        sl = slice(lo, min(lo + o.chunk, rows))
-        x_c = x[sl].to(cdt)
-        s, th = _logits(x_c, W, b, o)
-        local = tgt[sl] - o.start
-        own = kept[sl] & (local >= 0) & (local < width)
-        local = torch.where(own, local, torch.zeros_like(local))
+    for sl, x_c, s, th, local, own in _chunks(x, W, b, tgt, kept, o):
         scale = scale_all[sl]
         coef = scale * (1 + 2 * o.penalty * lse[sl])
         e = s.sub_(lse[sl].unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
@@ -310,17 +304,7 @@ def vocab_parallel_linear_cross_entropy(
                 f"local_bias must have shape ({width},) and dtype {hidden.dtype}, got shape "
                 f"{tuple(local_bias.shape)} and dtype {local_bias.dtype}"
             )
-    v.check_tensor("target", target)
-    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"target must hold class indices (an integer dtype), got {target.dtype}; "
-            f"probability targets are not supported by the vocab-parallel loss"
-        )
-    if target.shape != hidden.shape[:-1]:
-        raise ValueError(
-            f"target must have shape {tuple(hidden.shape[:-1])} (hidden's shape without d), "
-            f"got {tuple(target.shape)}"
-        )
+    _check_target(target, hidden.shape[:-1], "hidden's shape without d")
     v.check_loss_options(reduction, ignore_index, label_smoothing)
     if softcap is not None:
         v.check_number("softcap", softcap, low=0.0, low_open=True)
@@ -335,17 +319,7 @@ def vocab_parallel_linear_cross_entropy(
     start, total = _vocab_layout(
         shard_logits, rows, group, world, rank, vocab_start_index, need_total=eps > 0
     )
-    flat = target.reshape(-1)
-    kept = flat != ignore_index
-    check = _checks_values(flat)
-    if check and bool(kept.any()):
-        lo, hi = int(flat[kept].min()), int(flat[kept].max())
-        if lo < 0 or (total is not None and hi >= total):
-            raise ValueError(
-                f"target must hold class indices in [0, {'V - 1' if total is None else total - 1}]"
-                f" (or ignore_index={ignore_index}), got {lo if lo < 0 else hi}"
-            )
-    tgt = torch.where(kept, flat, torch.zeros_like(flat)).to(torch.int64)
+    tgt, kept = _class_index(target, ignore_index, total)
     cdt = torch.float32 if hidden.dtype in _HALF else hidden.dtype
     if chunk_size is None:
         chunk_size = default_chunk_size(rows, width, d, cdt)
@@ -362,7 +336,7 @@ def vocab_parallel_linear_cross_entropy(
         total,
         group,
         world,
-        check and world > 1,
+        _checks_values(tgt) and world > 1,
     )
     grad_on = torch.is_grad_enabled()
     needs = (

@@ -162,6 +162,53 @@ def _vocab_layout(
     return vocab_start_index, int(total.item())
 
 
+def _check_target(target: Any, batch_shape: torch.Size, source: str) -> None:
+    """Class indices (an integer dtype) of shape ``batch_shape``."""
+    v.check_tensor("target", target)
+    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(
+            f"target must hold class indices (an integer dtype), got {target.dtype}; "
+            f"probability targets are not supported by the vocab-parallel loss"
+        )
+    if target.shape != batch_shape:
+        raise ValueError(
+            f"target must have shape {tuple(batch_shape)} ({source}), got {tuple(target.shape)}"
+        )
+
+
+def _class_index(
+    target: torch.Tensor, ignore_index: int, total: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat int64 class index, 0 on ignored rows; flat kept mask), the kept values checked
+    to lie in [0, V) where they can be read without a device sync."""
+    flat = target.reshape(-1)
+    kept = flat != ignore_index
+    if _checks_values(flat) and bool(kept.any()):
+        lo, hi = int(flat[kept].min()), int(flat[kept].max())
+        if lo < 0 or (total is not None and hi >= total):
+            raise ValueError(
+                f"target must hold class indices in [0, {'V - 1' if total is None else total - 1}]"
+                f" (or ignore_index={ignore_index}), got {lo if lo < 0 else hi}"
+            )
+    return torch.where(kept, flat, torch.zeros_like(flat)).to(torch.int64), kept
+
+
+def _check_owned_once(
+    kept: torch.Tensor, owners: torch.Tensor, index: torch.Tensor, first_row: int = 0
+) -> None:
+    """Raise (on every rank alike: ``owners`` is all-reduced) unless each kept row's target
+    lies in exactly one rank's slice; ``first_row`` numbers the rows of a chunk."""
+    bad = kept & (owners != 1)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"target must be identical on every rank and hold class indices in "
+            f"[0, V - 1] (or ignore_index) with the ranks' slices tiling [0, V); row "
+            f"{first_row + row} (target {int(index[row])}) lies in {int(owners[row])} ranks' "
+            f"slices instead of 1"
+        )
+
+
 class _VocabParallelLogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
@@ -253,15 +300,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             stats.append(own.to(dtype))
         stats = _all_reduce(torch.stack(stats), dist.ReduceOp.SUM, group, world)
         if check:
-            bad = kept & (stats[-1] != 1)
-            if bool(bad.any()):
-                row = int(bad.nonzero()[0, 0])
-                raise ValueError(
-                    f"target must be identical on every rank and hold class indices in "
-                    f"[0, V - 1] (or ignore_index) with the ranks' slices tiling [0, V); row "
-                    f"{row} (target {int(index[row])}) lies in {int(stats[-1][row])} ranks' "
-                    f"slices instead of 1"
-                )
+            _check_owned_once(kept, stats[-1], index)
         lse = m + stats[0].log()
         loss = lse - stats[1]
         if eps > 0:
@@ -380,17 +419,9 @@ def vocab_parallel_cross_entropy(
         2.0698
     """
     _check_local_logits(local_logits)
-    v.check_tensor("target", target)
-    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"target must hold class indices (an integer dtype), got {target.dtype}; "
-            f"probability targets are not supported by the vocab-parallel loss"
-        )
-    if target.shape != local_logits.shape[:-1]:
-        raise ValueError(
-            f"target must have shape {tuple(local_logits.shape[:-1])} (local_logits' shape "
-            f"without the vocabulary dimension), got {tuple(target.shape)}"
-        )
+    _check_target(
+        target, local_logits.shape[:-1], "local_logits' shape without the vocabulary dimension"
+    )
     v.check_int("ignore_index", ignore_index)
     eps = v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     v.check_reduction(reduction)
@@ -399,16 +430,7 @@ def vocab_parallel_cross_entropy(
     start, total = _vocab_layout(
         x, x.shape[0], group, world, rank, vocab_start_index, need_total=eps > 0
     )
-    flat = target.reshape(-1)
-    kept = flat != ignore_index
-    if _checks_values(flat) and bool(kept.any()):
-        lo, hi = int(flat[kept].min()), int(flat[kept].max())
-        if lo < 0 or (total is not None and hi >= total):
-            raise ValueError(
-                f"target must hold class indices in [0, {'V - 1' if total is None else total - 1}]"
-                f" (or ignore_index={ignore_index}), got {lo if lo < 0 else hi}"
-            )
-    index = torch.where(kept, flat, torch.zeros_like(flat)).to(torch.int64)
+    index, kept = _class_index(target, ignore_index, total)
     losses = _VocabParallelCrossEntropy.apply(x, index, kept, start, total, eps, group, world)
     if reduction == "none":
         return losses.reshape(target.shape).to(local_logits.dtype)
