@@ -247,6 +247,46 @@ def check_tensor_values(
     return value
 
 
+def check_linear_layer(
+    input_name: str,
+    input: Any,
+    weight_name: str,
+    weight: Any,
+    bias_name: str,
+    bias: Any,
+) -> tuple[int, int]:
+    """An output layer's operands: ``input`` (..., d), ``weight`` (V, d) with V >= 1 and an
+    optional ``bias`` (V,), all floating and of ``input``'s dtype. Returns (V, d)."""
+    check_floating(input_name, input)
+    check_floating(weight_name, weight)
+    if input.ndim < 1:
+        raise ValueError(f"{input_name} must have shape (..., d), got shape {tuple(input.shape)}")
+    if weight.ndim != 2 or weight.shape[0] < 1:
+        raise ValueError(
+            f"{weight_name} must have shape (V, d) with V >= 1 (one row per class), got shape "
+            f"{tuple(weight.shape)}"
+        )
+    V, d = weight.shape
+    if input.shape[-1] != d:
+        raise ValueError(
+            f"{input_name}'s last dimension must equal {weight_name}'s d = {d}, got "
+            f"{input_name} of shape {tuple(input.shape)}"
+        )
+    if weight.dtype != input.dtype:
+        raise TypeError(
+            f"{weight_name} must have {input_name}'s dtype {input.dtype}, got {weight.dtype}"
+        )
+    if bias is not None:
+        check_floating(bias_name, bias)
+        if tuple(bias.shape) != (V,):
+            raise ValueError(f"{bias_name} must have shape ({V},), got shape {tuple(bias.shape)}")
+        if bias.dtype != input.dtype:
+            raise TypeError(
+                f"{bias_name} must have {input_name}'s dtype {input.dtype}, got {bias.dtype}"
+            )
+    return V, d
+
+
 def check_nonempty(name: str, value: torch.Tensor, what: str = "element") -> torch.Tensor:
     """A tensor with at least one entry (``what`` names an entry in the message)."""
     if value.numel() == 0:

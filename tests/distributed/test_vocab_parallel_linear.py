@@ -243,7 +243,7 @@ def test_world1_empty_and_all_ignored():
     [
         (dict(W=torch.randn(V, D + 1, dtype=torch.float64)), ValueError, "last dimension must"),
         (dict(W=torch.randn(V, D)), TypeError, "local_weight must have hidden's dtype"),
-        (dict(W=torch.randn(0, D, dtype=torch.float64)), ValueError, "V_local >= 1"),
+        (dict(W=torch.randn(0, D, dtype=torch.float64)), ValueError, "with V >= 1"),
         (dict(target=torch.zeros(N)), TypeError, "target must hold class indices"),
         (dict(target=torch.zeros(N - 1, dtype=torch.long)), ValueError, "target must have shape"),
         (dict(target=torch.full((N,), V)), ValueError, r"indices in \[0, 12\]"),

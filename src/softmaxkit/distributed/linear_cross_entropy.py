@@ -278,32 +278,9 @@ def vocab_parallel_linear_cross_entropy(
         >>> torch.allclose(loss, F.cross_entropy(h @ W.T, y, label_smoothing=0.1))
         True
     """
-    v.check_floating("hidden", hidden)
-    v.check_floating("local_weight", local_weight)
-    if hidden.ndim < 1:
-        raise ValueError(f"hidden must have shape (..., d), got shape {tuple(hidden.shape)}")
-    if local_weight.ndim != 2 or local_weight.shape[0] < 1:
-        raise ValueError(
-            f"local_weight must have shape (V_local, d) with V_local >= 1, got shape "
-            f"{tuple(local_weight.shape)}"
-        )
-    width, d = local_weight.shape
-    if hidden.shape[-1] != d:
-        raise ValueError(
-            f"hidden's last dimension must equal local_weight's d = {d}, got hidden of shape "
-            f"{tuple(hidden.shape)}"
-        )
-    if local_weight.dtype != hidden.dtype:
-        raise TypeError(
-            f"local_weight must have hidden's dtype {hidden.dtype}, got {local_weight.dtype}"
-        )
-    if local_bias is not None:
-        v.check_floating("local_bias", local_bias)
-        if local_bias.shape != (width,) or local_bias.dtype != hidden.dtype:
-            raise ValueError(
-                f"local_bias must have shape ({width},) and dtype {hidden.dtype}, got shape "
-                f"{tuple(local_bias.shape)} and dtype {local_bias.dtype}"
-            )
+    width, d = v.check_linear_layer(
+        "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
+    )
     _check_target(target, hidden.shape[:-1], "hidden's shape without d")
     v.check_loss_options(reduction, ignore_index, label_smoothing)
     if softcap is not None:

@@ -302,39 +302,9 @@ def _check(
     reduction,
     return_extras,
 ):
-    v.check_floating("input", input)
-    v.check_floating("linear_weight", linear_weight)
-    if input.ndim < 1:
-        raise ValueError(
-            f"input must have shape (..., in_features), got shape {tuple(input.shape)}"
-        )
-    if linear_weight.ndim != 2:
-        raise ValueError(
-            f"linear_weight must have shape (num_classes, in_features), got shape "
-            f"{tuple(linear_weight.shape)}"
-        )
-    V, d = linear_weight.shape
-    if V < 1:
-        raise ValueError(f"linear_weight must have at least one row (class), got shape {(V, d)}")
-    if input.shape[-1] != d:
-        raise ValueError(
-            f"input's last dimension must equal linear_weight's in_features {d}, got input of "
-            f"shape {tuple(input.shape)}"
-        )
-    if linear_weight.dtype != input.dtype:
-        raise TypeError(
-            f"linear_weight must have the input's dtype {input.dtype}, got {linear_weight.dtype}"
-        )
-    if linear_bias is not None:
-        v.check_floating("linear_bias", linear_bias)
-        if linear_bias.shape != (V,):
-            raise ValueError(
-                f"linear_bias must have shape ({V},), got shape {tuple(linear_bias.shape)}"
-            )
-        if linear_bias.dtype != input.dtype:
-            raise TypeError(
-                f"linear_bias must have the input's dtype {input.dtype}, got {linear_bias.dtype}"
-            )
+    V, d = v.check_linear_layer(
+        "input", input, "linear_weight", linear_weight, "linear_bias", linear_bias
+    )
     if weight is not None:
         v.check_floating("weight", weight)
         if weight.shape != (V,):
