@@ -61,7 +61,8 @@ def _scaled(
         scale = buf.nan_to_num_(nan=0.0, posinf=0.0).mean(1, keepdim=True)
     # an all-zero row (e.g. a zero-initialised head) stays 0, its gradient taken at scale 1
     scale = torch.where(scale > 0, scale, 1.0)
-    return torch.mul(z, 1.0 / (scale * lam), out=buf), scale, nonfinite
+    # divide (not multiply by 1 / scale): a subnormal scale has no finite reciprocal
+    return torch.div(z, scale, out=buf).div_(lam), scale, nonfinite
 
 
 def _add_scaled(u: torch.Tensor, t: torch.Tensor, coef: float | torch.Tensor) -> None:
