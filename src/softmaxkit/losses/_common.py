@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
@@ -217,3 +218,28 @@ def row_loss(
     return _RowLoss.apply(
         fn, grad_fn, dtype, float(smoothing), len(inputs), target, kept, *inputs, *extras
     )
+
+
+class LossModule(nn.Module):
+    """Base of the module twins of (logits, target) losses: validates and stores
+    ``reduction``, ``ignore_index`` and ``label_smoothing`` once; ``options()`` gives them
+    as keyword arguments for the functional."""
+
+    def __init__(
+        self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        v.check_loss_options(reduction, ignore_index, label_smoothing)
+        self.reduction = reduction
+        self.ignore_index = ignore_index
+        self.label_smoothing = float(label_smoothing)
+
+    def options(self) -> dict:
+        return {
+            "reduction": self.reduction,
+            "ignore_index": self.ignore_index,
+            "label_smoothing": self.label_smoothing,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={val!r}" for k, val in self.options().items())

@@ -33,7 +33,14 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit.functional._common import HALF_DTYPES, as_rows
-from softmaxkit.losses._common import Rows, prepare, reduce, row_loss, smoothed
+from softmaxkit.losses._common import (
+    LossModule,
+    Rows,
+    prepare,
+    reduce,
+    row_loss,
+    smoothed,
+)
 
 __all__ = [
     "comp_sum_loss",
@@ -581,28 +588,7 @@ def _run_attack(model, inputs, target, attack, eval_during_attack, settings) -> 
 # --------------------------------------------------------------------------------------
 
 
-class _CompSumBase(nn.Module):
-    def __init__(self, *, reduction: str, ignore_index: int, label_smoothing: float) -> None:
-        super().__init__()
-        self.reduction = v.check_reduction(reduction)
-        self.ignore_index = v.check_int("ignore_index", ignore_index)
-        self.label_smoothing = v.check_number("label_smoothing", label_smoothing, low=0, high=1)
-
-    def _common_kwargs(self) -> dict:
-        return dict(
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"label_smoothing={self.label_smoothing}"
-        )
-
-
-class CompSumLoss(_CompSumBase):
+class CompSumLoss(LossModule):
     """Module twin of :func:`comp_sum_loss`: ``CompSumLoss(tau)(logits, target)``."""
 
     def __init__(
@@ -619,13 +605,13 @@ class CompSumLoss(_CompSumBase):
         self.tau = _check_tau(tau)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return comp_sum_loss(logits, target, self.tau, **self._common_kwargs())
+        return comp_sum_loss(logits, target, self.tau, **self.options())
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, " + super().extra_repr()
 
 
-class SumExpLoss(_CompSumBase):
+class SumExpLoss(LossModule):
     """Module twin of :func:`sum_exp_loss` (comp-sum, tau = 0)."""
 
     def __init__(
@@ -636,10 +622,10 @@ class SumExpLoss(_CompSumBase):
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return sum_exp_loss(logits, target, **self._common_kwargs())
+        return sum_exp_loss(logits, target, **self.options())
 
 
-class GeneralizedCrossEntropyLoss(_CompSumBase):
+class GeneralizedCrossEntropyLoss(LossModule):
     """Module twin of :func:`generalized_cross_entropy` (default ``q = 0.7``, Zhang & Sabuncu)."""
 
     def __init__(
@@ -656,13 +642,13 @@ class GeneralizedCrossEntropyLoss(_CompSumBase):
         self.q = v.check_number("q", q, low=0.0, high=1.0, low_open=True)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return generalized_cross_entropy(logits, target, q=self.q, **self._common_kwargs())
+        return generalized_cross_entropy(logits, target, q=self.q, **self.options())
 
     def extra_repr(self) -> str:
         return f"q={self.q}, " + super().extra_repr()
 
 
-class MAELoss(_CompSumBase):
+class MAELoss(LossModule):
     """Module twin of :func:`mae_loss` (``1 - p_y``; comp-sum, tau = 2)."""
 
     def __init__(
@@ -673,10 +659,10 @@ class MAELoss(_CompSumBase):
         )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return mae_loss(logits, target, **self._common_kwargs())
+        return mae_loss(logits, target, **self.options())
 
 
-class AdversarialCompSumLoss(_CompSumBase):
+class AdversarialCompSumLoss(LossModule):
     """Module twin of :func:`adversarial_comp_sum_loss`.
 
     Holds the hyperparameters; the model is passed to ``forward(model, inputs, target)``
@@ -734,7 +720,7 @@ class AdversarialCompSumLoss(_CompSumBase):
             input_range=self.input_range,
             eval_during_attack=self.eval_during_attack,
             attack=self.attack,
-            **self._common_kwargs(),
+            **self.options(),
         )
 
     def extra_repr(self) -> str:

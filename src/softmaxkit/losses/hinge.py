@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.losses._common import prepare, reduce, row_loss
+from softmaxkit.losses._common import LossModule, prepare, reduce, row_loss
 
 
 def _rowdot(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -138,7 +137,7 @@ def squared_hinge_loss(
     return reduce(losses, rows, reduction, logits.dtype)
 
 
-class SquaredHingeLoss(nn.Module):
+class SquaredHingeLoss(LossModule):
     """Module twin of :func:`squared_hinge_loss`."""
 
     def __init__(
@@ -149,26 +148,13 @@ class SquaredHingeLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
-        v.check_number("margin", margin, low=0.0)
-        v.check_loss_options(reduction, ignore_index, label_smoothing)
-        self.margin = float(margin)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
+        self.margin = float(v.check_number("margin", margin, low=0.0))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return squared_hinge_loss(
-            logits,
-            target,
-            margin=self.margin,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
+        return squared_hinge_loss(logits, target, margin=self.margin, **self.options())
 
     def extra_repr(self) -> str:
-        return (
-            f"margin={self.margin}, reduction={self.reduction!r}, "
-            f"ignore_index={self.ignore_index}, label_smoothing={self.label_smoothing}"
-        )
+        return f"margin={self.margin}, " + super().extra_repr()

@@ -28,7 +28,7 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit.functional._common import as_rows, compute_dtype
-from softmaxkit.losses._common import Rows, prepare, reduce, row_loss
+from softmaxkit.losses._common import LossModule, Rows, prepare, reduce, row_loss
 
 _Fn = Callable[..., torch.Tensor]
 
@@ -496,26 +496,7 @@ def logsumexp_penalty(
 # --- modules -----------------------------------------------------------------------------------
 
 
-class _LossModule(nn.Module):
-    def __init__(self, reduction: str, ignore_index: int, label_smoothing: float) -> None:
-        super().__init__()
-        v.check_loss_options(reduction, ignore_index, label_smoothing)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-
-    def _options(self) -> dict:
-        return {
-            "reduction": self.reduction,
-            "ignore_index": self.ignore_index,
-            "label_smoothing": self.label_smoothing,
-        }
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={val!r}" for k, val in self._options().items())
-
-
-class ZLoss(_LossModule):
+class ZLoss(LossModule):
     """Module twin of :func:`z_loss` (the de Brébisson & Vincent Z-loss; for PaLM's
     "z-loss" penalty see :class:`LogSumExpPenalty`)."""
 
@@ -529,20 +510,22 @@ class ZLoss(_LossModule):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(reduction, ignore_index, label_smoothing)
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
         v.check_number("a", a, low=0.0, low_open=True)
         v.check_number("b", b)
         v.check_number("eps", eps, low=0.0)
         self.a, self.b, self.eps = float(a), float(b), float(eps)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return z_loss(logits, target, a=self.a, b=self.b, eps=self.eps, **self._options())
+        return z_loss(logits, target, a=self.a, b=self.b, eps=self.eps, **self.options())
 
     def extra_repr(self) -> str:
         return f"a={self.a}, b={self.b}, eps={self.eps}, " + super().extra_repr()
 
 
-class SphericalSoftmaxLoss(_LossModule):
+class SphericalSoftmaxLoss(LossModule):
     """Module twin of :func:`spherical_softmax_loss`."""
 
     def __init__(
@@ -553,27 +536,31 @@ class SphericalSoftmaxLoss(_LossModule):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(reduction, ignore_index, label_smoothing)
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
         v.check_number("eps", eps, low=0.0, low_open=True)
         self.eps = float(eps)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return spherical_softmax_loss(logits, target, eps=self.eps, **self._options())
+        return spherical_softmax_loss(logits, target, eps=self.eps, **self.options())
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, " + super().extra_repr()
 
 
-class TaylorSoftmaxLoss(_LossModule):
+class TaylorSoftmaxLoss(LossModule):
     """Module twin of :func:`taylor_softmax_loss`."""
 
     def __init__(
         self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
     ) -> None:
-        super().__init__(reduction, ignore_index, label_smoothing)
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return taylor_softmax_loss(logits, target, **self._options())
+        return taylor_softmax_loss(logits, target, **self.options())
 
 
 class LogSumExpPenalty(nn.Module):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map
-from softmaxkit.losses._common import prepare, reduce, row_loss
+from softmaxkit.losses._common import LossModule, prepare, reduce, row_loss
 
 
 def _log_s(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +96,7 @@ def stablemax_cross_entropy(
     return reduce(losses, rows, reduction, dtype or logits.dtype)
 
 
-class StableMaxCrossEntropyLoss(nn.Module):
+class StableMaxCrossEntropyLoss(LossModule):
     """Module twin of :func:`stablemax_cross_entropy`."""
 
     def __init__(
@@ -108,25 +107,10 @@ class StableMaxCrossEntropyLoss(nn.Module):
         label_smoothing: float = 0.0,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        v.check_reduction(reduction)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
         self.dtype = dtype
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return stablemax_cross_entropy(
-            logits,
-            target,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-            dtype=self.dtype,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"reduction={self.reduction!r}, ignore_index={self.ignore_index}, "
-            f"label_smoothing={self.label_smoothing}"
-        )
+        return stablemax_cross_entropy(logits, target, dtype=self.dtype, **self.options())
