@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import compute_dtype, fill_where, row_blocks
+from softmaxkit._ops.blocks import compute_dtype, fill_where, row_blocks
 
 __all__ = ["vocab_parallel_log_softmax", "vocab_parallel_cross_entropy"]
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import upcast
+from softmaxkit._ops.blocks import upcast
 from softmaxkit.functional.two_pass import auto_chunk, normalize
 
 

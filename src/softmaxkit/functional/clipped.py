@@ -7,7 +7,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import (
+from softmaxkit._ops.blocks import (
     as_rows,
     block_target,
     from_rows,

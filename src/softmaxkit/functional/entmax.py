@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, from_rows, row_blocks, upcast
+from softmaxkit._ops.blocks import as_rows, from_rows, row_blocks, upcast
 
 # Narrowing schedule of the exact thresholds (sparsemax, entmax15):
 _STEP_ABOVE = 1 / 4  # step while the candidates are more than this share of the row,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, from_rows, maybe_any, upcast
+from softmaxkit._ops.blocks import as_rows, from_rows, maybe_any, upcast
 from softmaxkit.functional.two_pass import normalize as normalize_rows
 
 NORMALIZATIONS = ("topk_then_softmax", "softmax_then_topk")

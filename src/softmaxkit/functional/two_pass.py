@@ -17,7 +17,7 @@ import math
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, fill_where, from_rows, maybe_any, upcast
+from softmaxkit._ops.blocks import as_rows, fill_where, from_rows, maybe_any, upcast
 
 #: default chunk length: 64 KiB of float32 per chunk, so a chunk stays in L2 while
 #: torch's fused row kernel makes its internal passes over it.

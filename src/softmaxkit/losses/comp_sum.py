@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import HALF_DTYPES, as_rows
-from softmaxkit.losses._common import (
+from softmaxkit._ops.blocks import HALF_DTYPES, as_rows
+from softmaxkit._ops.row_loss import (
     LossModule,
     Rows,
     prepare,

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import HALF_DTYPES
+from softmaxkit._ops.blocks import HALF_DTYPES
 
 
 class CompositionalState(nn.Module):

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, row_blocks
-from softmaxkit.losses._common import Rows, check_logits, prepare, reduce, row_loss
+from softmaxkit._ops.blocks import as_rows, row_blocks
+from softmaxkit._ops.row_loss import Rows, check_logits, prepare, reduce, row_loss
 from softmaxkit.losses.divergence import (
     Scratch,
     divergence_parts,

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import HALF_DTYPES, as_rows, maybe_any
-from softmaxkit.losses._common import reduce, row_loss
+from softmaxkit._ops.blocks import HALF_DTYPES, as_rows, maybe_any
+from softmaxkit._ops.row_loss import reduce, row_loss
 
 KINDS = ("kl", "reverse_kl", "js", "tv", "hellinger", "alpha")
 

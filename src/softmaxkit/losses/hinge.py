@@ -7,7 +7,7 @@ import math
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit.losses._common import LossModule, prepare, reduce, row_loss
+from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 
 
 def _rowdot(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -21,42 +21,45 @@ def _finite_bound(dtype: torch.dtype) -> float:
     return math.sqrt(torch.finfo(dtype).max) / 4
 
 
-def _hinge_fns(margin: float):
+def _below(z: torch.Tensor, margin: float, big: float) -> torch.Tensor:
+    """max(0, margin - o), computed from o clamped to >= -big (finite for o = -inf)."""
+    return z.clamp(-big, margin).neg_().add_(margin)
+
+
+def _above(z: torch.Tensor, margin: float, big: float) -> torch.Tensor:
+    """max(0, margin + o), computed from o clamped to <= big (finite for o = +inf)."""
+    return z.clamp(-margin, big).add_(margin)
+
+
+class _SquaredHinge(RowLoss):
     # per class k: y_k = +1 for the target, -1 otherwise; h = max(0, margin - y_k o_k)^2.
     # A probability target t gives the expected loss: t_k h(+o_k) + (T - t_k) h(-o_k), T = sum t
     # (each weighted sum is a row dot product; no subtraction of large terms).
-    def below(z: torch.Tensor, big: float) -> torch.Tensor:
-        """max(0, margin - o), computed from o clamped to >= -big (finite for o = -inf)."""
-        return z.clamp(-big, margin).neg_().add_(margin)
+    def __init__(self, margin: float) -> None:
+        self.margin = margin
 
-    def above(z: torch.Tensor, big: float) -> torch.Tensor:
-        """max(0, margin + o), computed from o clamped to <= big (finite for o = +inf)."""
-        return z.clamp(-margin, big).add_(margin)
-
-    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        C = z.shape[1]
+    def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        m, C = self.margin, z.shape[1]
         if t.dtype.is_floating_point:
             big = _finite_bound(z.dtype)
-            pos = below(z, big).square_()
-            neg = above(z, big).square_()
+            pos = _below(z, m, big).square_()
+            neg = _above(z, m, big).square_()
             return (_rowdot(t, pos) + _rowdot(torch.sub(t.sum(1, keepdim=True), t), neg)) / C
         index = t.unsqueeze(1)
-        neg = (margin + z).clamp_min_(0).square_().scatter_(1, index, 0.0)
-        own = (margin - z.gather(1, index)).clamp_min_(0).square_()
+        neg = (m + z).clamp_min_(0).square_().scatter_(1, index, 0.0)
+        own = (m - z.gather(1, index)).clamp_min_(0).square_()
         return (neg.sum(1) + own.squeeze(1)) / C
 
-    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        scale = (2 / z.shape[1]) * g.unsqueeze(1)
+    def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        m, scale = self.margin, (2 / z.shape[1]) * g.unsqueeze(1)
         if t.dtype.is_floating_point:
             # (T - t_k) max(0, m + o_k) - t_k max(0, m - o_k)
             big = _finite_bound(z.dtype)
             rest = torch.sub(t.sum(1, keepdim=True), t)
-            return above(z, big).mul_(rest).sub_(below(z, big).mul_(t)).mul_(scale)
+            return _above(z, m, big).mul_(rest).sub_(_below(z, m, big).mul_(t)).mul_(scale)
         index = t.unsqueeze(1)
-        own = (margin - z.gather(1, index)).clamp_min_(0)
-        return (margin + z).clamp_min_(0).mul_(scale).scatter_(1, index, -own * scale)
-
-    return fn, grad_fn
+        own = (m - z.gather(1, index)).clamp_min_(0)
+        return (m + z).clamp_min_(0).mul_(scale).scatter_(1, index, -own * scale)
 
 
 def squared_hinge_loss(
@@ -128,13 +131,14 @@ def squared_hinge_loss(
         tensor([0.7500, 0.3333])
     """
     v.check_number("margin", margin, low=0.0)
-    v.check_reduction(reduction)
-    rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    fn, grad_fn = _hinge_fns(float(margin))
-    losses = row_loss(
-        fn, [rows.logits], rows.target, kept=rows.kept, smoothing=rows.smoothing, grad_fn=grad_fn
+    return class_loss(
+        _SquaredHinge(float(margin)),
+        logits,
+        target,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
-    return reduce(losses, rows, reduction, logits.dtype)
 
 
 class SquaredHingeLoss(LossModule):

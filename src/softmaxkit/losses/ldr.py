@@ -5,7 +5,7 @@ margin violation regularised by ``KL(p || uniform)``; its closed form is a scale
 log-mean-exp of the margins. ALDR-KL adapts the regularisation strength (a temperature)
 per training instance and keeps it as state between calls.
 
-The per-row work runs through the loss engine (:mod:`softmaxkit.losses._common`) with an
+The per-row work runs through the loss engine (:mod:`softmaxkit._ops.row_loss`) with an
 analytic gradient: the chain rule through the logit normalisation is done in closed form,
 so forward and backward each make a few passes over one row block and allocate only the
 gradient.
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import HALF_DTYPES, maybe_any, row_blocks, workspace
-from softmaxkit.losses._common import prepare, reduce, row_loss
+from softmaxkit._ops.blocks import HALF_DTYPES, maybe_any, row_blocks, workspace
+from softmaxkit._ops.row_loss import prepare, reduce, row_loss
 
 __all__ = ["ldr_kl_loss", "aldr_kl_loss", "LDRKLLoss", "ALDRKLLoss"]
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import HALF_DTYPES, as_rows
+from softmaxkit._ops.blocks import HALF_DTYPES, as_rows
 from softmaxkit.losses.comp_sum import comp_sum_loss
 
 #: Zhai & Wu's temperature; the official code's ``NormSoftmaxLoss`` default (scale 1/0.05 = 20).

@@ -9,7 +9,7 @@ its own storage, the one (N, L) tensor they allocate. Labels whose score is ``-i
 masked out (they are in no denominator and take no probability mass); a row without
 positives contributes 0.
 
-They do not run on :func:`softmaxkit.losses._common.row_loss`: that engine would find
+They do not run on :func:`softmaxkit._ops.row_loss.row_loss`: that engine would find
 the positives again in every block of forward and backward, recompute the row statistic
 in backward (32 more bisection steps for soft top-k) and copy each gradient block once
 more. On (4096, 8192) float32 scores with 16 positives a row (2 CPU threads, forward and
@@ -31,8 +31,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, compute_dtype, maybe_any, row_blocks, workspace
-from softmaxkit.losses._common import Rows, check_logits, reduce
+from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks, workspace
+from softmaxkit._ops.row_loss import Rows, check_logits, reduce
 
 _INF = math.inf
 

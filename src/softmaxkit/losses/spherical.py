@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit.functional._common import as_rows, compute_dtype
-from softmaxkit.losses._common import LossModule, Rows, prepare, reduce, row_loss
+from softmaxkit._ops.blocks import as_rows, compute_dtype
+from softmaxkit._ops.row_loss import LossModule, Rows, prepare, reduce, row_loss
 
 _Fn = Callable[..., torch.Tensor]
 

@@ -6,7 +6,7 @@ import torch
 
 from softmaxkit import _validation as v
 from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map
-from softmaxkit.losses._common import LossModule, prepare, reduce, row_loss
+from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 
 
 def _log_s(x: torch.Tensor) -> torch.Tensor:
@@ -14,24 +14,27 @@ def _log_s(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(x.abs())
 
 
-def _stablemax_nll(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    s = s_map(z)
-    log_total = s.sum(-1).log()
-    if t.dtype.is_floating_point:  # sum_k t_k (log S - log s_k); 0 log 0 = 0
-        return t.sum(-1) * log_total - torch.special.xlogy(t, s).sum(-1)
-    return log_total - _log_s(z.gather(1, t.unsqueeze(1)).squeeze(1))
+class _StableMaxNLL(RowLoss):
+    """-log stablemax(z)_y per row (the expected value under a probability target)."""
 
+    def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s = s_map(z)
+        log_total = s.sum(-1).log()
+        if t.dtype.is_floating_point:  # sum_k t_k (log S - log s_k); 0 log 0 = 0
+            return t.sum(-1) * log_total - torch.special.xlogy(t, s).sum(-1)
+        return log_total - _log_s(z.gather(1, t.unsqueeze(1)).squeeze(1))
 
-def _stablemax_nll_grad(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    # d/dz_j = s'(z_j) / S - t_j / (1 + |z_j|), since d log s / dz = r(z) = 1 / (1 + |z|)
-    s = s_map(z)
-    total = s.sum(-1, keepdim=True)
-    g = g.unsqueeze(1)
-    if t.dtype.is_floating_point:
-        return s_derivative_over(s, total).mul_(t.sum(-1, keepdim=True)).sub_(t * r_map(z)).mul_(g)
-    grad = s_derivative_over(s, total).mul_(g)
-    own = r_map(z.gather(1, t.unsqueeze(1))).mul_(g)
-    return grad.scatter_add_(1, t.unsqueeze(1), own.neg_())
+    def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        # d/dz_j = s'(z_j) / S - t_j / (1 + |z_j|), since d log s / dz = r(z) = 1 / (1 + |z|)
+        s = s_map(z)
+        total = s.sum(-1, keepdim=True)
+        g = g.unsqueeze(1)
+        if t.dtype.is_floating_point:
+            over = s_derivative_over(s, total).mul_(t.sum(-1, keepdim=True))
+            return over.sub_(t * r_map(z)).mul_(g)
+        grad = s_derivative_over(s, total).mul_(g)
+        own = r_map(z.gather(1, t.unsqueeze(1))).mul_(g)
+        return grad.scatter_add_(1, t.unsqueeze(1), own.neg_())
 
 
 def stablemax_cross_entropy(
@@ -80,20 +83,18 @@ def stablemax_cross_entropy(
         >>> stablemax_cross_entropy(torch.tensor([[-1.0, 0.0, 1.0]]), torch.tensor([2]))
         tensor(0.5596)
     """
-    v.check_reduction(reduction)
     if dtype is not None:
         v.check_floating_dtype("dtype", dtype)
-    rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    losses = row_loss(
-        _stablemax_nll,
-        [rows.logits],
-        rows.target,
-        kept=rows.kept,
-        smoothing=rows.smoothing,
-        grad_fn=_stablemax_nll_grad,
+    return class_loss(
+        _StableMaxNLL(),
+        logits,
+        target,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
         dtype=dtype,
+        out_dtype=dtype,
     )
-    return reduce(losses, rows, reduction, dtype or logits.dtype)
 
 
 class StableMaxCrossEntropyLoss(LossModule):

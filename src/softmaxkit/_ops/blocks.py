@@ -1,4 +1,10 @@
-"""Small helpers shared by the maps (private to ``softmaxkit.functional``)."""
+"""The row/block walker, the one half-precision and compute-dtype policy, scratch buffers.
+
+The half-precision policy, stated once for the whole package: float16 and bfloat16 are
+computed in float32 and results are returned in the input dtype; float32 and float64
+are computed in their own dtype. Where several tensors meet, the widest wins
+(:func:`compute_dtype`).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,17 @@ import torch
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype a map computes in: float32 for half types, the input's dtype otherwise."""
-    return torch.float32 if x.dtype in HALF_DTYPES else x.dtype
+def compute_dtype(*inputs: torch.Tensor | torch.dtype | None) -> torch.dtype:
+    """The dtype to compute in: float64 if any input is float64, else float32 when any
+    input is half or float32 (half types are computed in float32). ``None`` entries are
+    skipped; with no floating input the answer is float32."""
+    dtypes = [t if isinstance(t, torch.dtype) else t.dtype for t in inputs if t is not None]
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """``x`` in its compute dtype (a no-op for float32/float64)."""
-    return x.to(compute_dtype(x))
+    return x.float() if x.dtype in HALF_DTYPES else x
 
 
 def maybe_any(flags: torch.Tensor) -> bool:

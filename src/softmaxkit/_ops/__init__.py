@@ -1,0 +1,13 @@
+"""The private base layer every package of softmaxkit may import (and nothing else).
+
+* :mod:`~softmaxkit._ops.blocks`: the half-precision / compute-dtype policy, the row
+  layout (``as_rows``), the row-block walker and the scratch buffers of blocked kernels.
+* :mod:`~softmaxkit._ops.row_loss`: the row-loss contract (value and gradient of one
+  block of rows) and the one entry point that applies reduction, ignore_index, label
+  smoothing and probability targets; the base of the losses' module twins.
+* :mod:`~softmaxkit._ops.cross_entropy`: the cross-entropy rules (ignore_index, label
+  smoothing, class weights, softcap, log-sum-exp penalty, mean denominators) written
+  once over per-row statistics, shared by the fused and the vocab-parallel heads.
+
+Dependencies point one way: ``_ops`` imports only torch and :mod:`softmaxkit._validation`.
+"""
