@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
+from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map
 
 
 def _log_s(x: torch.Tensor) -> torch.Tensor:
