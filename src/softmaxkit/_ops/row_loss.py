@@ -303,25 +303,47 @@ def class_loss(
 
 
 class LossModule(nn.Module):
-    """Base of the module twins of (logits, target) losses: validates and stores
-    ``reduction``, ``ignore_index`` and ``label_smoothing`` once; ``options()`` gives them
-    as keyword arguments for the functional."""
+    """Base of every loss's module twin: validates and stores the shared options once.
+
+    ``shared_options`` names the options of ``cross_entropy`` this loss takes, a subset of
+    ``("reduction", "ignore_index", "label_smoothing")`` (a subclass narrows it, e.g. to
+    ``("reduction",)`` for a loss between two logit tensors); only those are checked,
+    stored as attributes and returned by ``options()`` as keyword arguments for the
+    functional. A subclass stores its own hyperparameters after ``super().__init__`` and
+    lists them in ``extra_repr`` through ``hyperparameters()``.
+    """
+
+    shared_options: tuple[str, ...] = ("reduction", "ignore_index", "label_smoothing")
 
     def __init__(
         self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        v.check_loss_options(reduction, ignore_index, label_smoothing)
-        self.reduction = reduction
-        self.ignore_index = ignore_index
-        self.label_smoothing = float(label_smoothing)
+        given = {
+            "reduction": reduction,
+            "ignore_index": ignore_index,
+            "label_smoothing": label_smoothing,
+        }
+        for name in self.shared_options:
+            setattr(self, name, _OPTION_CHECKS[name](given[name]))
 
     def options(self) -> dict:
-        return {
-            "reduction": self.reduction,
-            "ignore_index": self.ignore_index,
-            "label_smoothing": self.label_smoothing,
-        }
+        """The shared options as keyword arguments of the functional."""
+        return {name: getattr(self, name) for name in self.shared_options}
+
+    def hyperparameters(self) -> dict:
+        """The loss's own hyperparameters shown by ``repr`` (none by default)."""
+        return {}
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={val!r}" for k, val in self.options().items())
+        shown = {**self.hyperparameters(), **self.options()}
+        return ", ".join(f"{k}={val!r}" for k, val in shown.items())
+
+
+_OPTION_CHECKS = {
+    "reduction": v.check_reduction,
+    "ignore_index": lambda value: v.check_int("ignore_index", value),
+    "label_smoothing": lambda value: float(
+        v.check_number("label_smoothing", value, low=0.0, high=1.0)
+    ),
+}
