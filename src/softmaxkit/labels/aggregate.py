@@ -37,6 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import compute_dtype
+from softmaxkit._ops.optim import lbfgs
+from softmaxkit.labels._votes import votes
 
 __all__ = [
     "METHODS",
@@ -53,21 +56,6 @@ __all__ = [
 ]
 
 _EPS = 1e-10  # crowdkit's clip for probabilities before logs (dawid_skene.py, _EPS)
-
-
-def _prepare(
-    annotations: torch.Tensor, num_classes: int, missing: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    """One-hot ``(items, annotators, classes)`` in the working dtype, observed mask."""
-    V.check_int("num_classes", num_classes, low=1)
-    V.check_int("missing", missing)
-    V.check_annotations("annotations", annotations, num_classes, missing)
-    V.check_floating_dtype("dtype", dtype)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    observed = annotations != missing
-    safe = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
-    onehot = F.one_hot(safe, num_classes).to(work) * observed.unsqueeze(-1).to(work)
-    return onehot, observed, work
 
 
 def _finish(probs: torch.Tensor, observed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -120,7 +108,7 @@ def standard_soft_labels(
         tensor([[0.6667, 0.3333, 0.0000],
                 [0.0000, 0.0000, 1.0000]])
     """
-    onehot, observed, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, _, _ = votes(annotations, num_classes, missing, dtype)
     return _finish(_normalize_rows(onehot.sum(dim=1)), observed, dtype)
 
 
@@ -157,7 +145,7 @@ def softmax_soft_labels(
         tensor([[0.7311, 0.2689]])
     """
     V.check_number("temperature", temperature, low=0.0, low_open=True)
-    onehot, _, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, _, _, _ = votes(annotations, num_classes, missing, dtype)
     return torch.softmax(onehot.sum(dim=1) / temperature, dim=-1).to(dtype)
 
 
@@ -234,7 +222,7 @@ def dawid_skene(
     """
     _check_method_options(n_iter=n_iter, tol=tol)
     V.check_bool("return_params", return_params)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     annotated = observed.any(dim=1)
     n_annotations = observed.sum().clamp_min(1).to(work)
     post = _normalize_rows(onehot.sum(dim=1))
@@ -314,7 +302,7 @@ def glad(
     _check_method_options(
         n_iter=n_iter, tol=tol, m_step_max_iter=m_step_max_iter, m_step_tol=m_step_tol
     )
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     n_items, n_annotators = observed.shape
     if num_classes == 1 or not bool(observed.any()):
         return _finish(
@@ -350,13 +338,8 @@ def glad(
         post = e_step(alpha, beta)
         p_given = (onehot * post.unsqueeze(1)).sum(-1)  # posterior of the given answer
         x = torch.cat([alpha, beta]).detach().requires_grad_(True)
-        optimiser = torch.optim.LBFGS(
-            [x],
-            lr=1.0,
-            max_iter=m_step_max_iter,
-            tolerance_grad=m_step_tol,
-            tolerance_change=1e-12,
-            line_search_fn="strong_wolfe",
+        optimiser = lbfgs(
+            [x], max_iter=m_step_max_iter, tolerance_grad=m_step_tol, tolerance_change=1e-12
         )
 
         def closure(
@@ -448,7 +431,7 @@ def mace(
     V.check_int("seed", seed)
     if smoothing is not None:
         V.check_number("smoothing", smoothing, low=0.0)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, given = votes(annotations, num_classes, missing, dtype)
     n_items, n_annotators = observed.shape
     smooth = 0.01 / num_classes if smoothing is None else smoothing
     spam, strategy = _mace_init(n_restarts, n_annotators, num_classes, default_noise, seed)
@@ -457,7 +440,6 @@ def mace(
     annotated = observed.any(dim=1)
 
     n_restarts_ = spam.shape[0]
-    given = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
     given_r = given.unsqueeze(0).expand(n_restarts_, -1, -1)  # (R, N, M)
     flat = (torch.arange(n_annotators, device=given.device) * num_classes + given).flatten()
     weight = annotated.to(work)
@@ -562,7 +544,7 @@ def wawa(
                 [1.0000, 0.0000],
                 [0.2000, 0.8000]])
     """
-    onehot, observed, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, _, _ = votes(annotations, num_classes, missing, dtype)
     labels = onehot.sum(dim=1).argmax(dim=-1)
     skills = _agreement(onehot, observed, labels)
     return _finish(_normalize_rows(_weighted_votes(onehot, skills)), observed, dtype)
@@ -615,7 +597,7 @@ def zero_based_skill(
         n_iter=n_iter, lr_init=lr_init, lr_steps_to_reduce=lr_steps_to_reduce, eps=eps
     )
     V.check_number("lr_reduce_factor", lr_reduce_factor, low=0.0, high=1.0)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     present = (onehot.sum(dim=(0, 1)) > 0).sum().clamp_min(1).to(work)
     skills = torch.ones(observed.shape[1], dtype=work, device=onehot.device) / present + eps
     lr = lr_init
@@ -682,7 +664,7 @@ def average_soft_labels(
     out_dtype = distributions[0].dtype
     for d in distributions[1:]:
         out_dtype = torch.promote_types(out_dtype, d.dtype)
-    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    work = compute_dtype(out_dtype)
     stacked = torch.stack([d.to(work) for d in distributions])
     if weights is None:
         return stacked.mean(dim=0).to(out_dtype)
