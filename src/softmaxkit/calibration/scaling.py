@@ -341,9 +341,14 @@ class _AffineScaler(_Scaler):
     """Vector and matrix scaling: calibrated logits ``self._map(z, weight, bias)``, fitted
     from the identity map (``_identity``) by minimising the mean NLL plus ``_penalty``."""
 
-    num_classes: int
-    weight: nn.Parameter
-    bias: nn.Parameter
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = V.check_int("num_classes", num_classes, low=1)
+        self.weight = nn.Parameter(self._identity(torch.device("cpu")).float())
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
 
     @staticmethod
     def _map(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -408,15 +413,6 @@ class VectorScaling(_AffineScaler):
         >>> vs.weight.detach().round(decimals=1)
         tensor([0.5000, 0.5000, 0.5000])
     """
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = V.check_int("num_classes", num_classes, low=1)
-        self.weight = nn.Parameter(torch.ones(num_classes))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}"
 
     def fit(
         self, logits: torch.Tensor, target: torch.Tensor, *, max_iter: int = 200
@@ -485,15 +481,12 @@ class MatrixScaling(_AffineScaler):
     """
 
     def __init__(self, num_classes: int, *, l2: float = 1e-2, bias_l2: float = 1e-2) -> None:
-        super().__init__()
-        self.num_classes = V.check_int("num_classes", num_classes, low=1)
+        super().__init__(num_classes)
         self.l2 = V.check_number("l2", l2, low=0.0)
         self.bias_l2 = V.check_number("bias_l2", bias_l2, low=0.0)
-        self.weight = nn.Parameter(torch.eye(num_classes))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, l2={self.l2:g}, bias_l2={self.bias_l2:g}"
+        return f"{super().extra_repr()}, l2={self.l2:g}, bias_l2={self.bias_l2:g}"
 
     def fit(
         self, logits: torch.Tensor, target: torch.Tensor, *, max_iter: int = 500

@@ -261,14 +261,7 @@ def entmax15(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     Paper: B. Peters, V. Niculae, A. F. T. Martins, "Sparse Sequence-to-Sequence Models",
     ACL 2019, arXiv:1905.05702 (exact sort-based threshold: their Algorithm 2).
-
-    Args:
-        x: logits of any shape; float16/bfloat16 computed in float32, returned in the
-            input dtype.
-        dim: the axis of the simplex (default -1).
-
-    Returns:
-        Probabilities of ``x``'s shape and dtype, summing to 1 along ``dim``.
+    Arguments and result as :func:`sparsemax`.
 
     Example:
         >>> import torch

@@ -15,11 +15,13 @@ the ``bayes`` variant mentioned in comments of the code) could not be verified h
 Every method here is a native torch transcription (no crowdkit dependency) with
 crowdkit's defaults (crowdkit ``aggregation/classification/*.py``, read for this port).
 
-Input everywhere: ``annotations`` is an ``(items, annotators)`` integer tensor of class
-indices in ``[0, num_classes)``, with ``missing`` (default ``-1``) where an annotator did
-not label an item. Output: an ``(items, num_classes)`` tensor of soft labels (rows sum
-to 1) in ``dtype`` (default float32; float16/bfloat16 are computed in float32). An item
-nobody annotated gets the uniform distribution (it carries no evidence; crowdkit drops
+The common arguments of every method: ``annotations`` is an ``(items, annotators)``
+integer tensor of class indices in ``[0, num_classes)`` (``num_classes = K >= 1``), with
+``missing`` (default ``-1``, outside ``[0, K)``) where an annotator did not label an
+item; ``dtype`` is the floating output dtype. Each method returns an ``(items, K)``
+tensor of soft labels or posteriors (rows sum to 1) in ``dtype`` (default float32;
+float16/bfloat16 are computed in float32). An item nobody annotated gets the uniform
+distribution (it carries no evidence; crowdkit drops
 such items). Annotations are held densely as a one-hot ``(items, annotators, classes)``
 tensor, so memory is O(items x annotators x classes).
 
@@ -94,10 +96,7 @@ def standard_soft_labels(
     copenlu/aggregating-crowd-annotations-ood (Wright & Augenstein, arXiv:2212.09409).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
 
     Returns:
         ``(items, K)`` soft labels; unannotated items are uniform.
@@ -130,14 +129,8 @@ def softmax_soft_labels(
     the vote fractions. An unannotated item has all counts 0, hence the uniform row.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         temperature: ``T > 0``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1]])
@@ -203,12 +196,9 @@ def dawid_skene(
     The prior is averaged over annotated items only; unannotated items get uniform rows.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: maximum number of EM iterations.
         tol: stop when the ELBO per annotation improves by less than this.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
         return_params: also return the confusion matrices and prior
             (a :class:`DawidSkeneFit`).
 
@@ -282,17 +272,11 @@ def glad(
     from the last E-step, as in crowdkit. ``K = 1`` returns ones.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: maximum number of EM iterations.
         tol: EM tolerance on the normalised objective.
         m_step_max_iter: maximum optimiser iterations per M-step.
         m_step_tol: optimiser tolerance on the gradient's largest entry.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` posteriors.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -404,8 +388,7 @@ def mace(
     they are distinct draws from one generator).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_restarts: number of random restarts.
         n_iter: EM iterations per restart.
         method: ``"vb"`` or ``"em"``.
@@ -414,11 +397,6 @@ def mace(
         alpha: Beta prior parameter on the spamming count (``"vb"``).
         beta: Beta prior parameter on the knowing count (``"vb"``).
         seed: seed of the initialisation.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` posteriors.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -528,13 +506,7 @@ def wawa(
     skill 0 gets the uniform row (crowdkit would divide by zero).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -575,18 +547,12 @@ def zero_based_skill(
     weight rows are uniform). Defaults are crowdkit's; ``lr_init=1``.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: number of skill updates.
         lr_init: initial learning rate.
         lr_steps_to_reduce: learning-rate decay period.
         lr_reduce_factor: learning-rate decay factor.
         eps: offset of the initial skill.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -707,13 +673,10 @@ def aggregate_soft_labels(
     and ``standard``); names are the keys of :data:`METHODS`. ``seed`` goes to ``mace``.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         methods: non-empty sequence of method names (keys of :data:`METHODS`).
         weights: optional non-negative weights, one per method.
-        missing: the missing marker (outside ``[0, K)``).
         seed: the seed of MACE's restarts.
-        dtype: floating output dtype.
 
     Returns:
         ``(items, K)`` averaged soft labels.
