@@ -266,7 +266,8 @@ def entmax15(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     Example:
         >>> import torch
         >>> from softmaxkit import entmax15
-        >>> entmax15(torch.tensor([0.5, 1.0, -1.0]))
+        >>> x = torch.tensor([0.5, 1.0, -1.0])
+        >>> entmax15(x)  # denser than sparsemax(x) = [0.25, 0.75, 0]
         tensor([0.3260, 0.6740, 0.0000])
     """
     return _exact_map(x, dim, True)
