@@ -8,9 +8,10 @@ domain raise ``ValueError``.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import torch
 
@@ -28,6 +29,35 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     lo = "-inf" if low is None else f"{low:g}"
     hi = "inf" if high is None else f"{high:g}"
     return f"{left}{lo}, {hi}{right}"
+
+
+def _readable(value: torch.Tensor) -> bool:
+    """Whether a check may read ``value``'s entries: a non-empty CPU tensor outside
+    ``torch.compile`` (elsewhere reading them would synchronise the device or break the
+    graph; an out-of-range index is then caught by the device-side check that reads it)."""
+    return value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling()
+
+
+_Check = TypeVar("_Check", bound=Callable[..., torch.Tensor])
+
+
+def _reads_values(check: _Check) -> _Check:
+    """A check ``check(name, value, ...)`` of ``value``'s entries, run only where they may
+    be read (:func:`_readable`); elsewhere ``value`` passes unchecked. Returns ``value``."""
+
+    @functools.wraps(check)
+    def checked(name: str, value: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return check(name, value, *args, **kwargs) if _readable(value) else value
+
+    return checked  # type: ignore[return-value]
+
+
+def _check_index_dtype(name: str, value: Any) -> torch.Tensor:
+    """A tensor of an integer dtype (not bool, not complex) holding class indices."""
+    check_tensor(name, value)
+    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold class indices (an integer dtype), got {value.dtype}")
+    return value
 
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:
@@ -135,16 +165,14 @@ def check_class_target(
     Values are checked on CPU tensors outside ``torch.compile`` only; elsewhere an
     out-of-range index is caught by the device-side check of the gather that reads it.
     """
-    check_tensor(name, target)
-    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
-        raise TypeError(f"{name} must hold class indices (an integer dtype), got {target.dtype}")
+    _check_index_dtype(name, target)
     expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
     if target.shape != expected:
         raise ValueError(
             f"{name} must have shape {tuple(expected)} (the logits' shape without the class "
             f"dimension {class_dim}), got {tuple(target.shape)}"
         )
-    if target.device.type == "cpu" and target.numel() > 0 and not torch.compiler.is_compiling():
+    if _readable(target):
         num_classes = logits.shape[class_dim]
         kept = target[target != ignore_index]
         if kept.numel() > 0:
@@ -219,6 +247,7 @@ def check_broadcastable_to(
     return value
 
 
+@_reads_values
 def check_tensor_values(
     name: str,
     value: torch.Tensor,
@@ -233,8 +262,6 @@ def check_tensor_values(
     Values are read on CPU tensors outside ``torch.compile`` only (elsewhere reading them
     would synchronise the device); the tensor is returned unchanged.
     """
-    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
-        return value
     ok = torch.ones(value.shape, dtype=torch.bool)
     if low is not None:
         ok &= value > low if low_open else value >= low
@@ -297,13 +324,12 @@ def check_nonempty(name: str, value: torch.Tensor, what: str = "element") -> tor
     return value
 
 
+@_reads_values
 def check_no_nan(name: str, value: torch.Tensor) -> torch.Tensor:
     """A tensor without NaN entries (+-inf allowed).
 
     Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
     """
-    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
-        return value
     nan = torch.isnan(value.detach())
     if bool(nan.any()):
         count = int(nan.sum())
@@ -320,18 +346,14 @@ def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> 
     ``missing`` must itself lie outside [0, num_classes). Values are read on CPU tensors
     outside ``torch.compile`` only, like :func:`check_tensor_values`.
     """
-    check_tensor(name, value)
-    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
-        raise TypeError(
-            f"{name} must hold class indices (an integer dtype), got dtype {value.dtype}"
-        )
+    _check_index_dtype(name, value)
     if value.dim() != 2:
         raise ValueError(f"{name} must be 2-D (items, annotators), got shape {tuple(value.shape)}")
     if 0 <= missing < num_classes:
         raise ValueError(
             f"missing must lie outside the class range [0, {num_classes - 1}], got {missing}"
         )
-    if value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling():
+    if _readable(value):
         bad = (value != missing) & ((value < 0) | (value >= num_classes))
         if bool(bad.any()):
             got = int(value[bad].flatten()[0])
@@ -350,28 +372,23 @@ def check_class_indices(
     Values are read on CPU tensors outside ``torch.compile`` only, like
     :func:`check_tensor_values`.
     """
-    check_tensor(name, value)
-    if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
-        raise TypeError(f"{name} must hold class indices (an integer dtype), got {value.dtype}")
+    _check_index_dtype(name, value)
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
-    if value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling():
+    if _readable(value):
         lo, hi = int(value.min()), int(value.max())
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(
-                f"{name} must hold class indices in [0, {num_classes - 1}], "
-                f"got {lo if lo < 0 else hi}"
-            )
+        bad = lo if lo < 0 else hi
+        if not 0 <= bad < num_classes:
+            raise ValueError(f"{name} must hold class indices in [0, {num_classes - 1}], got {bad}")
     return value
 
 
+@_reads_values
 def check_logit_rows(name: str, value: torch.Tensor) -> torch.Tensor:
     """Logits (..., C) with no NaN, no +inf, and a finite entry in every row (-inf allowed).
 
     Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
     """
-    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
-        return value
     v = value.detach()
     low, high = torch.aminmax(v)  # one pass; NaN propagates into both
     if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
@@ -385,14 +402,13 @@ def check_logit_rows(name: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+@_reads_values
 def check_probability_rows(name: str, value: torch.Tensor, atol: float) -> torch.Tensor:
     """Probabilities (..., C): entries in [0, 1], each row summing to 1 within ``atol``.
 
     Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
     """
     check_tensor_values(name, value, low=0.0, high=1.0)
-    if value.device.type != "cpu" or torch.compiler.is_compiling() or value.numel() == 0:
-        return value
     err = (value.detach().to(torch.float64).sum(dim=-1) - 1.0).abs()
     if bool((err > atol).any()):
         worst = float(err.max())

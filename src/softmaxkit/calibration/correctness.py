@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import upcast
+from softmaxkit._ops.row_loss import LossModule
 
 __all__ = [
     "CorrectnessAwareCalibrator",
@@ -38,11 +40,6 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float32) if x.dtype in _HALF else x
 
 
 def _check_balanced_options(balanced: object, reduction: object, ignore_index: object) -> None:
@@ -133,7 +130,7 @@ def _ca_loss(
     ignore_index: int,
 ) -> torch.Tensor:
     """:func:`correctness_aware_loss` on checked arguments."""
-    x = _upcast(logits)
+    x = upcast(logits)
     top, pred = x.max(dim=class_dim)
     alive = top > float("-inf")
     # rows that are entirely -inf: compute on zeros so no NaN reaches values or gradients
@@ -166,7 +163,7 @@ def _ca_loss(
     return mean.to(logits.dtype)
 
 
-class CorrectnessAwareLoss(nn.Module):
+class CorrectnessAwareLoss(LossModule):
     """Module twin of :func:`correctness_aware_loss` (same arguments and defaults).
 
     Example:
@@ -176,23 +173,17 @@ class CorrectnessAwareLoss(nn.Module):
         tensor(0.0003)
     """
 
+    shared_options = ("reduction", "ignore_index")
+
     def __init__(
         self, *, balanced: bool = True, reduction: str = "mean", ignore_index: int = IGNORE_INDEX
     ) -> None:
-        super().__init__()
-        _check_balanced_options(balanced, reduction, ignore_index)
+        V.check_bool("balanced", balanced)  # checked first, as the functional does
+        super().__init__(reduction=reduction, ignore_index=ignore_index)
         self.balanced = balanced
-        self.reduction = reduction
-        self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return correctness_aware_loss(
-            logits,
-            target,
-            balanced=self.balanced,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-        )
+        return correctness_aware_loss(logits, target, balanced=self.balanced, **self.options())
 
     def extra_repr(self) -> str:
         return f"balanced={self.balanced}, reduction={self.reduction!r}"
@@ -255,7 +246,7 @@ def correctness_aware_features(view_logits: torch.Tensor, *, top_k: int = 4) -> 
         tensor([[0.3333, 0.3333]])
     """
     _check_views(view_logits, top_k)
-    x = _upcast(view_logits)
+    x = upcast(view_logits)
     n, v, _ = x.shape
     probs = torch.softmax(x[:, 1:], dim=-1)
     top = torch.topk(x[:, 0], top_k, dim=-1).indices  # (N, k), decreasing
@@ -381,7 +372,7 @@ class CorrectnessAwareCalibrator(nn.Module):
         self._require_fitted()
         x = self._check(view_logits)
         t = self._temperature(x)
-        z0 = _upcast(x[:, 0])
+        z0 = upcast(x[:, 0])
         return (z0 / t.to(z0.dtype).unsqueeze(-1)).to(x.dtype)
 
     def fit(
@@ -417,7 +408,7 @@ class CorrectnessAwareCalibrator(nn.Module):
         V.check_int("seed", seed)
         with torch.no_grad():
             feats = correctness_aware_features(x, top_k=self.top_k).to(self.embed.weight.dtype)
-            z0 = _upcast(x[:, 0]).to(self.embed.weight.dtype)
+            z0 = upcast(x[:, 0]).to(self.embed.weight.dtype)
         n = z0.shape[0]
         optimizer = torch.optim.Adam(self.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import compute_dtype
 
 __all__ = [
     "ReliabilityCurve",
@@ -38,7 +39,6 @@ __all__ = [
 
 NORMS = ("l1", "l2", "max")
 BINNINGS = ("uniform", "adaptive")
-_HALF = (torch.float16, torch.bfloat16)
 #: entries per row block when reducing logits to top-label confidences (8 MiB of float64)
 _BLOCK = 1 << 20
 
@@ -59,10 +59,6 @@ class ReliabilityCurve(NamedTuple):
     confidence: torch.Tensor
     accuracy: torch.Tensor
     count: torch.Tensor
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _prob_atol(dtype: torch.dtype) -> float:
@@ -97,7 +93,7 @@ def _check_binning(n_bins: object, binning: object) -> None:
 
 def _probabilities(input: torch.Tensor, from_logits: bool) -> torch.Tensor:
     """Softmax (or the given probabilities) in the compute dtype, detached."""
-    x = input.detach().to(_compute_dtype(input))
+    x = input.detach().to(compute_dtype(input))
     return torch.softmax(x, dim=-1) if from_logits else x
 
 
@@ -115,7 +111,7 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
 def _per_sample(input, target, fn) -> torch.Tensor:
     """``fn(block, target_block)`` over row blocks in the compute dtype, as an (N,) tensor."""
     x = input.detach()
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     out = torch.empty(x.shape[0], dtype=dtype, device=x.device)
     starts, step = _row_starts(*x.shape)
     for start in starts:
@@ -131,7 +127,7 @@ def _top_label(input: torch.Tensor, from_logits: bool) -> tuple[torch.Tensor, to
     stays in cache and no ``N x C`` probability tensor is ever formed).
     """
     x = input.detach()
-    dtype = _compute_dtype(x)
+    dtype = compute_dtype(x)
     n, c = x.shape
     if not from_logits:
         conf, pred = x.max(dim=-1)
@@ -292,7 +288,7 @@ def expected_calibration_error(
     V.check_choice("norm", norm, NORMS)
     _, count, conf_sum, hit_sum = _top_label_bins(input, target, n_bins, binning, from_logits)
     ece = _reduce_norm(count, conf_sum, hit_sum, input.shape[0], norm)
-    return ece.to(_compute_dtype(input))
+    return ece.to(compute_dtype(input))
 
 
 def reliability_curve(
@@ -336,7 +332,7 @@ def reliability_curve(
     _check_inputs(input, target, from_logits)
     _check_binning(n_bins, binning)
     edges, count, conf_sum, hit_sum = _top_label_bins(input, target, n_bins, binning, from_logits)
-    dtype = _compute_dtype(input)
+    dtype = compute_dtype(input)
     return ReliabilityCurve(
         edges, (conf_sum / count).to(dtype), (hit_sum / count).to(dtype), count.round().long()
     )
@@ -375,16 +371,8 @@ def classwise_calibration_error(
     uniform bins; adaptive bins sort every class over all N samples, which needs the full
     ``(N, C)`` probabilities and an int64 ``(N, C)`` index in memory.
 
-    Args:
-        input: ``(N, C)`` float logits (``from_logits=True``) or probabilities.
-        target: ``(N,)`` integer class indices in ``[0, C)``.
-        n_bins: bins per class, >= 1. Default 15 (the paper's experiments).
-        norm: ``"l1"``, ``"l2"`` or ``"max"``. Default ``"l1"``.
-        binning: ``"uniform"`` or ``"adaptive"``. Default ``"uniform"``.
-        from_logits: whether ``input`` holds logits. Default True.
-
-    Returns:
-        0-d tensor in [0, 1] (float32, or float64 for float64 input); NaN when ``N = 0``.
+    Arguments and result as :func:`expected_calibration_error`, with ``n_bins`` bins per
+    class (default 15, the paper's experiments).
 
     Example:
         >>> import torch
@@ -414,7 +402,7 @@ def classwise_calibration_error(
         _add_to_bins(sums, idx + offsets, p, classes == target.unsqueeze(-1))
     count, conf_sum, hit_sum = sums.view(c, n_bins, 3).unbind(-1)
     per_class = _reduce_norm(count, conf_sum, hit_sum, n, norm)
-    return per_class.mean().to(_compute_dtype(input))
+    return per_class.mean().to(compute_dtype(input))
 
 
 def brier_score(
@@ -485,17 +473,8 @@ def negative_log_likelihood(
     normal number of the compute dtype (float32: 1.18e-38, so at most 87.3; float64:
     2.2e-308, at most 708.4); scikit-learn's ``log_loss`` clips at ``eps`` instead
     (at most 36.0 in float64), so the two differ only where :math:`p_y < 2.2\cdot10^{-16}`.
-    Equals ``torch.nn.functional.cross_entropy`` on logits.
-
-    Args:
-        input: ``(N, C)`` float logits (``from_logits=True``) or probabilities.
-        target: ``(N,)`` integer class indices in ``[0, C)``.
-        from_logits: whether ``input`` holds logits. Default True.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over samples. Default ``"mean"``.
-
-    Returns:
-        0-d tensor, or ``(N,)`` for ``reduction="none"`` (float32, or float64 for float64
-        input).
+    Equals ``torch.nn.functional.cross_entropy`` on logits. Arguments and result as
+    :func:`brier_score`.
 
     Example:
         >>> import torch

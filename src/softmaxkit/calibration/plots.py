@@ -143,18 +143,8 @@ def plot_confidence_histogram(
     The plot of Guo et al., "On Calibration of Modern Neural Networks", ICML 2017,
     arXiv:1706.04599, Fig. 1 (top row): the fraction of samples per equal-width
     confidence bin on [0, 1], and vertical lines at the accuracy and the average
-    confidence (a gap between them means mis-calibration on average).
-
-    Args:
-        input: ``(N, C)`` float logits (``from_logits=True``) or probabilities.
-        target: ``(N,)`` integer class indices.
-        n_bins: number of equal-width bins. Default 15.
-        from_logits: whether ``input`` holds logits. Default True.
-        ax: a matplotlib ``Axes`` to draw on, or None for a new ``Figure``.
-        title: optional axes title.
-
-    Returns:
-        The ``matplotlib.figure.Figure`` drawn on.
+    confidence (a gap between them means mis-calibration on average). Arguments and
+    result as :func:`plot_reliability_diagram`, the ``n_bins`` bins always of equal width.
 
     Example:
         >>> import torch

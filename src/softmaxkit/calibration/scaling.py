@@ -22,17 +22,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import row_blocks, upcast
+from softmaxkit._ops.optim import lbfgs
 
 __all__ = ["MatrixScaling", "TemperatureScaling", "VectorScaling"]
 
-_HALF = (torch.float16, torch.bfloat16)
 #: entries per row block while fitting: 1 Mi float64 (8 MiB) per temporary
 _BLOCK = 1 << 20
 
 
 def _blocks(n: int, c: int) -> list[slice]:
-    step = max(1, _BLOCK // max(c, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    return row_blocks(n, c, _BLOCK)
 
 
 def _as_float64(block: torch.Tensor) -> torch.Tensor:
@@ -228,14 +228,8 @@ class TemperatureScaling(_Scaler):
         objective = _TemperatureNLL(x, y)
         s_lo, s_hi = math.log(lo), math.log(hi)
         s = torch.zeros((), dtype=torch.float64, device=x.device, requires_grad=True)
-        opt = torch.optim.LBFGS(
-            [s],
-            lr=1.0,
-            max_iter=max_iter,
-            tolerance_grad=1e-10,
-            tolerance_change=1e-15,
-            history_size=10,
-            line_search_fn="strong_wolfe",
+        opt = lbfgs(
+            [s], max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-15, history_size=10
         )
 
         def closure() -> torch.Tensor:
@@ -289,29 +283,24 @@ class TemperatureScaling(_Scaler):
         """``logits / T`` for logits of any shape ``(..., C)``; fp16/bf16 computed in float32
         and returned in the input dtype."""
         x = self._check_forward(logits, None)
-        dtype = torch.float32 if x.dtype in _HALF else x.dtype
-        return (x.to(dtype) / self.temperature.to(dtype)).to(x.dtype)
+        z = upcast(x)
+        return (z / self.temperature.to(z.dtype)).to(x.dtype)
 
 
 def _fit_affine(
-    params: list[torch.Tensor],
-    apply: Callable[[torch.Tensor], torch.Tensor],
-    penalty: Callable[[], torch.Tensor] | None,
     x: torch.Tensor,
     y: torch.Tensor,
+    params: list[torch.Tensor],
+    *,
+    apply: Callable[[torch.Tensor], torch.Tensor],
+    penalty: Callable[[], torch.Tensor] | None,
     max_iter: int,
 ) -> dict[str, object]:
     """Minimise mean NLL(apply(z), y) (+ penalty) with L-BFGS + strong Wolfe in float64."""
     n, c = x.shape
     blocks = _blocks(n, c)
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-8,
-        tolerance_change=1e-12,
-        history_size=20,
-        line_search_fn="strong_wolfe",
+    opt = lbfgs(
+        params, max_iter=max_iter, tolerance_grad=1e-8, tolerance_change=1e-12, history_size=20
     )
 
     def closure() -> torch.Tensor:
@@ -348,7 +337,58 @@ def _fit_affine(
     }
 
 
-class VectorScaling(_Scaler):
+class _AffineScaler(_Scaler):
+    """Vector and matrix scaling: calibrated logits ``self._map(z, weight, bias)``, fitted
+    from the identity map (``_identity``) by minimising the mean NLL plus ``_penalty``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = V.check_int("num_classes", num_classes, low=1)
+        self.weight = nn.Parameter(self._identity(torch.device("cpu")).float())
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}"
+
+    @staticmethod
+    def _map(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _identity(self, device: torch.device) -> torch.Tensor:
+        """The float64 weight of the identity map."""
+        raise NotImplementedError
+
+    def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """The regulariser added to the mean NLL (none by default)."""
+        return None
+
+    def _fit(self, logits: torch.Tensor, target: torch.Tensor, max_iter: int) -> _AffineScaler:
+        x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
+        w = self._identity(x.device).requires_grad_(True)
+        b = torch.zeros(self.num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
+        self.fit_info = _fit_affine(
+            x,
+            y,
+            [w, b],
+            apply=lambda z: self._map(z, w, b),
+            penalty=self._penalty(w, b),
+            max_iter=max_iter,
+        )
+        with torch.no_grad():
+            self.weight.copy_(w)
+            self.bias.copy_(b)
+        self._mark_fitted()
+        return self
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated logits over the last dimension (``logits * w + b`` for vector,
+        ``logits @ W.T + b`` for matrix scaling); fp16/bf16 computed in float32."""
+        x = self._check_forward(logits, self.num_classes)
+        z = upcast(x)
+        return self._map(z, self.weight.to(z.dtype), self.bias.to(z.dtype)).to(x.dtype)
+
+
+class VectorScaling(_AffineScaler):
     r"""Vector scaling: calibrated logits :math:`z \odot w + b` with :math:`w, b \in \mathbb{R}^C`.
 
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017, arXiv:1706.04599,
@@ -374,15 +414,6 @@ class VectorScaling(_Scaler):
         tensor([0.5000, 0.5000, 0.5000])
     """
 
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = V.check_int("num_classes", num_classes, low=1)
-        self.weight = nn.Parameter(torch.ones(num_classes))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-
-    def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}"
-
     def fit(
         self, logits: torch.Tensor, target: torch.Tensor, *, max_iter: int = 200
     ) -> VectorScaling:
@@ -396,24 +427,17 @@ class VectorScaling(_Scaler):
         Returns:
             ``self``, fitted.
         """
-        x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
-        w = torch.ones(self.num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-        b = torch.zeros(self.num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
-        self.fit_info = _fit_affine([w, b], lambda z: z * w + b, None, x, y, max_iter)
-        with torch.no_grad():
-            self.weight.copy_(w)
-            self.bias.copy_(b)
-        self._mark_fitted()
-        return self
+        return self._fit(logits, target, max_iter)
 
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits * w + b`` over the last dimension; fp16/bf16 computed in float32."""
-        x = self._check_forward(logits, self.num_classes)
-        dtype = torch.float32 if x.dtype in _HALF else x.dtype
-        return (x.to(dtype) * self.weight.to(dtype) + self.bias.to(dtype)).to(x.dtype)
+    @staticmethod
+    def _map(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return z * w + b
+
+    def _identity(self, device: torch.device) -> torch.Tensor:
+        return torch.ones(self.num_classes, dtype=torch.float64, device=device)
 
 
-class MatrixScaling(_Scaler):
+class MatrixScaling(_AffineScaler):
     r"""Matrix scaling: calibrated logits :math:`W z + b`, fitted with the ODIR penalty.
 
     Guo et al., "On Calibration of Modern Neural Networks", ICML 2017, arXiv:1706.04599,
@@ -457,50 +481,38 @@ class MatrixScaling(_Scaler):
     """
 
     def __init__(self, num_classes: int, *, l2: float = 1e-2, bias_l2: float = 1e-2) -> None:
-        super().__init__()
-        self.num_classes = V.check_int("num_classes", num_classes, low=1)
+        super().__init__(num_classes)
         self.l2 = V.check_number("l2", l2, low=0.0)
         self.bias_l2 = V.check_number("bias_l2", bias_l2, low=0.0)
-        self.weight = nn.Parameter(torch.eye(num_classes))
-        self.bias = nn.Parameter(torch.zeros(num_classes))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, l2={self.l2:g}, bias_l2={self.bias_l2:g}"
+        return f"{super().extra_repr()}, l2={self.l2:g}, bias_l2={self.bias_l2:g}"
 
     def fit(
         self, logits: torch.Tensor, target: torch.Tensor, *, max_iter: int = 500
     ) -> MatrixScaling:
         """Fit ``(W, b)`` by minimising the ODIR-regularised NLL (see the class docstring).
 
-        Args:
-            logits: ``(N, C)`` finite float logits of held-out data, N >= 1.
-            target: ``(N,)`` integer class indices.
-            max_iter: L-BFGS iterations. Default 500.
-
-        Returns:
-            ``self``, fitted.
+        Arguments and result as :meth:`VectorScaling.fit`; ``max_iter`` defaults to 500.
         """
-        x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
+        return self._fit(logits, target, max_iter)
+
+    @staticmethod
+    def _map(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return z @ w.T + b
+
+    def _identity(self, device: torch.device) -> torch.Tensor:
+        return torch.eye(self.num_classes, dtype=torch.float64, device=device)
+
+    def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor]:
+        """ODIR: ``l2 / (C (C - 1))`` times the squared off-diagonal of ``W`` plus
+        ``bias_l2 / C`` times the squared intercept."""
         c = self.num_classes
-        w = torch.eye(c, dtype=torch.float64, device=x.device).requires_grad_(True)
-        b = torch.zeros(c, dtype=torch.float64, device=x.device, requires_grad=True)
-        off = ~torch.eye(c, dtype=torch.bool, device=x.device)
+        off = ~torch.eye(c, dtype=torch.bool, device=w.device)
         lam = self.l2 / (c * (c - 1)) if c > 1 else 0.0
         mu = self.bias_l2 / c
 
         def penalty() -> torch.Tensor:
             return lam * (w * off).square().sum() + mu * b.square().sum()
 
-        self.fit_info = _fit_affine([w, b], lambda z: z @ w.T + b, penalty, x, y, max_iter)
-        with torch.no_grad():
-            self.weight.copy_(w)
-            self.bias.copy_(b)
-        self._mark_fitted()
-        return self
-
-    def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        """``logits @ W.T + b`` over the last dimension; fp16/bf16 computed in float32."""
-        x = self._check_forward(logits, self.num_classes)
-        dtype = torch.float32 if x.dtype in _HALF else x.dtype
-        out = x.to(dtype) @ self.weight.to(dtype).T + self.bias.to(dtype)
-        return out.to(x.dtype)
+        return penalty

@@ -24,13 +24,12 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import upcast
 
 __all__ = ["POSSIBILITY_METHODS", "probability_to_possibility"]
 
 #: the values ``probability_to_possibility`` accepts for ``method``.
 POSSIBILITY_METHODS = ("antipignistic", "minimum_specificity", "max")
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _antipignistic(p: torch.Tensor) -> torch.Tensor:
@@ -134,7 +133,7 @@ def probability_to_possibility(
     V.check_tensor_values("probs", probs, low=0.0, high=1.0)
     if probs.numel() == 0:
         return probs.clone()
-    p = probs.to(torch.float32) if probs.dtype in _HALF else probs
+    p = upcast(probs)
     p = p.movedim(axis, -1)
     if method == "antipignistic":
         out = _antipignistic(p)

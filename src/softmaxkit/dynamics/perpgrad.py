@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import upcast
 
 __all__ = ["PerpGrad"]
 
@@ -46,9 +47,8 @@ def _perpendicular_(param: torch.Tensor, grad: torch.Tensor, rescale: bool) -> N
     One tensor, flattened. Computed in float32 for float16/bfloat16 tensors, in the
     tensor's own precision otherwise. w = 0 leaves g unchanged; g parallel to w gives 0.
     """
-    compute = torch.promote_types(param.dtype, torch.float32)
-    w = param.detach().reshape(-1).to(compute)
-    g = grad.reshape(-1).to(compute)
+    w = upcast(param.detach().reshape(-1))
+    g = upcast(grad.reshape(-1))
     ww = torch.dot(w, w)
     coef = torch.where(ww > 0, torch.dot(w, g) / ww, 0.0)
     perp = g - coef * w

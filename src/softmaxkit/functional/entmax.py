@@ -261,19 +261,13 @@ def entmax15(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
     Paper: B. Peters, V. Niculae, A. F. T. Martins, "Sparse Sequence-to-Sequence Models",
     ACL 2019, arXiv:1905.05702 (exact sort-based threshold: their Algorithm 2).
-
-    Args:
-        x: logits of any shape; float16/bfloat16 computed in float32, returned in the
-            input dtype.
-        dim: the axis of the simplex (default -1).
-
-    Returns:
-        Probabilities of ``x``'s shape and dtype, summing to 1 along ``dim``.
+    Arguments and result as :func:`sparsemax`.
 
     Example:
         >>> import torch
         >>> from softmaxkit import entmax15
-        >>> entmax15(torch.tensor([0.5, 1.0, -1.0]))
+        >>> x = torch.tensor([0.5, 1.0, -1.0])
+        >>> entmax15(x)  # denser than sparsemax(x) = [0.25, 0.75, 0]
         tensor([0.3260, 0.6740, 0.0000])
     """
     return _exact_map(x, dim, True)

@@ -15,11 +15,13 @@ the ``bayes`` variant mentioned in comments of the code) could not be verified h
 Every method here is a native torch transcription (no crowdkit dependency) with
 crowdkit's defaults (crowdkit ``aggregation/classification/*.py``, read for this port).
 
-Input everywhere: ``annotations`` is an ``(items, annotators)`` integer tensor of class
-indices in ``[0, num_classes)``, with ``missing`` (default ``-1``) where an annotator did
-not label an item. Output: an ``(items, num_classes)`` tensor of soft labels (rows sum
-to 1) in ``dtype`` (default float32; float16/bfloat16 are computed in float32). An item
-nobody annotated gets the uniform distribution (it carries no evidence; crowdkit drops
+The common arguments of every method: ``annotations`` is an ``(items, annotators)``
+integer tensor of class indices in ``[0, num_classes)`` (``num_classes = K >= 1``), with
+``missing`` (default ``-1``, outside ``[0, K)``) where an annotator did not label an
+item; ``dtype`` is the floating output dtype. Each method returns an ``(items, K)``
+tensor of soft labels or posteriors (rows sum to 1) in ``dtype`` (default float32;
+float16/bfloat16 are computed in float32). An item nobody annotated gets the uniform
+distribution (it carries no evidence; crowdkit drops
 such items). Annotations are held densely as a one-hot ``(items, annotators, classes)``
 tensor, so memory is O(items x annotators x classes).
 
@@ -37,6 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import compute_dtype
+from softmaxkit._ops.optim import lbfgs
+from softmaxkit.labels._votes import votes
 
 __all__ = [
     "METHODS",
@@ -53,21 +58,6 @@ __all__ = [
 ]
 
 _EPS = 1e-10  # crowdkit's clip for probabilities before logs (dawid_skene.py, _EPS)
-
-
-def _prepare(
-    annotations: torch.Tensor, num_classes: int, missing: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
-    """One-hot ``(items, annotators, classes)`` in the working dtype, observed mask."""
-    V.check_int("num_classes", num_classes, low=1)
-    V.check_int("missing", missing)
-    V.check_annotations("annotations", annotations, num_classes, missing)
-    V.check_floating_dtype("dtype", dtype)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    observed = annotations != missing
-    safe = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
-    onehot = F.one_hot(safe, num_classes).to(work) * observed.unsqueeze(-1).to(work)
-    return onehot, observed, work
 
 
 def _finish(probs: torch.Tensor, observed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -106,10 +96,7 @@ def standard_soft_labels(
     copenlu/aggregating-crowd-annotations-ood (Wright & Augenstein, arXiv:2212.09409).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
 
     Returns:
         ``(items, K)`` soft labels; unannotated items are uniform.
@@ -120,7 +107,7 @@ def standard_soft_labels(
         tensor([[0.6667, 0.3333, 0.0000],
                 [0.0000, 0.0000, 1.0000]])
     """
-    onehot, observed, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, _, _ = votes(annotations, num_classes, missing, dtype)
     return _finish(_normalize_rows(onehot.sum(dim=1)), observed, dtype)
 
 
@@ -142,14 +129,8 @@ def softmax_soft_labels(
     the vote fractions. An unannotated item has all counts 0, hence the uniform row.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         temperature: ``T > 0``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1]])
@@ -157,7 +138,7 @@ def softmax_soft_labels(
         tensor([[0.7311, 0.2689]])
     """
     V.check_number("temperature", temperature, low=0.0, low_open=True)
-    onehot, _, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, _, _, _ = votes(annotations, num_classes, missing, dtype)
     return torch.softmax(onehot.sum(dim=1) / temperature, dim=-1).to(dtype)
 
 
@@ -215,12 +196,9 @@ def dawid_skene(
     The prior is averaged over annotated items only; unannotated items get uniform rows.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: maximum number of EM iterations.
         tol: stop when the ELBO per annotation improves by less than this.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
         return_params: also return the confusion matrices and prior
             (a :class:`DawidSkeneFit`).
 
@@ -234,7 +212,7 @@ def dawid_skene(
     """
     _check_method_options(n_iter=n_iter, tol=tol)
     V.check_bool("return_params", return_params)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     annotated = observed.any(dim=1)
     n_annotations = observed.sum().clamp_min(1).to(work)
     post = _normalize_rows(onehot.sum(dim=1))
@@ -294,17 +272,11 @@ def glad(
     from the last E-step, as in crowdkit. ``K = 1`` returns ones.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: maximum number of EM iterations.
         tol: EM tolerance on the normalised objective.
         m_step_max_iter: maximum optimiser iterations per M-step.
         m_step_tol: optimiser tolerance on the gradient's largest entry.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` posteriors.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -314,7 +286,7 @@ def glad(
     _check_method_options(
         n_iter=n_iter, tol=tol, m_step_max_iter=m_step_max_iter, m_step_tol=m_step_tol
     )
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     n_items, n_annotators = observed.shape
     if num_classes == 1 or not bool(observed.any()):
         return _finish(
@@ -350,13 +322,8 @@ def glad(
         post = e_step(alpha, beta)
         p_given = (onehot * post.unsqueeze(1)).sum(-1)  # posterior of the given answer
         x = torch.cat([alpha, beta]).detach().requires_grad_(True)
-        optimiser = torch.optim.LBFGS(
-            [x],
-            lr=1.0,
-            max_iter=m_step_max_iter,
-            tolerance_grad=m_step_tol,
-            tolerance_change=1e-12,
-            line_search_fn="strong_wolfe",
+        optimiser = lbfgs(
+            [x], max_iter=m_step_max_iter, tolerance_grad=m_step_tol, tolerance_change=1e-12
         )
 
         def closure(
@@ -421,8 +388,7 @@ def mace(
     they are distinct draws from one generator).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_restarts: number of random restarts.
         n_iter: EM iterations per restart.
         method: ``"vb"`` or ``"em"``.
@@ -431,11 +397,6 @@ def mace(
         alpha: Beta prior parameter on the spamming count (``"vb"``).
         beta: Beta prior parameter on the knowing count (``"vb"``).
         seed: seed of the initialisation.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` posteriors.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -448,7 +409,7 @@ def mace(
     V.check_int("seed", seed)
     if smoothing is not None:
         V.check_number("smoothing", smoothing, low=0.0)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, given = votes(annotations, num_classes, missing, dtype)
     n_items, n_annotators = observed.shape
     smooth = 0.01 / num_classes if smoothing is None else smoothing
     spam, strategy = _mace_init(n_restarts, n_annotators, num_classes, default_noise, seed)
@@ -457,7 +418,6 @@ def mace(
     annotated = observed.any(dim=1)
 
     n_restarts_ = spam.shape[0]
-    given = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
     given_r = given.unsqueeze(0).expand(n_restarts_, -1, -1)  # (R, N, M)
     flat = (torch.arange(n_annotators, device=given.device) * num_classes + given).flatten()
     weight = annotated.to(work)
@@ -546,13 +506,7 @@ def wawa(
     skill 0 gets the uniform row (crowdkit would divide by zero).
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -562,7 +516,7 @@ def wawa(
                 [1.0000, 0.0000],
                 [0.2000, 0.8000]])
     """
-    onehot, observed, _ = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, _, _ = votes(annotations, num_classes, missing, dtype)
     labels = onehot.sum(dim=1).argmax(dim=-1)
     skills = _agreement(onehot, observed, labels)
     return _finish(_normalize_rows(_weighted_votes(onehot, skills)), observed, dtype)
@@ -593,18 +547,12 @@ def zero_based_skill(
     weight rows are uniform). Defaults are crowdkit's; ``lr_init=1``.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         n_iter: number of skill updates.
         lr_init: initial learning rate.
         lr_steps_to_reduce: learning-rate decay period.
         lr_reduce_factor: learning-rate decay factor.
         eps: offset of the initial skill.
-        missing: the missing marker (outside ``[0, K)``).
-        dtype: floating output dtype.
-
-    Returns:
-        ``(items, K)`` soft labels.
 
     Example:
         >>> a = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 0, 0], [1, 1, 0]])
@@ -615,7 +563,7 @@ def zero_based_skill(
         n_iter=n_iter, lr_init=lr_init, lr_steps_to_reduce=lr_steps_to_reduce, eps=eps
     )
     V.check_number("lr_reduce_factor", lr_reduce_factor, low=0.0, high=1.0)
-    onehot, observed, work = _prepare(annotations, num_classes, missing, dtype)
+    onehot, observed, work, _ = votes(annotations, num_classes, missing, dtype)
     present = (onehot.sum(dim=(0, 1)) > 0).sum().clamp_min(1).to(work)
     skills = torch.ones(observed.shape[1], dtype=work, device=onehot.device) / present + eps
     lr = lr_init
@@ -682,7 +630,7 @@ def average_soft_labels(
     out_dtype = distributions[0].dtype
     for d in distributions[1:]:
         out_dtype = torch.promote_types(out_dtype, d.dtype)
-    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    work = compute_dtype(out_dtype)
     stacked = torch.stack([d.to(work) for d in distributions])
     if weights is None:
         return stacked.mean(dim=0).to(out_dtype)
@@ -725,13 +673,10 @@ def aggregate_soft_labels(
     and ``standard``); names are the keys of :data:`METHODS`. ``seed`` goes to ``mace``.
 
     Args:
-        annotations: ``(items, annotators)`` integer class indices, ``missing`` where absent.
-        num_classes: number of classes ``K >= 1``.
+        annotations, num_classes, missing, dtype: the common arguments (module notes).
         methods: non-empty sequence of method names (keys of :data:`METHODS`).
         weights: optional non-negative weights, one per method.
-        missing: the missing marker (outside ``[0, K)``).
         seed: the seed of MACE's restarts.
-        dtype: floating output dtype.
 
     Returns:
         ``(items, K)`` averaged soft labels.

@@ -29,9 +29,9 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from softmaxkit import _validation as V
+from softmaxkit.labels._votes import votes
 
 __all__ = ["TopTwoResult", "top_two_answers", "top_two_soft_labels"]
 
@@ -59,6 +59,19 @@ class TopTwoResult(NamedTuple):
     top2: torch.Tensor
     confusion: torch.Tensor
     reliability: torch.Tensor
+
+
+def _known(name: str, value: object, size: tuple[int, str], *, open_: bool) -> torch.Tensor:
+    """A given ``(n,)`` parameter, one per ``what`` for ``size = (n, what)``, in ``[0, 1]``
+    (``(0, 1)`` when ``open_``)."""
+    n, what = size
+    V.check_floating(name, value)
+    assert isinstance(value, torch.Tensor)
+    if value.shape != (n,):
+        raise ValueError(
+            f"{name} must have shape ({n},) (one per {what}), got {tuple(value.shape)}"
+        )
+    return V.check_tensor_values(name, value, low=0.0, high=1.0, low_open=open_, high_open=open_)
 
 
 def top_two_answers(
@@ -118,12 +131,7 @@ def top_two_answers(
         >>> r.top1, r.top2
         (tensor([0, 2, 1, 2]), tensor([1, 1, 0, 0]))
     """
-    V.check_int("num_classes", num_classes, low=3)
-    V.check_int("missing", missing)
-    V.check_annotations("annotations", annotations, num_classes, missing)
-    V.check_floating_dtype("dtype", dtype)
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    observed = annotations != missing
+    onehot, observed, work, safe = votes(annotations, num_classes, missing, dtype, min_classes=3)
     if annotations.numel() == 0 or not bool(observed.any()):
         raise ValueError(
             "annotations must hold at least one observed annotation, got none "
@@ -132,8 +140,6 @@ def top_two_answers(
     n_items, n_annotators = annotations.shape
     k = num_classes
     device = annotations.device
-    safe = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
-    onehot = F.one_hot(safe, k).to(work) * observed.unsqueeze(-1).to(work)  # (N, M, K)
     obs = observed.to(work)
     s = obs.mean()
 
@@ -163,28 +169,14 @@ def top_two_answers(
         p = ((frac - 2.0 / k) / (1.0 - 2.0 / k)).clamp(*P_RANGE)
         p = torch.where(degree > 0, p, torch.full_like(p, P_RANGE[0]))
     else:
-        V.check_floating("reliability", reliability)
-        if reliability.shape != (n_annotators,):
-            raise ValueError(
-                f"reliability must have shape ({n_annotators},) (one per annotator), "
-                f"got {tuple(reliability.shape)}"
-            )
-        V.check_tensor_values(
-            "reliability", reliability, low=0.0, high=1.0, low_open=True, high_open=True
-        )
-        p = reliability.to(device=device, dtype=work)
+        p = _known("reliability", reliability, (n_annotators, "annotator"), open_=True)
+        p = p.to(device=device, dtype=work)
     if confusion is None:
         norm_p = torch.linalg.vector_norm(p)
         q = (1.0 / k - delta.gather(1, g1.unsqueeze(1)).squeeze(1) / norm_p).clamp(*Q_RANGE)
     else:
-        V.check_floating("confusion", confusion)
-        if confusion.shape != (n_items,):
-            raise ValueError(
-                f"confusion must have shape ({n_items},) (one per item), "
-                f"got {tuple(confusion.shape)}"
-            )
-        V.check_tensor_values("confusion", confusion, low=0.0, high=1.0)
-        q = confusion.to(device=device, dtype=work)
+        q = _known("confusion", confusion, (n_items, "item"), open_=False)
+        q = q.to(device=device, dtype=work)
 
     # ---- stage 2: plug-in MLE ------------------------------------------------------
     odds = k * p / (1.0 - p)  # (M,)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.optim import lbfgs
 
 __all__ = ["Mahalanobis", "MahalanobisEnsemble", "logistic_regression", "NOISE_MAGNITUDES"]
 
@@ -352,14 +353,8 @@ def logistic_regression(
     xs = xd / scale
     params = torch.zeros(xd.shape[1] + 1, dtype=torch.float64, device=xd.device)
     params.requires_grad_(True)
-    opt = torch.optim.LBFGS(
-        [params],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-16,
-        history_size=20,
-        line_search_fn="strong_wolfe",
+    opt = lbfgs(
+        [params], max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-16, history_size=20
     )
 
     def closure() -> torch.Tensor:
