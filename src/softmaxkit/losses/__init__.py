@@ -6,13 +6,12 @@ dim 1, class indices or probability targets, ``reduction``, ``ignore_index`` and
 memory is the gradient alone.
 """
 
+from softmaxkit.losses.adversarial import AdversarialCompSumLoss, adversarial_comp_sum_loss
 from softmaxkit.losses.comp_sum import (
-    AdversarialCompSumLoss,
     CompSumLoss,
     GeneralizedCrossEntropyLoss,
     MAELoss,
     SumExpLoss,
-    adversarial_comp_sum_loss,
     comp_sum_loss,
     generalized_cross_entropy,
     mae_loss,
