@@ -6,6 +6,7 @@ dim 1, class indices or probability targets, ``reduction``, ``ignore_index`` and
 memory is the gradient alone.
 """
 
+from softmaxkit.functional import spherical_softmax, taylor_softmax
 from softmaxkit.losses.adversarial import AdversarialCompSumLoss, adversarial_comp_sum_loss
 from softmaxkit.losses.comp_sum import (
     CompSumLoss,
@@ -41,9 +42,7 @@ from softmaxkit.losses.spherical import (
     TaylorSoftmaxLoss,
     ZLoss,
     logsumexp_penalty,
-    spherical_softmax,
     spherical_softmax_loss,
-    taylor_softmax,
     taylor_softmax_loss,
     z_loss,
 )
@@ -68,7 +67,7 @@ __all__ = [
     "z_loss",
     "spherical_softmax_loss",
     "taylor_softmax_loss",
-    "spherical_softmax",
+    "spherical_softmax",  # the maps, from softmaxkit.functional
     "taylor_softmax",
     "logsumexp_penalty",
     "ZLoss",

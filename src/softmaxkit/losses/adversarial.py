@@ -392,6 +392,6 @@ class AdversarialCompSumLoss(LossModule):
         inputs: torch.Tensor,
         target: torch.Tensor,
     ) -> torch.Tensor:
-        settings = self.hyperparameters()
-        tau = settings.pop("tau")
-        return adversarial_comp_sum_loss(model, inputs, target, tau, **settings, **self.options())
+        return adversarial_comp_sum_loss(
+            model, inputs, target, **self.hyperparameters(), **self.options()
+        )

@@ -302,7 +302,7 @@ class CompSumLoss(LossModule):
         return {"tau": self.tau}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return comp_sum_loss(logits, target, self.tau, **self.options())
+        return comp_sum_loss(logits, target, **self.hyperparameters(), **self.options())
 
 
 class SumExpLoss(LossModule):
@@ -332,7 +332,7 @@ class GeneralizedCrossEntropyLoss(LossModule):
         return {"q": self.q}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return generalized_cross_entropy(logits, target, q=self.q, **self.options())
+        return generalized_cross_entropy(logits, target, **self.hyperparameters(), **self.options())
 
 
 class MAELoss(LossModule):

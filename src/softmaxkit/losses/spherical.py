@@ -5,8 +5,7 @@
 * :func:`spherical_softmax_loss` and :func:`taylor_softmax_loss`: the negative
   log-likelihoods of the spherical softmax and of the second-order Taylor softmax
   (de Brébisson & Vincent, ICLR 2016), whose maps are
-  :func:`softmaxkit.spherical_softmax` and :func:`softmaxkit.taylor_softmax` (re-exported
-  here).
+  :func:`softmaxkit.spherical_softmax` and :func:`softmaxkit.taylor_softmax`.
 * :func:`logsumexp_penalty`: ``weight * logsumexp(logits)^2``, the auxiliary term PaLM
   (Chowdhery et al. 2022) calls "z-loss". It is **not** the Z-loss above.
 
@@ -30,20 +29,6 @@ import torch.nn.functional as F
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import as_rows
 from softmaxkit._ops.row_loss import LossModule, RowLoss, Rows, class_loss, reduce, row_loss
-from softmaxkit.functional import spherical_softmax, taylor_softmax
-
-__all__ = [
-    "z_loss",
-    "spherical_softmax_loss",
-    "taylor_softmax_loss",
-    "spherical_softmax",
-    "taylor_softmax",
-    "logsumexp_penalty",
-    "ZLoss",
-    "SphericalSoftmaxLoss",
-    "TaylorSoftmaxLoss",
-    "LogSumExpPenalty",
-]
 
 
 def _sq_norm(z: torch.Tensor) -> torch.Tensor:
@@ -282,6 +267,9 @@ def spherical_softmax_loss(
 ) -> torch.Tensor:
     r"""Negative log-likelihood of the spherical softmax (log-spherical softmax loss).
 
+    The map is :func:`softmaxkit.spherical_softmax`; the loss is computed from the sums
+    below, not from the map's ratio (which rounds to 0 for an unlikely target).
+
     .. math::
         p_c = \frac{o_c^2 + \varepsilon}{\sum_k (o_k^2 + \varepsilon)}, \qquad
         \ell(o, c) = -\log p_c
@@ -310,10 +298,7 @@ def spherical_softmax_loss(
         logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
         target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
         eps: the constant added to every squared output, > 0 (required).
-        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
-            "none".
-        ignore_index: target value that contributes nothing (index targets only).
-        label_smoothing: in [0, 1], as in ``cross_entropy``.
+        reduction, ignore_index, label_smoothing: as in :func:`z_loss`.
 
     Returns:
         The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
@@ -345,6 +330,9 @@ def taylor_softmax_loss(
 ) -> torch.Tensor:
     r"""Negative log-likelihood of the second-order Taylor softmax (log-Taylor softmax loss).
 
+    The map is :func:`softmaxkit.taylor_softmax`; the loss is computed from the sums
+    below, not from the map's ratio.
+
     .. math::
         f(o) = 1 + o + \frac{o^2}{2}, \qquad
         p_c = \frac{f(o_c)}{\sum_k f(o_k)}, \qquad
@@ -366,10 +354,7 @@ def taylor_softmax_loss(
     Args:
         logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
         target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
-        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
-            "none".
-        ignore_index: target value that contributes nothing (index targets only).
-        label_smoothing: in [0, 1], as in ``cross_entropy``.
+        reduction, ignore_index, label_smoothing: as in :func:`z_loss`.
 
     Returns:
         The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
@@ -527,7 +512,7 @@ class SphericalSoftmaxLoss(LossModule):
         return {"eps": self.eps}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return spherical_softmax_loss(logits, target, eps=self.eps, **self.options())
+        return spherical_softmax_loss(logits, target, **self.hyperparameters(), **self.options())
 
 
 class TaylorSoftmaxLoss(LossModule):

@@ -117,4 +117,4 @@ class StableMaxCrossEntropyLoss(LossModule):
         return {"dtype": self.dtype}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return stablemax_cross_entropy(logits, target, dtype=self.dtype, **self.options())
+        return stablemax_cross_entropy(logits, target, **self.hyperparameters(), **self.options())
