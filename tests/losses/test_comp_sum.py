@@ -7,13 +7,12 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from softmaxkit.losses.adversarial import AdversarialCompSumLoss, adversarial_comp_sum_loss
 from softmaxkit.losses.comp_sum import (
-    AdversarialCompSumLoss,
     CompSumLoss,
     GeneralizedCrossEntropyLoss,
     MAELoss,
     SumExpLoss,
-    adversarial_comp_sum_loss,
     comp_sum_loss,
     generalized_cross_entropy,
     mae_loss,

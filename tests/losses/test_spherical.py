@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softmaxkit.losses.spherical import (
+from softmaxkit.losses import (
     LogSumExpPenalty,
     SphericalSoftmaxLoss,
     TaylorSoftmaxLoss,

@@ -11,6 +11,7 @@ from softmaxkit.functional.entmax import (
     sparsemax,
 )
 from softmaxkit.functional.gumbel import GumbelSoftmax, gumbel_softmax
+from softmaxkit.functional.spherical import spherical_softmax, taylor_softmax
 from softmaxkit.functional.stablemax import LogStableMax, StableMax, log_stablemax, stablemax
 from softmaxkit.functional.topk import TopKSoftmax, topk_softmax
 from softmaxkit.functional.two_pass import two_pass_log_softmax, two_pass_softmax
@@ -39,4 +40,6 @@ __all__ = [
     "Sparsemax",
     "Entmax15",
     "EntmaxBisect",
+    "spherical_softmax",
+    "taylor_softmax",
 ]

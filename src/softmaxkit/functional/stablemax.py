@@ -17,40 +17,7 @@ from softmaxkit._ops.blocks import (
     store,
     workspace,
 )
-
-
-def r_map(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """r(x) = 1 / (1 + |x|) = s'(x) / s(x); ``r(+-inf) = 0``. Written into ``out`` when given."""
-    return torch.abs(x, out=out).add_(1).reciprocal_()
-
-
-def s_map(
-    x: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None
-) -> torch.Tensor:
-    """s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0, as ``max(x + 1, 1 / (1 + |x|))``.
-
-    (For x < 0, (1 + x)(1 - x) < 1 so the reciprocal is the larger; for x >= 0, 1 + x >= 1.)
-    Branch-free: no branch is evaluated where it blows up (the official code's
-    ``torch.where`` gives a NaN gradient at x = 1), and ``s(-inf) = 0``. The result
-    goes to ``out`` and ``scratch`` holds ``x + 1``, when given.
-    """
-    s = r_map(x, out)
-    return torch.maximum(s, torch.add(x, 1, out=scratch), out=s)
-
-
-def s_derivative_over(s: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """s'(x) / total, in place on ``s``; s'(x) = 1 (x >= 0) or s(x)^2 (x < 0) = min(1, s^2)."""
-    return s.square_().clamp_(max=1).div_(total)
-
-
-def stablemax_sums(x2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per-row sums of s over the rows of a 2-D ``x2``, shape (rows, 1), in ``dtype``."""
-    total = torch.empty(x2.shape[0], 1, dtype=dtype, device=x2.device)
-    work = workspace(x2, dtype, 3)
-    for b in row_blocks(*x2.shape):
-        s_buf, add_buf, x_buf = (w[: b.stop - b.start] for w in work)
-        total[b] = s_map(in_dtype(x2[b], x_buf), s_buf, add_buf).sum(-1, keepdim=True)
-    return total
+from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map
 
 
 class _StableMax(torch.autograd.Function):

@@ -6,13 +6,13 @@ dim 1, class indices or probability targets, ``reduction``, ``ignore_index`` and
 memory is the gradient alone.
 """
 
+from softmaxkit.functional import spherical_softmax, taylor_softmax
+from softmaxkit.losses.adversarial import AdversarialCompSumLoss, adversarial_comp_sum_loss
 from softmaxkit.losses.comp_sum import (
-    AdversarialCompSumLoss,
     CompSumLoss,
     GeneralizedCrossEntropyLoss,
     MAELoss,
     SumExpLoss,
-    adversarial_comp_sum_loss,
     comp_sum_loss,
     generalized_cross_entropy,
     mae_loss,
@@ -42,9 +42,7 @@ from softmaxkit.losses.spherical import (
     TaylorSoftmaxLoss,
     ZLoss,
     logsumexp_penalty,
-    spherical_softmax,
     spherical_softmax_loss,
-    taylor_softmax,
     taylor_softmax_loss,
     z_loss,
 )
@@ -69,7 +67,7 @@ __all__ = [
     "z_loss",
     "spherical_softmax_loss",
     "taylor_softmax_loss",
-    "spherical_softmax",
+    "spherical_softmax",  # the maps, from softmaxkit.functional
     "taylor_softmax",
     "logsumexp_penalty",
     "ZLoss",

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import HALF_DTYPES
+from softmaxkit._ops.blocks import compute_dtype
+from softmaxkit._ops.row_loss import LossModule, reduce
 
 
 class CompositionalState(nn.Module):
@@ -38,7 +39,7 @@ class CompositionalState(nn.Module):
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.compositional import CompositionalState
+        >>> from softmaxkit.losses import CompositionalState
         >>> state = CompositionalState(gamma=0.5)
         >>> _ = state.update(torch.tensor(2.0).log())   # first batch: u = 2
         >>> _ = state.update(torch.tensor(4.0).log())   # u = 0.5 * 2 + 0.5 * 4
@@ -178,7 +179,7 @@ def compositional_nll(
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.compositional import CompositionalState, compositional_nll
+        >>> from softmaxkit.losses import CompositionalState, compositional_nll
         >>> state = CompositionalState(gamma=0.1)
         >>> f_data = torch.tensor([-0.5, -0.1])
         >>> f_noise = torch.tensor([-1.0, -0.2, -2.0])
@@ -195,8 +196,7 @@ def compositional_nll(
         raise TypeError(f"state must be a CompositionalState or None, got {type(state).__name__}")
     if f_noise.numel() == 0:
         raise ValueError("f_noise must hold at least one noise sample, got an empty tensor")
-    out_dtype = torch.promote_types(f_data.dtype, f_noise.dtype)
-    dtype = torch.float32 if out_dtype in HALF_DTYPES else out_dtype
+    dtype = compute_dtype(f_data, f_noise)
     a = f_noise.to(dtype).reshape(-1) - _log_noise_rows(log_noise, f_noise, dtype)
     log_m = math.log(a.numel())
     if state is None:
@@ -207,21 +207,16 @@ def compositional_nll(
         # value log u_t; gradient (1 / u_t) mean_j e^{a_j} grad a_j
         log_z = log_u + (w.mean() - w.detach().mean())
     losses = log_z - f_data.to(dtype)
-    if reduction == "none":
-        return losses.to(out_dtype)
-    total = losses.sum()
-    if reduction == "mean":
-        total = total / max(f_data.numel(), 1)
-    return total.to(out_dtype)
+    return reduce(losses, f_data.shape, reduction, torch.promote_types(f_data.dtype, f_noise.dtype))
 
 
-class CompositionalNLLLoss(nn.Module):
+class CompositionalNLLLoss(LossModule):
     """Module twin of :func:`compositional_nll` that owns its :class:`CompositionalState`
     (as the submodule ``state``, so the estimate is saved with the model's ``state_dict``).
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.compositional import CompositionalNLLLoss
+        >>> from softmaxkit.losses import CompositionalNLLLoss
         >>> loss_fn = CompositionalNLLLoss(gamma=0.1)
         >>> loss_fn(torch.tensor([-0.5, -0.1]), torch.tensor([-1.0, -0.2, -2.0]))
         tensor(-0.5195)
@@ -232,10 +227,10 @@ class CompositionalNLLLoss(nn.Module):
         )
     """
 
+    shared_options = ("reduction",)
+
     def __init__(self, gamma: float, *, reduction: str = "mean") -> None:
-        super().__init__()
-        v.check_reduction(reduction)
-        self.reduction = reduction
+        super().__init__(reduction=reduction)
         self.state = CompositionalState(gamma)
 
     def forward(
@@ -244,9 +239,4 @@ class CompositionalNLLLoss(nn.Module):
         f_noise: torch.Tensor,
         log_noise: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
-        return compositional_nll(
-            f_data, f_noise, self.state, log_noise=log_noise, reduction=self.reduction
-        )
-
-    def extra_repr(self) -> str:
-        return f"reduction={self.reduction!r}"
+        return compositional_nll(f_data, f_noise, self.state, log_noise=log_noise, **self.options())

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import HALF_DTYPES, as_rows
-from softmaxkit.losses.comp_sum import comp_sum_loss
+from softmaxkit._ops.blocks import as_rows, compute_dtype
+from softmaxkit._ops.row_loss import LossModule, class_loss
+from softmaxkit.losses.comp_sum import _CompSum
 
 #: Zhai & Wu's temperature; the official code's ``NormSoftmaxLoss`` default (scale 1/0.05 = 20).
 DEFAULT_TEMPERATURE = 0.05
@@ -23,6 +24,11 @@ def _unit_rows(x: torch.Tensor, eps: float) -> torch.Tensor:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     y = x / scale
     return y / torch.maximum(torch.linalg.vector_norm(y, dim=1, keepdim=True), eps / scale)
+
+
+def _check_scales(temperature: float, eps: float) -> tuple[float, float]:
+    temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
+    return temperature, v.check_number("eps", eps, low=0.0, low_open=True)
 
 
 def _check_pair(embeddings: torch.Tensor, class_weights: torch.Tensor) -> None:
@@ -77,16 +83,14 @@ def cosine_logits(
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.metric import cosine_logits
+        >>> from softmaxkit.losses import cosine_logits
         >>> x, w = torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
         >>> cosine_logits(x, w, temperature=0.5)
         tensor([[1.2000, 1.6000]])
     """
     _check_pair(embeddings, class_weights)
-    temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
-    eps = v.check_number("eps", eps, low=0.0, low_open=True)
-    dtype = torch.promote_types(embeddings.dtype, class_weights.dtype)
-    dtype = torch.float32 if dtype in HALF_DTYPES else dtype
+    temperature, eps = _check_scales(temperature, eps)
+    dtype = compute_dtype(embeddings, class_weights)
     x2 = as_rows(embeddings, 1).to(dtype)
     w_hat = _unit_rows(class_weights.to(dtype), eps)
     # 1 / sigma folded into the (rows, D) side: no N x C temporary besides the logits
@@ -157,7 +161,7 @@ def normalized_softmax_loss(
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.metric import normalized_softmax_loss
+        >>> from softmaxkit.losses import normalized_softmax_loss
         >>> x = torch.tensor([[3.0, 4.0], [0.0, -1.0]])
         >>> w = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
         >>> normalized_softmax_loss(x, w, torch.tensor([1, 0]), temperature=0.5)
@@ -165,18 +169,18 @@ def normalized_softmax_loss(
     """
     v.check_reduction(reduction)
     logits = cosine_logits(embeddings, class_weights, temperature=temperature, eps=eps)
-    loss = comp_sum_loss(  # tau = 1: cross-entropy, blocked with its analytic gradient
+    return class_loss(
+        _CompSum(1.0),  # tau = 1: cross-entropy, blocked with its analytic gradient
         logits,
         target,
-        1.0,
         reduction=reduction,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
+        out_dtype=torch.promote_types(embeddings.dtype, class_weights.dtype),
     )
-    return loss.to(torch.promote_types(embeddings.dtype, class_weights.dtype))
 
 
-class NormalizedSoftmaxLoss(nn.Module):
+class NormalizedSoftmaxLoss(LossModule):
     """Module twin of :func:`normalized_softmax_loss` that owns the class proxies.
 
     ``weight`` is a (num_classes, embedding_dim) Parameter initialised as in the
@@ -186,7 +190,7 @@ class NormalizedSoftmaxLoss(nn.Module):
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.metric import NormalizedSoftmaxLoss
+        >>> from softmaxkit.losses import NormalizedSoftmaxLoss
         >>> _ = torch.manual_seed(0)
         >>> head = NormalizedSoftmaxLoss(8, 3)
         >>> x = torch.randn(4, 8)
@@ -209,18 +213,15 @@ class NormalizedSoftmaxLoss(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        v.check_int("embedding_dim", embedding_dim, low=1)
-        v.check_int("num_classes", num_classes, low=1)
-        v.check_number("temperature", temperature, low=0.0, low_open=True)
-        v.check_number("eps", eps, low=0.0, low_open=True)
-        v.check_loss_options(reduction, ignore_index, label_smoothing)
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
+        self.embedding_dim = v.check_int("embedding_dim", embedding_dim, low=1)
+        self.num_classes = v.check_int("num_classes", num_classes, low=1)
+        temperature, eps = _check_scales(temperature, eps)
+        self.temperature, self.eps = float(temperature), float(eps)
         if dtype is not None:
             v.check_floating_dtype("dtype", dtype)
-        self.embedding_dim, self.num_classes = embedding_dim, num_classes
-        self.temperature, self.eps = float(temperature), float(eps)
-        self.reduction, self.ignore_index = reduction, ignore_index
-        self.label_smoothing = float(label_smoothing)
         self.weight = nn.Parameter(
             torch.empty(num_classes, embedding_dim, device=device, dtype=dtype)
         )
@@ -234,6 +235,14 @@ class NormalizedSoftmaxLoss(nn.Module):
         """The cosine logits :math:`\\cos(x, w_c) / \\sigma` of ``embeddings`` (N, D, ...)."""
         return cosine_logits(embeddings, self.weight, temperature=self.temperature, eps=self.eps)
 
+    def hyperparameters(self) -> dict:
+        return {
+            "embedding_dim": self.embedding_dim,
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "eps": self.eps,
+        }
+
     def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return normalized_softmax_loss(
             embeddings,
@@ -241,13 +250,5 @@ class NormalizedSoftmaxLoss(nn.Module):
             target,
             temperature=self.temperature,
             eps=self.eps,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"embedding_dim={self.embedding_dim}, num_classes={self.num_classes}, "
-            f"temperature={self.temperature}, reduction={self.reduction!r}"
+            **self.options(),
         )

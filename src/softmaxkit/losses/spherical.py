@@ -4,8 +4,8 @@
   target output; invariant to shifting and to positively rescaling the outputs.
 * :func:`spherical_softmax_loss` and :func:`taylor_softmax_loss`: the negative
   log-likelihoods of the spherical softmax and of the second-order Taylor softmax
-  (de Brébisson & Vincent, ICLR 2016), with the maps themselves as
-  :func:`spherical_softmax` and :func:`taylor_softmax`.
+  (de Brébisson & Vincent, ICLR 2016), whose maps are
+  :func:`softmaxkit.spherical_softmax` and :func:`softmaxkit.taylor_softmax`.
 * :func:`logsumexp_penalty`: ``weight * logsumexp(logits)^2``, the auxiliary term PaLM
   (Chowdhery et al. 2022) calls "z-loss". It is **not** the Z-loss above.
 
@@ -13,44 +13,22 @@ The first three depend on a row of outputs ``o`` only through ``sum(o)``, ``sum(
 the target entries, which is what makes them members of the spherical family: their
 gradient has the form ``f1 o + f2 1 + (sparse part on the targets)``. Here they take the
 full (N, C) logits; the O(d^2) output layer that exploits this form lives in ``heads``.
-Each loss has an analytic gradient and runs through the row engine, so backward allocates
-only the gradient.
+Each loss is a :class:`~softmaxkit._ops.row_loss.RowLoss` with an analytic gradient and runs
+through the row engine, so backward allocates only the gradient. The negative
+log-likelihoods are computed as ``log(total) - log(term)``, never as the log of the
+map's ratio, which would round to 0 for an unlikely target.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import as_rows, compute_dtype
-from softmaxkit._ops.row_loss import LossModule, Rows, prepare, reduce, row_loss
-
-_Fn = Callable[..., torch.Tensor]
-
-
-def _run(
-    logits: torch.Tensor,
-    target: torch.Tensor,
-    fns: tuple[_Fn, _Fn],
-    reduction: str,
-    ignore_index: int,
-    label_smoothing: float,
-) -> torch.Tensor:
-    rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    losses = row_loss(
-        fns[0],
-        [rows.logits],
-        rows.target,
-        kept=rows.kept,
-        smoothing=rows.smoothing,
-        grad_fn=fns[1],
-    )
-    return reduce(losses, rows, reduction, logits.dtype)
+from softmaxkit._ops.blocks import as_rows
+from softmaxkit._ops.row_loss import LossModule, RowLoss, Rows, class_loss, reduce, row_loss
 
 
 def _sq_norm(z: torch.Tensor) -> torch.Tensor:
@@ -91,16 +69,28 @@ def _rowdot(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return h.mul_(t).sum(1)
 
 
-def _z_fns(a: float, b: float, eps: float) -> tuple[_Fn, _Fn]:
+def _z_params(a: float, b: float, eps: float) -> tuple[float, float, float]:
+    v.check_number("a", a, low=0.0, low_open=True)
+    v.check_number("b", b)
+    v.check_number("eps", eps, low=0.0)
+    return float(a), float(b), float(eps)
+
+
+class _ZLoss(RowLoss):
     # z_k = d_k / s; dz_k/do_j = (delta_kj - 1/C) / s - z_k d_j / (C s sigma)
-    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        d, _, s = _z_stats(z, eps)
+    def __init__(self, a: float, b: float, eps: float) -> None:
+        self.a, self.b, self.eps = a, b, eps
+
+    def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, b = self.a, self.b
+        d, _, s = _z_stats(z, self.eps)
         if t.dtype.is_floating_point:
             return _rowdot(t, _softplus_scaled(d.div_(s).neg_().add_(b), a))
         return _softplus_scaled(b - _picked(d, t) / s, a).squeeze(1)
 
-    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        d, sigma, s = _z_stats(z, eps)
+    def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        a, b = self.a, self.b
+        d, sigma, s = _z_stats(z, self.eps)
         C = z.shape[1]
         g = g.unsqueeze(1)
         if t.dtype.is_floating_point:
@@ -115,8 +105,6 @@ def _z_fns(a: float, b: float, eps: float) -> tuple[_Fn, _Fn]:
         gf = g * torch.sigmoid(a * (b - zc)).neg_()  # g dl/dz_c
         out = d.mul_(_over_sigma(-gf * zc / (C * s), sigma)).sub_(gf / (C * s))
         return out.scatter_add_(1, t.unsqueeze(1), gf / s)
-
-    return fn, grad_fn
 
 
 def z_loss(
@@ -185,37 +173,50 @@ def z_loss(
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.spherical import z_loss
+        >>> from softmaxkit.losses import z_loss
         >>> x = torch.tensor([[1.0, 2.0, 4.0], [0.0, 0.0, 1.0]])
         >>> z_loss(x, torch.tensor([2, 0]), a=1.0, b=1.0, reduction="none")
         tensor([0.5391, 1.8738])
     """
-    v.check_number("a", a, low=0.0, low_open=True)
-    v.check_number("b", b)
-    v.check_number("eps", eps, low=0.0)
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
+    loss = _ZLoss(*_z_params(a, b, eps))
     v.check_floating("logits", logits)
     if logits.ndim >= 2 and logits.shape[1] < 2:
         raise ValueError(
             f"z_loss needs at least 2 classes (the z-score of a single output is undefined), "
             f"got logits of shape {tuple(logits.shape)}"
         )
-    fns = _z_fns(float(a), float(b), float(eps))
-    return _run(logits, target, fns, reduction, ignore_index, label_smoothing)
+    return class_loss(
+        loss,
+        logits,
+        target,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
 
 
 # --- spherical softmax and Taylor softmax ------------------------------------------------------
 
 
-def _spherical_fns(eps: float) -> tuple[_Fn, _Fn]:
+def _check_eps(eps: float) -> float:
+    return float(v.check_number("eps", eps, low=0.0, low_open=True))
+
+
+class _SphericalNLL(RowLoss):
     # l = log(sum_k o_k^2 + C eps) - log(o_c^2 + eps)
-    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __init__(self, eps: float) -> None:
+        self.eps = eps
+
+    def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        eps = self.eps
         log_total = (_sq_norm(z) + z.shape[1] * eps).log().squeeze(1)
         if t.dtype.is_floating_point:
             return t.sum(1) * log_total - _rowdot(t, z.square().add_(eps).log_())
         return log_total - _picked(z, t).square().add_(eps).log_().squeeze(1)
 
-    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        # dl/do_j = 2 o_j / (sum_k o_k^2 + C eps) - [j = c] 2 o_c / (o_c^2 + eps)
+        eps = self.eps
         scale = 2 * g.unsqueeze(1) / (_sq_norm(z) + z.shape[1] * eps)
         if t.dtype.is_floating_point:
             own = t * z / z.square().add_(eps)
@@ -223,8 +224,6 @@ def _spherical_fns(eps: float) -> tuple[_Fn, _Fn]:
         oc = _picked(z, t)
         out = z * scale
         return out.scatter_add_(1, t.unsqueeze(1), -2 * g.unsqueeze(1) * oc / (oc * oc + eps))
-
-    return fn, grad_fn
 
 
 def _taylor_terms(z: torch.Tensor) -> torch.Tensor:
@@ -237,15 +236,16 @@ def _taylor_total(z: torch.Tensor) -> torch.Tensor:
     return z.sum(1, keepdim=True) + 0.5 * _sq_norm(z) + z.shape[1]
 
 
-def _taylor_fns() -> tuple[_Fn, _Fn]:
+class _TaylorNLL(RowLoss):
     # l = log(sum_k f(o_k)) - log f(o_c), f(o) = 1 + o + o^2 / 2, f'(o) = 1 + o
-    def fn(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         log_total = _taylor_total(z).log_().squeeze(1)
         if t.dtype.is_floating_point:
             return t.sum(1) * log_total - _rowdot(t, _taylor_terms(z).log_())
         return log_total - _taylor_terms(_picked(z, t)).log_().squeeze(1)
 
-    def grad_fn(z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        # dl/do_j = f'(o_j) / sum_k f(o_k) - [j = c] f'(o_c) / f(o_c)
         g = g.unsqueeze(1)
         total = _taylor_total(z)
         if t.dtype.is_floating_point:
@@ -254,8 +254,6 @@ def _taylor_fns() -> tuple[_Fn, _Fn]:
         oc = _picked(z, t)
         out = (z + 1).mul_(g / total)
         return out.scatter_add_(1, t.unsqueeze(1), -g * (oc + 1) / _taylor_terms(oc))
-
-    return fn, grad_fn
 
 
 def spherical_softmax_loss(
@@ -268,6 +266,9 @@ def spherical_softmax_loss(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""Negative log-likelihood of the spherical softmax (log-spherical softmax loss).
+
+    The map is :func:`softmaxkit.spherical_softmax`; the loss is computed from the sums
+    below, not from the map's ratio (which rounds to 0 for an unlikely target).
 
     .. math::
         p_c = \frac{o_c^2 + \varepsilon}{\sum_k (o_k^2 + \varepsilon)}, \qquad
@@ -297,25 +298,25 @@ def spherical_softmax_loss(
         logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
         target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
         eps: the constant added to every squared output, > 0 (required).
-        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
-            "none".
-        ignore_index: target value that contributes nothing (index targets only).
-        label_smoothing: in [0, 1], as in ``cross_entropy``.
+        reduction, ignore_index, label_smoothing: as in :func:`z_loss`.
 
     Returns:
         The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.spherical import spherical_softmax_loss
+        >>> from softmaxkit.losses import spherical_softmax_loss
         >>> x = torch.tensor([[1.0, -2.0, 0.0]])
         >>> spherical_softmax_loss(x, torch.tensor([1]), eps=0.01)
         tensor(0.2266)
     """
-    v.check_number("eps", eps, low=0.0, low_open=True)
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    return _run(
-        logits, target, _spherical_fns(float(eps)), reduction, ignore_index, label_smoothing
+    return class_loss(
+        _SphericalNLL(_check_eps(eps)),
+        logits,
+        target,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -328,6 +329,9 @@ def taylor_softmax_loss(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     r"""Negative log-likelihood of the second-order Taylor softmax (log-Taylor softmax loss).
+
+    The map is :func:`softmaxkit.taylor_softmax`; the loss is computed from the sums
+    below, not from the map's ratio.
 
     .. math::
         f(o) = 1 + o + \frac{o^2}{2}, \qquad
@@ -350,84 +354,51 @@ def taylor_softmax_loss(
     Args:
         logits: (N, C) or (N, C, d1, ...) with classes on dim 1, like ``cross_entropy``.
         target: class indices (N,) or (N, d1, ...), or probabilities with the logits' shape.
-        reduction: "mean" (over non-ignored targets; 0 when all are ignored), "sum" or
-            "none".
-        ignore_index: target value that contributes nothing (index targets only).
-        label_smoothing: in [0, 1], as in ``cross_entropy``.
+        reduction, ignore_index, label_smoothing: as in :func:`z_loss`.
 
     Returns:
         The loss in the logits' dtype: a scalar, or per sample for ``reduction="none"``.
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.spherical import taylor_softmax_loss
+        >>> from softmaxkit.losses import taylor_softmax_loss
         >>> x = torch.tensor([[1.0, -2.0, 0.0]])
         >>> taylor_softmax_loss(x, torch.tensor([0]))
         tensor(0.5878)
     """
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    return _run(logits, target, _taylor_fns(), reduction, ignore_index, label_smoothing)
-
-
-def _map(x: torch.Tensor, dim: int, terms: Callable[[torch.Tensor], torch.Tensor]):
-    v.check_floating("x", x)
-    dim = v.check_dim("dim", dim, x.ndim)
-    z = x.to(compute_dtype(x))
-    f = terms(z)
-    return (f / f.sum(dim, keepdim=True)).to(x.dtype)
-
-
-def spherical_softmax(x: torch.Tensor, *, eps: float, dim: int = -1) -> torch.Tensor:
-    r"""The spherical softmax :math:`p_i = (x_i^2 + \varepsilon) / \sum_k (x_k^2 +
-    \varepsilon)` along ``dim``.
-
-    The map whose negative log is :func:`spherical_softmax_loss` (see there for the papers
-    and for :math:`\varepsilon`). Any shape and floating dtype; half inputs are computed in
-    float32 and returned in their dtype. Plain differentiable torch ops.
-
-    Example:
-        >>> import torch
-        >>> from softmaxkit.losses.spherical import spherical_softmax
-        >>> spherical_softmax(torch.tensor([1.0, -2.0, 0.0]), eps=0.01)
-        tensor([0.2008, 0.7972, 0.0020])
-    """
-    v.check_number("eps", eps, low=0.0, low_open=True)
-    return _map(x, dim, lambda z: z.square() + eps)
-
-
-def taylor_softmax(x: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
-    r"""The second-order Taylor softmax :math:`p_i = f(x_i) / \sum_k f(x_k)`,
-    :math:`f(x) = 1 + x + x^2/2`, along ``dim``.
-
-    The map whose negative log is :func:`taylor_softmax_loss` (de Brébisson & Vincent,
-    ICLR 2016, arXiv:1511.05042). Strictly positive (:math:`f \ge 1/2`). Any shape and
-    floating dtype; half inputs are computed in float32 and returned in their dtype.
-
-    Example:
-        >>> import torch
-        >>> from softmaxkit.losses.spherical import taylor_softmax
-        >>> taylor_softmax(torch.tensor([1.0, -2.0, 0.0]))
-        tensor([0.5556, 0.2222, 0.2222])
-    """
-    return _map(x, dim, lambda z: z + 1 + 0.5 * z.square())
+    return class_loss(
+        _TaylorNLL(),
+        logits,
+        target,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
 
 
 # --- PaLM log-partition penalty ----------------------------------------------------------------
 
 
-def _lse_fns(weight: float) -> tuple[_Fn, _Fn]:
-    def lse_of(z: torch.Tensor) -> torch.Tensor:
+def _check_weight(weight: float) -> float:
+    return float(v.check_number("weight", weight, low=0.0))
+
+
+class _LogSumExpSquare(RowLoss):
+    # l = w lse(o)^2, dl/do_k = 2 w lse(o) softmax(o)_k = 2 w lse exp(o_k - lse)
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    @staticmethod
+    def _lse(z: torch.Tensor) -> torch.Tensor:
         lse = torch.logsumexp(z, 1)
         return torch.where(lse == -math.inf, 0.0, lse)  # a row of -inf has nothing to penalise
 
-    def fn(z: torch.Tensor, t: None) -> torch.Tensor:
-        return weight * lse_of(z).square()
+    def value(self, z: torch.Tensor, t: None) -> torch.Tensor:
+        return self.weight * self._lse(z).square()
 
-    def grad_fn(z: torch.Tensor, t: None, g: torch.Tensor) -> torch.Tensor:
-        lse = lse_of(z).unsqueeze(1)
-        return (z - lse).exp_().mul_(2 * weight * lse * g.unsqueeze(1))
-
-    return fn, grad_fn
+    def grad(self, z: torch.Tensor, t: None, g: torch.Tensor) -> torch.Tensor:
+        lse = self._lse(z).unsqueeze(1)
+        return (z - lse).exp_().mul_(2 * self.weight * lse * g.unsqueeze(1))
 
 
 def logsumexp_penalty(
@@ -470,13 +441,13 @@ def logsumexp_penalty(
 
     Example:
         >>> import torch
-        >>> from softmaxkit.losses.spherical import logsumexp_penalty
+        >>> from softmaxkit.losses import logsumexp_penalty
         >>> logsumexp_penalty(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]]), weight=1.0)
         tensor(2.9576)
     """
     v.check_floating("logits", logits)
     dim = v.check_dim("dim", dim, logits.ndim)
-    v.check_number("weight", weight, low=0.0)
+    weight = _check_weight(weight)
     v.check_reduction(reduction)
     shape = logits.shape[:dim] + logits.shape[dim + 1 :]
     kept = None
@@ -488,8 +459,7 @@ def logsumexp_penalty(
         kept = mask.expand(shape).reshape(-1)
     x2 = as_rows(logits, dim)
     rows = Rows(x2, None, None, 0.0, kept, shape)
-    fn, grad_fn = _lse_fns(float(weight))
-    losses = row_loss(fn, [x2], None, kept=kept, grad_fn=grad_fn)
+    losses = row_loss(_LogSumExpSquare(weight), [x2], None, kept=kept)
     return reduce(losses, rows, reduction, logits.dtype)
 
 
@@ -513,16 +483,13 @@ class ZLoss(LossModule):
         super().__init__(
             reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
         )
-        v.check_number("a", a, low=0.0, low_open=True)
-        v.check_number("b", b)
-        v.check_number("eps", eps, low=0.0)
-        self.a, self.b, self.eps = float(a), float(b), float(eps)
+        self.a, self.b, self.eps = _z_params(a, b, eps)
+
+    def hyperparameters(self) -> dict:
+        return {"a": self.a, "b": self.b, "eps": self.eps}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return z_loss(logits, target, a=self.a, b=self.b, eps=self.eps, **self.options())
-
-    def extra_repr(self) -> str:
-        return f"a={self.a}, b={self.b}, eps={self.eps}, " + super().extra_repr()
+        return z_loss(logits, target, **self.hyperparameters(), **self.options())
 
 
 class SphericalSoftmaxLoss(LossModule):
@@ -539,43 +506,33 @@ class SphericalSoftmaxLoss(LossModule):
         super().__init__(
             reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
         )
-        v.check_number("eps", eps, low=0.0, low_open=True)
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
+
+    def hyperparameters(self) -> dict:
+        return {"eps": self.eps}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return spherical_softmax_loss(logits, target, eps=self.eps, **self.options())
-
-    def extra_repr(self) -> str:
-        return f"eps={self.eps}, " + super().extra_repr()
+        return spherical_softmax_loss(logits, target, **self.hyperparameters(), **self.options())
 
 
 class TaylorSoftmaxLoss(LossModule):
     """Module twin of :func:`taylor_softmax_loss`."""
 
-    def __init__(
-        self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
-    ) -> None:
-        super().__init__(
-            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
-        )
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return taylor_softmax_loss(logits, target, **self.options())
 
 
-class LogSumExpPenalty(nn.Module):
+class LogSumExpPenalty(LossModule):
     """Module twin of :func:`logsumexp_penalty` (PaLM's "z-loss"; not :class:`ZLoss`)."""
 
+    shared_options = ("reduction",)
+
     def __init__(self, weight: float = 1e-4, *, dim: int = 1, reduction: str = "mean") -> None:
-        super().__init__()
-        v.check_number("weight", weight, low=0.0)
-        v.check_reduction(reduction)
-        self.weight, self.dim, self.reduction = float(weight), dim, reduction
+        super().__init__(reduction=reduction)
+        self.weight, self.dim = _check_weight(weight), dim
+
+    def hyperparameters(self) -> dict:
+        return {"weight": self.weight, "dim": self.dim}
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return logsumexp_penalty(
-            logits, weight=self.weight, dim=self.dim, reduction=self.reduction, mask=mask
-        )
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight}, dim={self.dim}, reduction={self.reduction!r}"
+        return logsumexp_penalty(logits, **self.hyperparameters(), **self.options(), mask=mask)

@@ -6,7 +6,7 @@ import torch
 
 from softmaxkit import _validation as v
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
-from softmaxkit.functional.stablemax import r_map, s_derivative_over, s_map
+from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map
 
 
 def _log_s(x: torch.Tensor) -> torch.Tensor:
@@ -113,5 +113,8 @@ class StableMaxCrossEntropyLoss(LossModule):
         )
         self.dtype = dtype
 
+    def hyperparameters(self) -> dict:
+        return {"dtype": self.dtype}
+
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return stablemax_cross_entropy(logits, target, dtype=self.dtype, **self.options())
+        return stablemax_cross_entropy(logits, target, **self.hyperparameters(), **self.options())

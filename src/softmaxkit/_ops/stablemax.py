@@ -1,0 +1,37 @@
+"""The element-wise pieces of StableMax, shared by the map and its cross-entropy.
+
+With ``s(x) = x + 1`` for ``x >= 0`` and ``1 / (1 - x)`` for ``x < 0`` (Prieto et al.,
+"Grokking at the Edge of Numerical Stability", ICLR 2025, arXiv:2501.04697):
+:func:`s_map` evaluates ``s``, :func:`r_map` its log-derivative ``r = s' / s`` and
+:func:`s_derivative_over` ``s' / S`` from ``s``. Each may write into preallocated buffers,
+so the blocked kernels of :mod:`softmaxkit.functional.stablemax` and
+:mod:`softmaxkit.losses.stablemax` allocate nothing per block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def r_map(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """r(x) = 1 / (1 + |x|) = s'(x) / s(x); ``r(+-inf) = 0``. Written into ``out`` when given."""
+    return torch.abs(x, out=out).add_(1).reciprocal_()
+
+
+def s_map(
+    x: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
+    """s(x) = x + 1 for x >= 0 and 1 / (1 - x) for x < 0, as ``max(x + 1, 1 / (1 + |x|))``.
+
+    (For x < 0, (1 + x)(1 - x) < 1 so the reciprocal is the larger; for x >= 0, 1 + x >= 1.)
+    Branch-free: no branch is evaluated where it blows up (the official code's
+    ``torch.where`` gives a NaN gradient at x = 1), and ``s(-inf) = 0``. The result
+    goes to ``out`` and ``scratch`` holds ``x + 1``, when given.
+    """
+    s = r_map(x, out)
+    return torch.maximum(s, torch.add(x, 1, out=scratch), out=s)
+
+
+def s_derivative_over(s: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """s'(x) / total, in place on ``s``; s'(x) = 1 (x >= 0) or s(x)^2 (x < 0) = min(1, s^2)."""
+    return s.square_().clamp_(max=1).div_(total)
