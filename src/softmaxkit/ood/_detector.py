@@ -4,14 +4,17 @@ Every feature detector of :mod:`softmaxkit.ood` (:class:`~softmaxkit.ood.Mahalan
 :class:`~softmaxkit.ood.KNNScore`, :class:`~softmaxkit.ood.SSDScore`,
 :class:`~softmaxkit.ood.PrototypeScore`) follows it:
 
-- ``fit(features, labels=None) -> self`` stores what scoring needs (each public ``fit``
-  keeps its own signature and calls :meth:`FeatureDetector.fit` or the same pieces);
-  :class:`~softmaxkit.ood.PrototypeScore` is given its prototypes at construction instead;
+- ``fit(features, labels=None) -> self`` stores what scoring needs (a public ``fit`` with
+  its own signature, e.g. ``Mahalanobis.fit(features, target, *, num_classes)``, calls
+  ``FeatureDetector._fit``); :class:`~softmaxkit.ood.PrototypeScore` gets its prototypes
+  at construction instead (a :class:`FeatureScore` without ``fit``);
 - ``score(features) -> (N,)``, **higher = more in-distribution**, in ``features``' dtype,
-  computed in :meth:`FeatureScore.compute_dtype` block by block over rows;
+  computed in ``_compute_dtype`` (float64 for float64, else float32, unless the detector
+  says otherwise) block by block over rows;
 - before fit, ``score`` raises a ``RuntimeError`` naming the detector and its fit call;
-- one feature check (:func:`check_features`): a floating 2-D (samples, features) tensor
-  (or pooled from (samples, channels, *spatial)), as wide as the fit, finite.
+- one feature check (:func:`check_features`): a floating 2-D (samples, features) tensor,
+  as wide as the fit, finite. Mahalanobis also takes (samples, channels, *spatial) maps
+  (averaged over space) and, as before, rejects only NaN in the features it scores.
 """
 
 from __future__ import annotations
