@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as V
-from softmaxkit._ops.blocks import BLOCK_ELEMENTS, compute_dtype, upcast
+from softmaxkit._ops.blocks import compute_dtype, upcast
 from softmaxkit.ood._detector import (
     FeatureDetector,
     FeatureScore,
@@ -108,9 +108,6 @@ class PrototypeScore(FeatureScore):
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         return compute_dtype(x, self.prototypes)
-
-    def _rows_per_block(self, x: torch.Tensor) -> int:
-        return max(1, BLOCK_ELEMENTS // max(self.prototypes.shape[0], x.shape[1]))
 
     def _class_scores(self, z: torch.Tensor) -> torch.Tensor:
         """(rows, C) log mixture likelihoods of rows ``z`` already in the compute dtype."""
