@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from softmaxkit.cli import bench
+from softmaxkit.cli import bench, bench_cases, bench_memory
 from softmaxkit.cli import main as cli_main
 
 MB = 2**20
@@ -243,7 +243,7 @@ def test_memory_child(tmp_path):
 
     # An op that allocates (almost) nothing, fwd+bwd, with the cotangent rebuilt in the
     # child from the output's shape.
-    grad_case = next(c for c in bench._cases_of(file) if c.name == "copy/8x16")
+    grad_case = next(c for c in bench_cases.cases_of(file) if c.name == "copy/8x16")
     child = bench.memory_child(
         file, grad_case, "ours", "fwdbwd", True, (torch.Size([8, 16]), torch.float32, "cpu")
     )
@@ -252,7 +252,7 @@ def test_memory_child(tmp_path):
 
 
 def test_memory_falls_back_without_clear_refs(monkeypatch):
-    monkeypatch.setattr(bench, "_reset_peak", lambda: "cannot reset the peak RSS (test)")
+    monkeypatch.setattr(bench_memory, "_reset_peak", lambda: "cannot reset the peak RSS (test)")
     x = torch.ones(4)
     res = bench.measure_peak(lambda t: t * 2, (x,), "fwd", None)
     assert res["peak_above_inputs_bytes"] is None

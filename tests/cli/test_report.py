@@ -20,6 +20,7 @@ import torch
 
 from softmaxkit.cli import report as R
 from softmaxkit.cli.main import main
+from softmaxkit.cli.report_html import _json_ready
 
 pytest.importorskip("matplotlib")
 pytest.importorskip("sklearn")
@@ -259,11 +260,11 @@ def test_a_class_missing_from_the_fit_half_skips_mahalanobis_only():
 
 def test_json_is_strict():
     value = {"a": [math.nan, 1.5, -math.inf], "b": {"c": math.inf, "d": "text", "e": None}}
-    assert R._json_ready(value) == {
+    assert _json_ready(value) == {
         "a": [None, 1.5, None],
         "b": {"c": None, "d": "text", "e": None},
     }
-    json.dumps(R._json_ready(value), allow_nan=False)
+    json.dumps(_json_ready(value), allow_nan=False)
 
 
 def test_split_and_default_knn_k():

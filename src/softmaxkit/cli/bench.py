@@ -17,6 +17,12 @@ Results go to ``benchmarks/results/bench-<timestamp>.json`` and ``latest.json``;
 ``--update-readme`` turns a results file into the Markdown table between
 ``<!-- bench:start -->`` and ``<!-- bench:end -->``.
 
+The command is split by job: :mod:`~softmaxkit.cli.bench_cases` (the :class:`Case`, finding
+and importing case files, running an op once), this module (the harness: correctness,
+timing, the verdicts, the terminal table, the command line),
+:mod:`~softmaxkit.cli.bench_memory` (the memory subprocesses) and
+:mod:`~softmaxkit.cli.bench_readme` (the README table).
+
 Exit status: 0 when every case was measured (missed targets included: this is a
 measurement tool), 1 when a case file failed to import, a case raised or its outputs
 disagreed with the baseline beyond ``atol``, 2 on a usage error.
@@ -25,185 +31,75 @@ disagreed with the baseline beyond ``atol``, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import datetime
 import gc
-import importlib
-import importlib.util
 import json
 import math
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
-TARGET_KEYS = ("time_fwd", "time_fwdbwd", "mem_fwd", "mem_fwdbwd")
+from softmaxkit.cli.bench_cases import (
+    SETUP_SEED,
+    TARGET_KEYS,
+    BenchError,
+    Case,
+    call_op,
+    find_cases_dir,
+    load_cases,
+    make_cotangent,
+    missing_requirement,
+    select,
+)
+from softmaxkit.cli.bench_memory import CHILD_FLAG, child_main, measure_peak, memory_child
+from softmaxkit.cli.bench_readme import (
+    README_END,
+    README_START,
+    add_readme_arguments,
+    fmt_diff,
+    fmt_ratio,
+    markdown_table,
+    ratio_of,
+    run_update_readme,
+    update_readme,
+)
+
+# Case and the pieces of the harness, the memory measurement and the README writer, as
+# the case files and the tests reach them
+__all__ = [
+    "README_END",
+    "README_START",
+    "TARGET_KEYS",
+    "BenchError",
+    "Case",
+    "add_arguments",
+    "find_cases_dir",
+    "load_cases",
+    "markdown_table",
+    "max_abs_diff",
+    "measure_peak",
+    "memory_child",
+    "run",
+    "run_case",
+    "select",
+    "update_readme",
+]
+
 MODES = ("fwd", "fwdbwd")
 MODE_LABELS = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 IMPLS = ("ours", "baseline")
-README_START = "<!-- bench:start -->"
-README_END = "<!-- bench:end -->"
 SCHEMA_VERSION = 1
-CHILD_FLAG = "--_child"
-CHILD_MARKER = "SOFTMAXKIT_BENCH_CHILD "
-CHILD_TIMEOUT_S = 600
-COTANGENT_SEED = 0x5EED
-SETUP_SEED = 0
 # Time budget per mode (ours + baseline together) and bounds on the repeat count.
 FULL_BUDGET_S, FULL_REPEATS = 1.0, (7, 200)
 QUICK_BUDGET_S, QUICK_REPEATS = 0.1, (3, 50)
-
-
-class BenchError(Exception):
-    """A harness error (bad arguments, no cases folder, malformed case file)."""
-
-
-@dataclass(frozen=True)
-class Case:
-    """One benchmark: our op against the code a user would otherwise write.
-
-    ``setup(quick)`` returns the argument tuple (seeded; ``quick=True`` gives CI-sized
-    inputs); ``ours(*args)`` and ``baseline(*args)`` each return a tensor. ``targets``
-    maps ``time_fwd``/``time_fwdbwd``/``mem_fwd``/``mem_fwdbwd`` to the largest allowed
-    ratio ours / baseline. ``atol``: the outputs must agree to this (``None``: different
-    functions, not compared). ``requires``: modules that must import, else the case is
-    skipped with a note.
-    """
-
-    name: str
-    setup: Callable[[bool], tuple]
-    ours: Callable[..., torch.Tensor]
-    baseline: Callable[..., torch.Tensor]
-    baseline_name: str
-    backward: bool = True
-    targets: Mapping[str, float] = field(default_factory=dict)
-    atol: float | None = None
-    requires: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"Case.name must be a non-empty string, got {self.name!r}")
-        for attr in ("setup", "ours", "baseline"):
-            if not callable(getattr(self, attr)):
-                raise TypeError(f"Case {self.name!r}: {attr} must be callable")
-        for key, value in self.targets.items():
-            if key not in TARGET_KEYS:
-                raise ValueError(
-                    f"Case {self.name!r}: unknown target {key!r}; expected one of {TARGET_KEYS}"
-                )
-            if not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"Case {self.name!r}: target {key} must be > 0, got {value!r}")
-            if key.endswith("fwdbwd") and not self.backward:
-                raise ValueError(f"Case {self.name!r}: target {key} needs backward=True")
-        if self.atol is not None and not self.atol >= 0:
-            raise ValueError(f"Case {self.name!r}: atol must be None or >= 0, got {self.atol!r}")
-        if isinstance(self.requires, str):
-            raise TypeError(f"Case {self.name!r}: requires must be a tuple of module names")
-        object.__setattr__(self, "requires", tuple(self.requires))
-
-
-# --------------------------------------------------------------------------- discovery
-
-
-def find_cases_dir(explicit: str | None = None) -> Path:
-    """The folder holding ``cases_*.py``: ``explicit``, else ``./benchmarks``, else the one
-    next to the source tree (editable install)."""
-    if explicit is not None:
-        folder = Path(explicit)
-        if not folder.is_dir():
-            raise BenchError(f"--cases {explicit}: not a directory")
-        if not any(folder.glob("cases_*.py")):
-            raise BenchError(f"--cases {explicit}: no cases_*.py files there")
-        return folder
-    import softmaxkit
-
-    candidates = [
-        Path.cwd() / "benchmarks",
-        Path(softmaxkit.__file__).resolve().parents[2] / "benchmarks",
-    ]
-    for folder in candidates:
-        if folder.is_dir() and any(folder.glob("cases_*.py")):
-            return folder
-    looked = ", ".join(str(c) for c in candidates)
-    raise BenchError(
-        f"no benchmarks folder with cases_*.py found (looked in {looked}); "
-        "run from the repository root or pass --cases DIR"
-    )
-
-
-def _import_file(path: Path) -> Any:
-    name = f"_softmaxkit_bench_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
-
-
-def _cases_of(path: Path) -> list[Case]:
-    module = _import_file(path)
-    cases = getattr(module, "CASES", None)
-    if not isinstance(cases, (list, tuple)):
-        raise TypeError(f"CASES must be a list of Case, got {type(cases).__name__}")
-    for case in cases:
-        if not isinstance(case, Case):
-            raise TypeError(f"CASES holds a {type(case).__name__}, expected Case")
-    return list(cases)
-
-
-def load_cases(folder: Path) -> tuple[list[tuple[Path, Case]], list[dict]]:
-    """All cases of ``folder/cases_*.py`` as ``(file, case)``, and the files that failed."""
-    found: list[tuple[Path, Case]] = []
-    errors: list[dict] = []
-    seen: dict[str, Path] = {}
-    for path in sorted(folder.glob("cases_*.py")):
-        try:
-            cases = _cases_of(path)
-        except Exception as exc:  # a broken file must not hide the others' results
-            errors.append({"file": str(path), "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        for case in cases:
-            if case.name in seen:
-                raise BenchError(
-                    f"duplicate case name {case.name!r} in {seen[case.name]} and {path}"
-                )
-            seen[case.name] = path
-            found.append((path, case))
-    return found, errors
-
-
-def select(cases: list[tuple[Path, Case]], patterns: Sequence[str] | None) -> list:
-    """Cases whose name contains any of ``patterns`` (case-insensitive); all when none."""
-    if not patterns:
-        return list(cases)
-    lowered = [p.lower() for p in patterns]
-    return [(f, c) for f, c in cases if any(p in c.name.lower() for p in lowered)]
-
-
-def missing_requirement(case: Case) -> str | None:
-    for module in case.requires:
-        try:
-            importlib.import_module(module)
-        except Exception as exc:
-            return f"requires {module!r}: {type(exc).__name__}: {exc}"
-    return None
 
 
 # --------------------------------------------------------------------------- running ops
@@ -218,29 +114,12 @@ def _sync(args: tuple) -> None:
         torch.cuda.synchronize()
 
 
-def _call(fn: Callable, args: tuple, mode: str, cotangent: torch.Tensor | None) -> Any:
-    """One run: the forward under no_grad, or forward then ``backward(cotangent)``."""
-    if mode == "fwd":
-        with torch.no_grad():
-            return fn(*args)
-    out = fn(*args)
-    out.backward(cotangent)
-    return out
-
-
-def _cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
-    """The fixed random cotangent for an output of this shape (same for ours and baseline)."""
-    g = torch.Generator().manual_seed(COTANGENT_SEED)
-    cotangent = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-    return cotangent.to(dtype=dtype, device=device)
-
-
 def _time_once(fn: Callable, args: tuple, mode: str, cotangent, leaves: list) -> float:
     for leaf in leaves:
         leaf.grad = None
     _sync(args)
     start = time.perf_counter()
-    out = _call(fn, args, mode, cotangent)
+    out = call_op(fn, args, mode, cotangent)
     _sync(args)
     elapsed = time.perf_counter() - start
     del out
@@ -316,126 +195,6 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     if diff.isnan().any():
         return math.inf
     return float(diff.max())
-
-
-# --------------------------------------------------------------------------- memory
-
-
-def _status_bytes(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _malloc_trim() -> None:
-    """Give freed heap memory back to the kernel (glibc), so it is not counted as input."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def _reset_peak() -> str | None:
-    """Reset VmHWM to the current RSS; a note when the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError as exc:
-        return f"cannot reset the peak RSS (/proc/self/clear_refs: {exc.strerror or exc})"
-    return None
-
-
-def measure_peak(fn: Callable, args: tuple, mode: str, cotangent) -> dict:
-    """Peak RSS above what is resident now, for one run of ``fn`` (call in a fresh process)."""
-    gc.collect()
-    _malloc_trim()
-    note = _reset_peak()
-    before = _status_bytes("VmRSS")
-    out = _call(fn, args, mode, cotangent)
-    hwm = _status_bytes("VmHWM")
-    del out
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    maxrss *= 1 if sys.platform == "darwin" else 1024
-    if note is None and (before is None or hwm is None):
-        note = "no /proc/self/status: peak above inputs unavailable"
-    above = hwm - before if note is None else None
-    return {
-        "peak_above_inputs_bytes": above,
-        "rss_before_bytes": before,
-        "peak_rss_bytes": maxrss,
-        "note": note,
-    }
-
-
-def _child_main(argv: Sequence[str]) -> int:
-    """``python -m softmaxkit.cli.bench --_child SPEC``: one memory measurement."""
-    spec = json.loads(argv[1])
-    torch.set_num_threads(spec["threads"])
-    cases = _cases_of(Path(spec["file"]))
-    case = next(c for c in cases if c.name == spec["case"])
-    fn = case.ours if spec["impl"] == "ours" else case.baseline
-    # Warm up on the small inputs first: the first call of an op (the first backward
-    # above all, ~36 MB) pages in library code, which is not the op's allocation.
-    small = case.setup(True)
-    with torch.no_grad():
-        ones = torch.ones_like(fn(*small)) if spec["mode"] == "fwdbwd" else None
-    _call(fn, small, spec["mode"], ones)
-    del small, ones
-    torch.manual_seed(SETUP_SEED)
-    args = case.setup(spec["quick"])
-    cotangent = None
-    if spec["mode"] == "fwdbwd":
-        cotangent = _cotangent(spec["shape"], getattr(torch, spec["dtype"]), spec["device"])
-    result = measure_peak(fn, args, spec["mode"], cotangent)
-    result["warmup"] = "one run on setup(quick=True) inputs"
-    print(CHILD_MARKER + json.dumps(result), flush=True)
-    return 0
-
-
-def _child_env() -> dict:
-    import softmaxkit
-
-    env = dict(os.environ)
-    src = str(Path(softmaxkit.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def memory_child(
-    file: Path, case: Case, impl: str, mode: str, quick: bool, cotangent: tuple | None
-) -> dict:
-    """Run :func:`measure_peak` in a fresh interpreter and return its report;
-    ``cotangent`` is ``(shape, dtype, device)`` for fwd+bwd, ``None`` for fwd."""
-    shape, dtype, device = cotangent or (None, None, None)
-    spec = {
-        "file": str(file),
-        "case": case.name,
-        "impl": impl,
-        "mode": mode,
-        "quick": quick,
-        "threads": torch.get_num_threads(),
-        "shape": None if shape is None else list(shape),
-        "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-        "device": None if device is None else str(device),
-    }
-    cmd = [sys.executable, "-m", "softmaxkit.cli.bench", CHILD_FLAG, json.dumps(spec)]
-    try:
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, env=_child_env()
-        )
-    except subprocess.TimeoutExpired:
-        return {"peak_above_inputs_bytes": None, "note": f"child timed out ({CHILD_TIMEOUT_S}s)"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(CHILD_MARKER):
-            return json.loads(line[len(CHILD_MARKER) :])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {
-        "peak_above_inputs_bytes": None,
-        "note": f"child failed (exit {proc.returncode}): {tail}",
-    }
 
 
 # --------------------------------------------------------------------------- one case
@@ -523,7 +282,7 @@ def run_case(
                 if impl == "baseline" and out_spec["baseline"] == out_spec["ours"]:
                     cotangents[impl] = cotangents["ours"]
                 else:
-                    cotangents[impl] = _cotangent(*out_spec[impl], device)
+                    cotangents[impl] = make_cotangent(*out_spec[impl], device)
             if device.type != "cpu":
                 res["notes"].append("memory is host RSS; accelerator memory is not measured")
 
@@ -593,24 +352,9 @@ def machine_info() -> dict:
     }
 
 
-def _fmt_ratio(r: float | None) -> str:
-    return "-" if r is None else f"{r:.2f}"
-
-
 def _fmt_ms(x: float) -> str:
     digits = 0 if x >= 100 else 1 if x >= 10 else 2 if x >= 0.1 else 3
     return f"{x:.{digits}f}"
-
-
-def _fmt_diff(d: Any) -> str:
-    if d is None:
-        return "-"
-    return d if isinstance(d, str) else f"{d:.1e}"
-
-
-def _ratio_of(res: dict, kind: str, mode: str) -> float | None:
-    entry = (res.get(kind) or {}).get(mode)
-    return entry["ratio"] if entry else None
 
 
 def format_table(results: list[dict]) -> str:
@@ -633,11 +377,11 @@ def format_table(results: list[dict]) -> str:
             t = (res.get("time") or {}).get(mode)
             if t:
                 ms = f"{_fmt_ms(t['ours']['median_ms'])}/{_fmt_ms(t['baseline']['median_ms'])}"
-                cells += [ms, _fmt_ratio(t["ratio"])]
+                cells += [ms, fmt_ratio(t["ratio"])]
             else:
                 cells += ["-", "-"]
-        cells += [_fmt_ratio(_ratio_of(res, "memory", m)) for m in MODES]
-        cells.append(_fmt_diff(res.get("max_abs_diff")))
+        cells += [fmt_ratio(ratio_of(res, "memory", m)) for m in MODES]
+        cells.append(fmt_diff(res.get("max_abs_diff")))
         verdicts = " ".join(f"{k}:{v['verdict']}" for k, v in res["verdicts"].items())
         cells.append(f"{res['verdict']} {verdicts}".strip())
         rows.append(cells)
@@ -690,78 +434,6 @@ class _Progress:
             self.stream.flush()
 
 
-# --------------------------------------------------------------------------- README table
-
-
-def markdown_table(report: dict) -> str:
-    """The README table for a results report."""
-    lines = [
-        "| op/shape | baseline | fwd | fwd+bwd | memory | target | verdict |",
-        "|---|---|---:|---:|---:|---|---|",
-    ]
-    for res in report["cases"]:
-        mem_mode = "fwdbwd" if _ratio_of(res, "memory", "fwdbwd") is not None else "fwd"
-        mem = _ratio_of(res, "memory", mem_mode)
-        mem_cell = "-" if mem is None else f"{mem:.2f}" + (" (fwd)" if mem_mode == "fwd" else "")
-        targets = ", ".join(f"{k} ≤ {v['target']:.3g}" for k, v in res.get("verdicts", {}).items())
-        verdict = res["verdict"]
-        if res["status"] == "failed":
-            verdict += f" (max diff {_fmt_diff(res['max_abs_diff'])} > atol {res['atol']:g})"
-        cells = [
-            f"`{res['name']}`",
-            res["baseline_name"],
-            _fmt_ratio(_ratio_of(res, "time", "fwd")),
-            _fmt_ratio(_ratio_of(res, "time", "fwdbwd")),
-            mem_cell,
-            targets or "-",
-            verdict,
-        ]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    m = report["machine"]
-    date = report["created"][:10]
-    size = " (quick sizes)" if report.get("quick") else ""
-    lines.append("")
-    lines.append(
-        f"Ratios are ours / baseline, lower is better{size}: median time (fwd under no_grad, "
-        "fwd+bwd with a fixed random cotangent) and peak RSS above the inputs, fwd+bwd. "
-        f"Measured {date} on {m.get('cpu_model')} ({m.get('threads')} threads), "
-        f"torch {m.get('torch')}, {m.get('platform')}."
-    )
-    if report.get("skipped"):
-        names = ", ".join(f"`{s['name']}` ({s['reason']})" for s in report["skipped"])
-        lines.append("")
-        lines.append(f"Skipped: {names}.")
-    return "\n".join(lines)
-
-
-def update_readme(readme: Path, results: Path | Sequence[Path]) -> None:
-    """Replace the text between the bench markers of ``readme`` by the table of ``results``
-    (several results files are listed in one table, under the first file's machine)."""
-    files = [results] if isinstance(results, Path) else list(results)
-    if not readme.is_file():
-        raise BenchError(f"--update-readme: {readme} does not exist")
-    for path in files:
-        if not path.is_file():
-            raise BenchError(f"--from: {path} does not exist (run `softmaxkit bench` first)")
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < 0 or end < start:
-        raise BenchError(
-            f"{readme} has no '{README_START}' ... '{README_END}' markers; "
-            "add them where the table should go"
-        )
-    try:
-        reports = [json.loads(path.read_text()) for path in files]
-        report = {**reports[0], "cases": [c for r in reports for c in r["cases"]]}
-        report["skipped"] = [s for r in reports for s in r.get("skipped", [])]
-        table = markdown_table(report)
-    except (ValueError, KeyError, TypeError) as exc:
-        names = ", ".join(str(p) for p in files)
-        raise BenchError(f"{names}: not a softmaxkit bench results file ({exc})") from exc
-    head = text[: start + len(README_START)]
-    readme.write_text(head + "\n" + table + "\n" + text[end:])
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -797,22 +469,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)"
     )
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    parser.add_argument(
-        "--update-readme",
-        nargs="?",
-        const="README.md",
-        metavar="README",
-        help="rewrite the table between the bench markers of README (default README.md) "
-        "from a results file, without running anything",
-    )
-    parser.add_argument(
-        "--from",
-        dest="from_file",
-        action="append",
-        metavar="FILE",
-        help="results file for --update-readme, repeatable to list several in one table "
-        "(default benchmarks/results/latest.json)",
-    )
+    add_readme_arguments(parser)
 
 
 def _finite(obj: Any) -> Any:
@@ -845,14 +502,7 @@ def _write_report(report: dict, out: str | None, folder: Path) -> list[Path]:
 
 def _run(args: argparse.Namespace) -> int:
     if args.update_readme is not None:
-        results = (
-            [Path(f) for f in args.from_file]
-            if args.from_file
-            else [find_cases_dir(args.cases) / "results" / "latest.json"]
-        )
-        update_readme(Path(args.update_readme), results)
-        print(f"updated {args.update_readme} from {', '.join(str(p) for p in results)}")
-        return 0
+        return run_update_readme(args)
     if args.repeats is not None and args.repeats < 1:
         raise BenchError(f"--repeats must be >= 1, got {args.repeats}")
     if args.threads is not None:
@@ -934,7 +584,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _entry(argv: Sequence[str]) -> int:
     if argv[:1] == [CHILD_FLAG]:
-        return _child_main(argv)
+        return child_main(argv)
     from softmaxkit.cli.main import main
 
     return main(["bench", *argv])

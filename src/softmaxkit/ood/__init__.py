@@ -6,7 +6,10 @@ pytorch-ood's detectors return outlier scores (higher = more OOD), the negation.
 - Logit scores: :func:`msp_score`, :func:`max_logit_score`, :func:`energy_score`.
 - Feature scores: :class:`Mahalanobis` (with the paper's input pre-processing) and
   :class:`MahalanobisEnsemble`, :class:`KNNScore`, :class:`PrototypeScore` and
-  :class:`SSDScore` (PALM).
+  :class:`SSDScore` (PALM). All but the ensemble share one protocol: ``fit(features,
+  ...)`` returns the detector, ``score(features)`` gives one score per row (in row blocks
+  where memory needs them), scoring before fit raises ``RuntimeError``, and features are
+  checked the same way (a floating (samples, features) tensor, as wide as the fit, finite).
 - Metrics (ID positive unless stated): :func:`auroc`, :func:`aupr_in`, :func:`aupr_out`,
   :func:`fpr_at_tpr`.
 """

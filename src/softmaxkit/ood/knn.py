@@ -12,38 +12,16 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import upcast
+from softmaxkit.ood._detector import FeatureDetector, normalize_rows
 
 __all__ = ["KNNScore"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 #: entries of one (query chunk x bank chunk) similarity block when ``chunk_size`` is None
 _BLOCK_ELEMENTS = 1 << 22
 
 
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm (a zero row stays zero)."""
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
-    return x / norm.clamp(min=torch.finfo(x.dtype).tiny)
-
-
-def _check_features(name: str, features: object, dim: int | None = None) -> torch.Tensor:
-    V.check_floating(name, features)
-    if features.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D (samples, features) tensor, got shape {tuple(features.shape)}"
-        )
-    if dim is not None and features.shape[1] != dim:
-        raise ValueError(
-            f"{name} must have {dim} features (as fitted), got shape {tuple(features.shape)}"
-        )
-    V.check_tensor_values(
-        name, features, low=float("-inf"), high=float("inf"), low_open=True, high_open=True
-    )
-    return features
-
-
-class KNNScore:
+class KNNScore(FeatureDetector):
     r"""Negative distance to the k-th nearest training feature, on L2-normalised features.
 
     With ``z* = z / ||z||`` and the normalised training bank ``{z*_i}``,
@@ -89,15 +67,15 @@ class KNNScore:
 
         float16/bfloat16 are stored in float32; float32/float64 as given.
         """
-        _check_features("features", features)
-        if features.shape[0] < self.k:
-            raise ValueError(
-                f"features must hold at least k={self.k} samples, got {features.shape[0]}"
-            )
-        x = features.detach()
-        x = x.float() if x.dtype in _HALF else x
-        self.bank = _normalize(x)
-        return self
+        return self._fit(features, None)
+
+    def _fit_checked(self, x: torch.Tensor, labels: None) -> None:
+        if x.shape[0] < self.k:
+            raise ValueError(f"features must hold at least k={self.k} samples, got {x.shape[0]}")
+        self.bank = normalize_rows(upcast(x.detach()))
+
+    def _width(self) -> int | None:
+        return None if self.bank is None else self.bank.shape[1]
 
     def _chunks(self) -> tuple[int, int]:
         """(query rows, bank rows) per similarity block."""
@@ -106,31 +84,31 @@ class KNNScore:
         rows = 1024
         return rows, max(self.k, _BLOCK_ELEMENTS // rows)
 
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return self.bank.dtype  # queries are compared in the bank's dtype
+
+    def _rows_per_block(self, x: torch.Tensor) -> int:
+        return self._chunks()[0]
+
+    def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``-||z* - z*_(k)||`` of one query chunk, with a running top-k over bank chunks."""
+        bank = self.bank
+        q = normalize_rows(x.detach())
+        b_step = self._chunks()[1]
+        best_sim = q.new_full((q.shape[0], 0), float("-inf"))
+        best_idx = torch.empty((q.shape[0], 0), dtype=torch.int64, device=q.device)
+        for bs in range(0, bank.shape[0], b_step):
+            sim = q @ bank[bs : bs + b_step].T
+            idx = torch.arange(bs, bs + sim.shape[1], device=q.device).expand_as(sim)
+            sim = torch.cat([best_sim, sim], 1)
+            idx = torch.cat([best_idx, idx], 1)
+            keep = min(self.k, sim.shape[1])
+            best_sim, where = sim.topk(keep, dim=1)
+            best_idx = idx.gather(1, where)
+        # k-th largest similarity = k-th smallest distance; recompute it directly
+        kth = best_idx[:, -1]  # topk is sorted: the last kept one is the k-th
+        return -torch.linalg.vector_norm(q - bank[kth], dim=1)
+
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Scores of ``features`` (N, d): ``-||z* - z*_(k)||``, shape (N,), ``features``' dtype."""
-        if self.bank is None:
-            raise RuntimeError("KNNScore.score called before fit(features)")
-        bank = self.bank
-        _check_features("features", features, bank.shape[1])
-        q_all = _normalize(features.detach().to(bank.dtype))
-        n, m = q_all.shape[0], bank.shape[0]
-        out = torch.empty(n, dtype=bank.dtype, device=bank.device)
-        q_step, b_step = self._chunks()
-        for qs in range(0, n, q_step):
-            q = q_all[qs : qs + q_step]
-            best_sim = q.new_full((q.shape[0], 0), float("-inf"))
-            best_idx = torch.empty((q.shape[0], 0), dtype=torch.int64, device=q.device)
-            for bs in range(0, m, b_step):
-                sim = q @ bank[bs : bs + b_step].T
-                idx = torch.arange(bs, bs + sim.shape[1], device=q.device).expand_as(sim)
-                sim = torch.cat([best_sim, sim], 1)
-                idx = torch.cat([best_idx, idx], 1)
-                keep = min(self.k, sim.shape[1])
-                best_sim, where = sim.topk(keep, dim=1)
-                best_idx = idx.gather(1, where)
-            # k-th largest similarity = k-th smallest distance; recompute it directly
-            kth = best_idx[:, -1]  # topk is sorted: the last kept one is the k-th
-            out[qs : qs + q_step] = -torch.linalg.vector_norm(q - bank[kth], dim=1)
-        return out.to(features.dtype)
-
-    __call__ = score
+        return super().score(features)

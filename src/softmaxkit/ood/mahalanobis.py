@@ -20,30 +20,17 @@ from collections.abc import Callable, Sequence
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import BLOCK_ELEMENTS, upcast
 from softmaxkit._ops.optim import lbfgs
+from softmaxkit.ood._detector import FeatureDetector, class_counts
 
 __all__ = ["Mahalanobis", "MahalanobisEnsemble", "logistic_regression", "NOISE_MAGNITUDES"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 #: the paper's / official script's grid of input pre-processing magnitudes epsilon
 NOISE_MAGNITUDES = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
 
 #: entries of one (rows x max(classes, features)) block of the chunked scoring
-_BLOCK_ELEMENTS = 1 << 20
-
-
-def _pool(name: str, features: object) -> torch.Tensor:
-    """(N, d) features; a (N, C, *spatial) map is averaged over space (the paper's pooling)."""
-    V.check_floating(name, features)
-    if features.ndim < 2:
-        raise ValueError(
-            f"{name} must be (samples, features) or (samples, channels, *spatial), got shape "
-            f"{tuple(features.shape)}"
-        )
-    if features.ndim > 2:
-        features = features.flatten(2).mean(2)
-    return features
+_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 
 def _check_finite(name: str, x: torch.Tensor) -> None:
@@ -52,7 +39,7 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
     )
 
 
-class Mahalanobis:
+class Mahalanobis(FeatureDetector):
     r"""Class-conditional Gaussians with a tied covariance; score = closest class.
 
     Fit (the official ``sample_estimator``): class means ``mu_c`` and the tied
@@ -91,6 +78,10 @@ class Mahalanobis:
         True
     """
 
+    _fit_call = "fit(features, target)"
+    _pool = True  # (N, C, *spatial) features are averaged over space
+    _finite_queries = False  # scored features may be infinite (not NaN)
+
     def __init__(self, *, eps: float = 0.0) -> None:
         self.eps = V.check_number("eps", eps, low=0.0)
         self.means: torch.Tensor | None = None
@@ -105,8 +96,12 @@ class Mahalanobis:
         """Fit the class means and tied covariance on ``features`` (N, d) with labels
         ``target`` (N,) in [0, num_classes) (default: ``target.max() + 1``); every class
         needs at least one sample."""
-        x = _pool("features", features).detach()
-        _check_finite("features", x)
+        return self._fit(features, target, num_classes=num_classes)
+
+    def _fit_checked(
+        self, x: torch.Tensor, target: torch.Tensor, *, num_classes: int | None
+    ) -> None:
+        x = x.detach()
         n = x.shape[0]
         V.check_nonempty("features", x, "sample")
         if num_classes is None:
@@ -116,9 +111,8 @@ class Mahalanobis:
         V.check_class_indices("target", target, (n,), num_classes)
         x = x.to(torch.float64)
         target = target.to(x.device)
-        counts = torch.bincount(target, minlength=num_classes)
-        if bool((counts == 0).any()):
-            missing = int(torch.nonzero(counts == 0)[0, 0])
+        counts, missing = class_counts(target, num_classes)
+        if missing is not None:
             raise ValueError(
                 f"target must hold every class in [0, {num_classes - 1}] at least once, "
                 f"got no sample of class {missing}"
@@ -133,15 +127,16 @@ class Mahalanobis:
         precision = (precision + precision.T) / 2
         self.means, self.covariance, self.precision = means, cov, precision
         self._cache = {}
-        return self
+
+    def _width(self) -> int | None:
+        return None if self.means is None else self.means.shape[1]
 
     @property
     def num_classes(self) -> int:
         return self._fitted().shape[0]
 
     def _fitted(self) -> torch.Tensor:
-        if self.means is None:
-            raise RuntimeError(f"{type(self).__name__} used before fit(features, target)")
+        self._fitted_width()
         return self.means
 
     def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -156,16 +151,6 @@ class Mahalanobis:
             parts = (centre, w, proj, proj.square().sum(1))
             self._cache[key] = tuple(p.to(device=device, dtype=dtype) for p in parts)
         return self._cache[key]
-
-    def _check_query(self, name: str, features: object) -> torch.Tensor:
-        x = _pool(name, features)
-        d = self._fitted().shape[1]
-        if x.shape[1] != d:
-            raise ValueError(
-                f"{name} must have {d} features (as fitted), got shape {tuple(x.shape)}"
-            )
-        V.check_no_nan(name, x)
-        return x
 
     def _whiten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``g = W^T (x - m)`` (rows, r), the class centres ``W^T (mu_c - m)`` and their
@@ -192,24 +177,18 @@ class Mahalanobis:
         """Per-class scores ``-(f - mu_c)^T Sigma^-1 (f - mu_c)``, shape (N, C), from the
         expanded form (one matmul; in float32 its absolute error grows with ``|g|^2``, so
         :meth:`score` recomputes the winning class's distance directly)."""
-        x = self._check_query("features", features)
-        xc = x.float() if x.dtype in _HALF else x
-        return (-self._sq_distances(xc)).to(x.dtype)
+        x = self._check_queries("features", features)
+        return (-self._sq_distances(upcast(x))).to(x.dtype)
+
+    def _rows_per_block(self, x: torch.Tensor) -> int:
+        return max(1, _BLOCK_ELEMENTS // max(self.num_classes, x.shape[1]))
+
+    def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return -self._closest(x)[1]
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """``M(f) = max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)``, shape (N,), chunked over rows."""
-        x = self._check_query("features", features)
-        xc = x.float() if x.dtype in _HALF else x
-        n, width = xc.shape[0], max(self.num_classes, xc.shape[1])
-        step = max(1, _BLOCK_ELEMENTS // width)
-        if n <= step:
-            return (-self._closest(xc)[1]).to(x.dtype)
-        out = torch.empty(n, dtype=xc.dtype, device=xc.device)
-        for start in range(0, n, step):
-            out[start : start + step] = -self._closest(xc[start : start + step])[1]
-        return out.to(x.dtype)
-
-    __call__ = score
+        return super().score(features)
 
     # -------------------------------------------------------- pre-processing
     def preprocess(
@@ -266,8 +245,7 @@ class Mahalanobis:
         x = inputs.detach().clone().requires_grad_(True)
         with torch.enable_grad():
             feats = _select_layer(model(x), layer)
-            f = self._check_query("model output", feats)
-            f = f.float() if f.dtype in _HALF else f
+            f = upcast(self._check_queries("model output", feats))
             loss = self._closest(f)[1].sum()
             (grad,) = torch.autograd.grad(loss, x)
         step = torch.where(grad >= 0, 1.0, -1.0).to(inputs.dtype)

@@ -122,19 +122,15 @@ def aupr_out(score_in: torch.Tensor, score_out: torch.Tensor) -> torch.Tensor:
     """Area under the precision-recall curve with OOD as the positive class.
 
     :func:`aupr_in` with the roles swapped and the scores negated (an OOD sample should
-    score low): ``aupr_out(s_in, s_out) = aupr_in(-s_out, -s_in)``.
-
-    Args:
-        score_in: ID scores (higher = more ID), any shape, floating.
-        score_out: OOD scores, any shape, floating.
-
-    Returns:
-        0-d float64 tensor in (0, 1].
+    score low): ``aupr_out(s_in, s_out) = aupr_in(-s_out, -s_in)``. Arguments as
+    :func:`aupr_in` (higher = more ID); the result is a 0-d float64 tensor in (0, 1], 1
+    when every OOD score is below every ID score.
 
     Example:
         >>> import torch
-        >>> aupr_out(torch.tensor([3.0, 1.0]), torch.tensor([2.0, 0.0]))
-        tensor(0.8333, dtype=torch.float64)
+        >>> s_in, s_out = torch.tensor([3.0, 2.0, 1.0]), torch.tensor([2.5, 0.0])
+        >>> aupr_out(s_in, s_out), aupr_in(s_in, s_out)
+        (tensor(0.7500, dtype=torch.float64), tensor(0.8056, dtype=torch.float64))
     """
     s_in, s_out = _check_scores(score_in, score_out)
     return _average_precision(-s_out, -s_in)

@@ -28,27 +28,19 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import compute_dtype, upcast
+from softmaxkit.ood._detector import (
+    FeatureDetector,
+    FeatureScore,
+    check_features,
+    class_counts,
+    normalize_rows,
+)
 
 __all__ = ["PrototypeScore", "SSDScore"]
 
-_HALF = (torch.float16, torch.bfloat16)
 
-
-def _features(name: str, features: object, dim: int | None = None) -> torch.Tensor:
-    V.check_floating(name, features)
-    if features.ndim != 2:
-        raise ValueError(
-            f"{name} must be a 2-D (samples, features) tensor, got shape {tuple(features.shape)}"
-        )
-    if dim is not None and features.shape[1] != dim:
-        raise ValueError(f"{name} must have {dim} features, got shape {tuple(features.shape)}")
-    V.check_tensor_values(
-        name, features, low=float("-inf"), high=float("inf"), low_open=True, high_open=True
-    )
-    return features
-
-
-class PrototypeScore:
+class PrototypeScore(FeatureScore):
     r"""Mixture-of-prototypes score from PALM's prototypes.
 
     PALM models class c on the unit sphere by prototypes ``p_1^c .. p_K^c`` and
@@ -85,13 +77,10 @@ class PrototypeScore:
         prototype_labels: torch.Tensor | None = None,
         temperature: float = 0.1,
     ) -> None:
-        _features("prototypes", prototypes)
+        check_features("prototypes", prototypes)
         V.check_nonempty("prototypes", prototypes, "prototype")
-        p = prototypes.detach()
-        p = p.float() if p.dtype in _HALF else p
-        self.prototypes = p / torch.linalg.vector_norm(p, dim=1, keepdim=True).clamp(
-            min=torch.finfo(p.dtype).tiny
-        )
+        p = upcast(prototypes.detach())
+        self.prototypes = normalize_rows(p)
         self.temperature = V.check_number("temperature", temperature, low=0.0, low_open=True)
         n_protos = p.shape[0]
         if prototype_labels is None:
@@ -105,9 +94,8 @@ class PrototypeScore:
                 num_classes = int(prototype_labels.max()) + 1
             V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), num_classes)
             labels = prototype_labels.to(p.device)
-        counts = torch.bincount(labels, minlength=num_classes)
-        if bool((counts == 0).any()):
-            missing = int(torch.nonzero(counts == 0)[0, 0])
+        counts, missing = class_counts(labels, num_classes)
+        if missing is not None:
             raise ValueError(
                 f"prototype_labels must give every class a prototype, got none for class {missing}"
             )
@@ -115,28 +103,36 @@ class PrototypeScore:
         self.prototype_labels = labels
         self._log_counts = counts.to(p.dtype).log()
 
-    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Per-class log mixture likelihoods ``log(1/K_c sum_k exp(p_k . z / tau))``, (N, C)."""
-        x = _features("features", features, self.prototypes.shape[1])
-        protos = self.prototypes
-        dtype = torch.float64 if x.dtype == torch.float64 else protos.dtype
-        z = x.to(dtype)
-        z = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
-        logits = z @ protos.to(dtype).T / self.temperature
+    def _width(self) -> int:
+        return self.prototypes.shape[1]
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return compute_dtype(x, self.prototypes)
+
+    def _class_scores(self, z: torch.Tensor) -> torch.Tensor:
+        """(rows, C) log mixture likelihoods of rows ``z`` already in the compute dtype."""
+        dtype = z.dtype
+        z = normalize_rows(z)
+        logits = z @ self.prototypes.to(dtype).T / self.temperature
         shift = logits.detach().amax(1, keepdim=True)
         mass = torch.zeros(z.shape[0], self.num_classes, dtype=dtype, device=z.device)
         mass = mass.index_add(1, self.prototype_labels, torch.exp(logits - shift))
-        out = mass.log() + shift - self._log_counts.to(dtype)
-        return out.to(x.dtype)
+        return mass.log() + shift - self._log_counts.to(dtype)
+
+    def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return self._class_scores(x).amax(1)
+
+    def class_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-class log mixture likelihoods ``log(1/K_c sum_k exp(p_k . z / tau))``, (N, C)."""
+        x = self._check_queries("features", features)
+        return self._class_scores(x.to(self._compute_dtype(x))).to(x.dtype)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """``max_c`` of :meth:`class_scores`, shape (N,), ``features``' dtype."""
-        return self.class_scores(features).amax(1)
-
-    __call__ = score
+        return super().score(features)
 
 
-class SSDScore:
+class SSDScore(FeatureDetector):
     r"""PALM's test-time score: SSD+ class-agnostic Mahalanobis on normalised features.
 
     As ``eval_maha`` in the official code: with ``u = f / (||f|| + 1e-10)`` and the
@@ -177,7 +173,9 @@ class SSDScore:
 
     def fit(self, features: torch.Tensor) -> SSDScore:
         """Fit the mean, std and precision on training features (N, d), N >= 1."""
-        x = _features("features", features)
+        return self._fit(features, None)
+
+    def _fit_checked(self, x: torch.Tensor, labels: None) -> None:
         V.check_nonempty("features", x, "sample")
         u = self._unit(x.detach().to(torch.float64))
         self.mean = u.mean(0)
@@ -186,21 +184,20 @@ class SSDScore:
         zc = z - z.mean(0)
         cov = zc.T @ zc / z.shape[0]
         self.precision = torch.linalg.pinv(cov, hermitian=True)
-        return self
+
+    def _width(self) -> int | None:
+        return None if self.precision is None else self.precision.shape[0]
+
+    def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std, precision = (
+            t.to(device=x.device, dtype=x.dtype) for t in (self.mean, self.std, self.precision)
+        )
+        z = (self._unit(x) - mean) / (std + 1e-10)
+        if self.official_centering:
+            z = z - mean
+        return -((z @ precision) * z).sum(1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """``-z^T pinv(Sigma) z``, shape (N,); float64 features in float64, others in
         float32, returned in ``features``' dtype."""
-        if self.precision is None:
-            raise RuntimeError("SSDScore.score called before fit(features)")
-        x = _features("features", features, self.precision.shape[0])
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        mean, std, precision = (
-            t.to(device=x.device, dtype=dtype) for t in (self.mean, self.std, self.precision)
-        )
-        z = (self._unit(x.to(dtype)) - mean) / (std + 1e-10)
-        if self.official_centering:
-            z = z - mean
-        return (-((z @ precision) * z).sum(1)).to(x.dtype)
-
-    __call__ = score
+        return super().score(features)

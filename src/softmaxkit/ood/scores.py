@@ -18,10 +18,9 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as V
+from softmaxkit._ops.blocks import upcast
 
 __all__ = ["msp_score", "max_logit_score", "energy_score"]
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _prepare(logits: object, dim: object) -> tuple[torch.Tensor, int]:
@@ -34,7 +33,7 @@ def _prepare(logits: object, dim: object) -> tuple[torch.Tensor, int]:
             f"logits must have at least one class along dim={dim}, got shape {tuple(logits.shape)}"
         )
     V.check_no_nan("logits", logits)
-    x = logits.float() if logits.dtype in _HALF else logits
+    x = upcast(logits)
     return x, d
 
 
