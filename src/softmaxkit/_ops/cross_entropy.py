@@ -212,7 +212,7 @@ def block(targets: Targets, rows: slice, width: int, o: CrossEntropyOptions) -> 
         return Block(rows, None, None, None, None, None, tt, tt.sum(1), cw, V, total)
     index, kept, weight = targets.index[rows], targets.kept[rows], targets.weight[rows]
     column = index - o.vocab_start if o.vocab_start else index
-    if o.vocab_start or width != V:
+    if o.world > 1 or o.vocab_start or width != V:  # a shard of the vocabulary
         own = kept & (column >= 0) & (column < width)
         column = torch.where(own, column, torch.zeros_like(column))
     else:
@@ -230,11 +230,11 @@ def all_reduce(t: torch.Tensor, op: Any, group: Any, world: int) -> torch.Tensor
     return t
 
 
-def global_max(top: torch.Tensor, o: CrossEntropyOptions) -> torch.Tensor:
+def global_max(top: torch.Tensor, group: Any, world: int) -> torch.Tensor:
     """The row max over the whole vocabulary (all_reduce MAX of the local ``top``, a new
     tensor), made finite (0 where +-inf) as ``torch.logsumexp`` does. A constant shift:
     never differentiated."""
-    m = all_reduce(top.clone() if o.world > 1 else top, dist.ReduceOp.MAX, o.group, o.world)
+    m = all_reduce(top.clone() if world > 1 else top, dist.ReduceOp.MAX, group, world)
     return torch.where(m.isinf(), torch.zeros_like(m), m)
 
 
@@ -316,7 +316,7 @@ def block_statistics(s: torch.Tensor, blk: Block, o: CrossEntropyOptions):
         if o.label_smoothing > 0:
             cw = blk.class_weight
             local["logit_sum"] = s.sum(1) if cw is None else s @ cw
-    m = global_max(s.amax(1), o)
+    m = global_max(s.amax(1), o.group, o.world)
     e = s.sub_(m.unsqueeze(1)).exp_()
     return e, reduce_statistics(m, RowStats(m, sumexp=e.sum(1), **local), blk, o)
 
@@ -341,7 +341,7 @@ def row_loss(stats: RowStats, blk: Block, o: CrossEntropyOptions) -> torch.Tenso
     return torch.where(blk.kept, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
-def penalty_rows(lse: torch.Tensor, kept: torch.Tensor | None, o) -> torch.Tensor | None:
+def penalty_rows(lse: torch.Tensor | None, kept: torch.Tensor | None, o) -> torch.Tensor | None:
     """``c lse^2`` per row (0 on ignored rows), or None when ``c = 0``."""
     if o.logsumexp_penalty == 0.0:
         return None
@@ -371,7 +371,9 @@ def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossE
     return torch.where(D == 0, one, D), torch.where(n == 0, one, n)
 
 
-def reduce_loss(ce: torch.Tensor, lse: torch.Tensor, targets: Targets, den, o) -> torch.Tensor:
+def reduce_loss(
+    ce: torch.Tensor, lse: torch.Tensor | None, targets: Targets, den, o
+) -> torch.Tensor:
     """The loss of a call from its per-row cross-entropy parts ``ce`` and ``lse``:
     ``ce + c lse^2`` per row for "none", else ``sum ce / D + sum c lse^2 / n`` with
     ``den = (D, n)`` (:func:`mean_denominators`; 1 for "sum")."""
