@@ -59,6 +59,7 @@ __all__ = [
     "all_reduce",
     "global_max",
     "index_targets",
+    "targets_of",
     "prob_targets",
     "block",
     "chunk_logits",
@@ -70,6 +71,8 @@ __all__ = [
     "reduce_loss",
     "logit_grad_",
     "linear_chunks",
+    "linear_loss",
+    "linear_grads",
 ]
 
 #: Bounds (bytes) of one chunk's logits for the default ``chunk_size``.
@@ -159,8 +162,22 @@ def index_targets(
     if class_weight is None:
         weight = kept.to(dtype)
     else:
-        weight = torch.where(kept, class_weight[index], torch.zeros((), dtype=dtype))
+        weight = torch.where(
+            kept, class_weight[index], torch.zeros((), dtype=dtype, device=kept.device)
+        )
     return Targets(index, kept, weight, None, class_weight, dtype)
+
+
+def targets_of(
+    target: torch.Tensor, class_weight: torch.Tensor | None, o: CrossEntropyOptions, dtype
+) -> Targets:
+    """:class:`Targets` of a flat target: (rows, V) probabilities when ``o.probs``, else
+    (rows,) int64 class indices in which ``o.ignore_index`` marks the ignored rows."""
+    if o.probs:
+        return prob_targets(target, class_weight, dtype)
+    kept = target != o.ignore_index
+    index = torch.where(kept, target, torch.zeros_like(target))
+    return index_targets(index, kept, class_weight, dtype)
 
 
 def prob_targets(
@@ -543,3 +560,38 @@ def linear_chunks(
         if gb is not None:
             gb.add_(G.sum(0))
     return ChunkResult(ce, lse_out, pred, gx, gw, gb)
+
+
+def linear_loss(
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    targets: Targets,
+    o: CrossEntropyOptions,
+    *,
+    needs: tuple[bool, bool, bool] = (False, False, False),
+) -> tuple[torch.Tensor, ChunkResult]:
+    """``(loss, chunks)``: the reduced loss of ``x W^T + b`` and the :class:`ChunkResult`;
+    with any of ``needs``, the gradients of "mean"/"sum" for a unit upstream gradient are
+    computed in the same pass. The "mean" denominators are computed once, here."""
+    den = mean_denominators(targets, x.shape[0], W.dtype, o)
+    res = linear_chunks(x, W, b, targets, o, needs=needs, up=Upstream.from_denominators(den))
+    return reduce_loss(res.ce, res.lse, targets, den, o), res
+
+
+def linear_grads(
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    targets: Targets,
+    o: CrossEntropyOptions,
+    *,
+    needs: tuple[bool, bool, bool],
+    grad: torch.Tensor,
+    lse: torch.Tensor,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(grad_x, grad_W, grad_b)`` of reduction "none" for the per-row upstream ``grad``,
+    recomputing each chunk's logits; the saved global ``lse`` gives the softmax."""
+    g = grad.to(W.dtype)
+    res = linear_chunks(x, W, b, targets, o, needs=needs, up=Upstream(g, g), lse=lse)
+    return res.grad_x, res.grad_w, res.grad_b

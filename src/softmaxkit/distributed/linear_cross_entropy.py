@@ -52,21 +52,19 @@ def _sum_over_ranks(gx: torch.Tensor | None, o: CrossEntropyOptions) -> None:
 
 class _VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, tgt, kept, call: _Call):
+    def forward(ctx, x, W, b, target, call: _Call):
         o = call.ce
         eager = o.reduction != "none"
-        targets = ce_ops.index_targets(tgt, kept, None, W.dtype)
-        den = ce_ops.mean_denominators(targets, x.shape[0], W.dtype, o)  # once per call
+        targets = ce_ops.targets_of(target, None, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
-        up = ce_ops.Upstream.from_denominators(den)
-        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs, up=up)
+        loss, res = ce_ops.linear_loss(x, W, b, targets, o, needs=needs)
         if eager:
             _sum_over_ranks(res.grad_x, o)
             ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
         else:
-            ctx.save_for_backward(x, W, b, tgt, kept, res.lse)
+            ctx.save_for_backward(x, W, b, target, res.lse)
         ctx.call, ctx.x_dtype = call, x.dtype
-        return ce_ops.reduce_loss(res.ce, res.lse, targets, den, o).to(call.out_dtype)
+        return loss.to(call.out_dtype)
 
     @staticmethod
     @once_differentiable
@@ -77,17 +75,15 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         else:
             # recompute each chunk's logits; the saved global lse gives the softmax, so no
             # statistic crosses ranks (then the one (N, d) all-reduce of the hidden gradient)
-            x, W, b, tgt, kept, lse = ctx.saved_tensors
-            g = g.to(W.dtype)
-            targets = ce_ops.index_targets(tgt, kept, None, W.dtype)
-            res = ce_ops.linear_chunks(
-                x, W, b, targets, o, needs=ctx.call.needs, up=ce_ops.Upstream(g, g), lse=lse
+            x, W, b, target, lse = ctx.saved_tensors
+            targets = ce_ops.targets_of(target, None, o, W.dtype)
+            gx, gw, gb = ce_ops.linear_grads(
+                x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse
             )
-            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
             _sum_over_ranks(gx, o)
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -193,7 +189,8 @@ def vocab_parallel_linear_cross_entropy(
     rows = x.shape[0]
     eps = float(label_smoothing)
     start, total = vocab_layout(width, rows, x.device, ranks, vocab_start_index, need_total=eps > 0)
-    tgt, kept = class_index(target, ignore_index, total)
+    class_index(target, ignore_index, total)  # checks the kept values where readable
+    flat = target.reshape(-1).long()
     cdt = compute_dtype(hidden)
     if chunk_size is None:
         chunk_size = default_chunk_size(rows, width, d, cdt)
@@ -211,7 +208,7 @@ def vocab_parallel_linear_cross_entropy(
         vocab_total=total,
         group=group,
         world=world,
-        check_owned=checks_values(tgt) and world > 1,
+        check_owned=checks_values(flat) and world > 1,
     )
     grad_on = torch.is_grad_enabled()
     needs = (
@@ -222,5 +219,5 @@ def vocab_parallel_linear_cross_entropy(
     W = local_weight.to(cdt)
     b = None if local_bias is None else local_bias.to(cdt)
     call = _Call(ce=o, needs=needs, out_dtype=hidden.dtype)
-    loss = _VocabParallelLinearCE.apply(x, W, b, tgt, kept, call)
+    loss = _VocabParallelLinearCE.apply(x, W, b, flat, call)
     return loss.reshape(target.shape) if reduction == "none" else loss

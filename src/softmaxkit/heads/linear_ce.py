@@ -61,20 +61,13 @@ class LinearCrossEntropyExtras(NamedTuple):
 
 @dataclass(frozen=True, kw_only=True)
 class _Call:
-    """One call's options: the cross-entropy rules' and which gradients to compute."""
+    """One call's options: the cross-entropy rules', which gradients to compute, and the
+    (V,) class weights (compute dtype; not differentiated) or None."""
 
     ce: CrossEntropyOptions
     needs: tuple[bool, bool, bool]
     out_dtype: torch.dtype
-
-
-def _targets(target: torch.Tensor, cw: torch.Tensor | None, o: CrossEntropyOptions, dtype):
-    """The rules' :class:`~softmaxkit._ops.cross_entropy.Targets` of the flat target."""
-    if o.probs:
-        return ce_ops.prob_targets(target, cw, dtype)
-    kept = target != o.ignore_index
-    index = torch.where(kept, target, torch.zeros_like(target))
-    return ce_ops.index_targets(index, kept, cw, dtype)
+    class_weight: torch.Tensor | None
 
 
 def _dtype_of(*tensors):
@@ -83,15 +76,12 @@ def _dtype_of(*tensors):
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, target, cw, call: _Call):
-        o = call.ce
+    def forward(ctx, x, W, b, target, call: _Call):
+        o, cw = call.ce, call.class_weight
         eager = o.reduction != "none"
-        targets = _targets(target, cw, o, W.dtype)
-        den = ce_ops.mean_denominators(targets, x.shape[0], W.dtype, o)  # once per call
+        targets = ce_ops.targets_of(target, cw, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
-        up = ce_ops.Upstream.from_denominators(den)
-        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs, up=up)
-        loss = ce_ops.reduce_loss(res.ce, res.lse, targets, den, o)
+        loss, res = ce_ops.linear_loss(x, W, b, targets, o, needs=needs)
         ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
         grads = (res.grad_x, res.grad_w, res.grad_b)
@@ -100,7 +90,7 @@ class _LinearCE(torch.autograd.Function):
         elif eager:
             ctx.grads = grads
         else:
-            ctx.save_for_backward(x, W, b, target, cw, res.lse)
+            ctx.save_for_backward(x, W, b, target, res.lse)
         ctx.mark_non_differentiable(res.lse)
         if res.argmax is not None:
             ctx.mark_non_differentiable(res.argmax)
@@ -132,35 +122,19 @@ class _LinearCE(torch.autograd.Function):
                     if t is not None:
                         t.mul_(g)
         else:
-            x, W, b, target, cw, lse = ctx.saved_tensors
-            g = g.to(W.dtype)
-            targets = _targets(target, cw, o, W.dtype)
-            res = ce_ops.linear_chunks(
-                x, W, b, targets, o, needs=ctx.call.needs, up=ce_ops.Upstream(g, g), lse=lse
+            x, W, b, target, lse = ctx.saved_tensors
+            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, W.dtype)
+            gx, gw, gb = ce_ops.linear_grads(
+                x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse
             )
-            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
-        return gx, gw, gb, None, None, None
+        return gx, gw, gb, None, None
 
 
-def _check(
-    input: torch.Tensor,
-    linear_weight: torch.Tensor,
-    target: torch.Tensor,
-    *,
-    linear_bias: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    softcap: float | None,
-    logsumexp_penalty: float,
-    chunk_size: int | None,
-    reduction: str,
-    return_extras: bool,
-) -> bool:
-    """Validate the arguments; True for probability targets, False for class indices."""
-    V, d = v.check_linear_layer(
+def _check_layer(input, linear_weight, linear_bias, weight) -> int:
+    """Validate the output layer and the class weights; the number of classes V."""
+    V, _ = v.check_linear_layer(
         "input", input, "linear_weight", linear_weight, "linear_bias", linear_bias
     )
     if weight is not None:
@@ -169,13 +143,11 @@ def _check(
             raise ValueError(
                 f"weight (class weights) must have shape ({V},), got shape {tuple(weight.shape)}"
             )
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    if softcap is not None:
-        v.check_number("softcap", softcap, low=0.0, low_open=True)
-    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
-    if chunk_size is not None:
-        v.check_int("chunk_size", chunk_size, low=1)
-    v.check_bool("return_extras", return_extras)
+    return V
+
+
+def _probability_target(input, target, V: int, ignore_index: int) -> bool:
+    """Validate ``target``: True for probabilities, False for class indices."""
     v.check_tensor("target", target)
     if target.dtype.is_floating_point:
         expected = tuple(input.shape[:-1]) + (V,)
@@ -282,20 +254,15 @@ def linear_cross_entropy(
         >>> extras.lse.shape, extras.predicted.shape, extras.accuracy.shape
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
-    probs = _check(
-        input,
-        linear_weight,
-        target,
-        linear_bias=linear_bias,
-        weight=weight,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        softcap=softcap,
-        logsumexp_penalty=logsumexp_penalty,
-        chunk_size=chunk_size,
-        reduction=reduction,
-        return_extras=return_extras,
-    )
+    V = _check_layer(input, linear_weight, linear_bias, weight)
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
+    if softcap is not None:
+        v.check_number("softcap", softcap, low=0.0, low_open=True)
+    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
+    if chunk_size is not None:
+        v.check_int("chunk_size", chunk_size, low=1)
+    v.check_bool("return_extras", return_extras)
+    probs = _probability_target(input, target, V, ignore_index)
     V, d = linear_weight.shape
     cdt = compute_dtype(input)
     x2 = input.reshape(-1, d)
@@ -323,16 +290,14 @@ def linear_cross_entropy(
         # the upcast of a half weight is differentiable, so its gradient flows back cast
         W = linear_weight.to(cdt)
         b = None if linear_bias is None else linear_bias.to(cdt)
-        call = _Call(ce=o, needs=needs, out_dtype=input.dtype)
-        loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, cw, call)
+        call = _Call(ce=o, needs=needs, out_dtype=input.dtype, class_weight=cw)
+        loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)
     else:
         W = linear_weight.detach().to(cdt)
         b = None if linear_bias is None else linear_bias.detach().to(cdt)
-        targets = _targets(tgt, cw, o, cdt)
-        res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
-        den = ce_ops.mean_denominators(targets, rows, cdt, o)
-        loss = ce_ops.reduce_loss(res.ce, res.lse, targets, den, o).to(input.dtype)
-        lse, pred = res.lse, res.argmax
+        targets = ce_ops.targets_of(tgt, cw, o, cdt)
+        loss, res = ce_ops.linear_loss(x2.detach(), W, b, targets, o)
+        loss, lse, pred = loss.to(input.dtype), res.lse, res.argmax
     shape = target.shape[:-1] if probs else target.shape
     if reduction == "none":
         loss = loss.reshape(shape)
