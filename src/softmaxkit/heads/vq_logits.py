@@ -542,10 +542,18 @@ class VQLogits(nn.Module):
         return self._log_prob(lc, target).to(hidden.dtype)
 
     def _log_prob(self, lc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_n = self.code_counts.to(lc.dtype).log()
-        lse = torch.logsumexp(lc + log_n, dim=-1)
-        code = self.mapping[target.clamp(0, self.vocab_size - 1)]
-        return lc.gather(-1, code.unsqueeze(-1)).squeeze(-1) - lse
+        stats = self._row_stats(lc, target.clamp(0, self.vocab_size - 1).reshape(-1))
+        return (stats.target_logit - stats.lse).reshape(target.shape)
+
+    def _row_stats(self, lc: torch.Tensor, index: torch.Tensor) -> ce_ops.RowStats:
+        """The rows' ``lse = logsumexp_k(L_c[k] + log n_k)`` and target logit ``L_c[M(y)]``
+        (``index``: flat class indices in [0, V))."""
+        rows = lc.reshape(-1, self.codebook_size)
+        code = self.mapping[index]
+        return ce_ops.RowStats(
+            torch.logsumexp(rows + self.code_counts.to(lc.dtype).log(), dim=-1),
+            target_logit=rows.gather(-1, code.unsqueeze(-1)).squeeze(-1),
+        )
 
     def cross_entropy(
         self,
@@ -588,14 +596,9 @@ class VQLogits(nn.Module):
         flat_kept = kept.reshape(-1)
         index = torch.where(flat_kept, target.reshape(-1), 0).long()
         targets = ce_ops.index_targets(index, flat_kept, None, lc.dtype)
-        rows = lc.reshape(-1, self.codebook_size)
-        code = self.mapping[index]
-        stats = ce_ops.RowStats(
-            torch.logsumexp(rows + self.code_counts.to(lc.dtype).log(), dim=-1),
-            target_logit=rows.gather(-1, code.unsqueeze(-1)).squeeze(-1),
-        )
+        stats = self._row_stats(lc, index)
         blk = ce_ops.block(targets, slice(None), self.vocab_size, o)
-        den = ce_ops.mean_denominators(targets, rows.shape[0], lc.dtype, o)
+        den = ce_ops.mean_denominators(targets, index.shape[0], lc.dtype, o)
         loss = ce_ops.reduce_loss(ce_ops.row_loss(stats, blk, o), stats.lse, targets, den, o)
         if reduction == "none":
             loss = loss.reshape(target.shape)
