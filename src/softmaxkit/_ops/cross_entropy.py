@@ -64,6 +64,7 @@ __all__ = [
     "block",
     "chunk_logits",
     "reduce_statistics",
+    "check_owned_once",
     "block_statistics",
     "row_loss",
     "penalty_rows",
@@ -272,13 +273,15 @@ class RowStats:
     target_dot: torch.Tensor | None = None
 
 
-def reduce_statistics(m: torch.Tensor, local: RowStats, blk: Block, o: CrossEntropyOptions):
+def reduce_statistics(
+    m: torch.Tensor, local: RowStats, blk: Block, o: CrossEntropyOptions
+) -> RowStats:
     """:class:`RowStats` over the whole vocabulary from this block's ``local`` sums.
 
     ``m`` is the global row max (:func:`global_max`) and ``local.sumexp`` this block's
     ``sum exp(s - m)``; its ``lse`` field is ignored. With ``o.world > 1`` the present
     statistics (and, with ``o.check_owned``, an ownership count) travel in one stacked
-    all_reduce SUM. Returns the statistics.
+    all_reduce SUM.
     """
     names = ("sumexp", "target_logit", "logit_sum", "target_dot")
     parts = {k: getattr(local, k) for k in names if getattr(local, k) is not None}
