@@ -57,18 +57,12 @@ def ours(z, y, *, weight=None, upstream, chunk_size=4, **opts):
         kept = y != o.ignore_index
         targets = ce.index_targets(torch.where(kept, y, 0), kept, weight, DT)
     eye = torch.eye(z.shape[1], dtype=DT)
-    den = ce.mean_denominators(targets, z.shape[0], DT, o)
+    needs = (True, False, False)
+    fwd = ce.linear_chunks(z, eye, None, targets, o, needs=needs)
     if o.reduction == "none":
-        fwd = ce.linear_chunks(z, eye, None, targets, o)
-        up = ce.Upstream(upstream, upstream)
-        grad = ce.linear_chunks(
-            z, eye, None, targets, o, needs=(True, False, False), up=up, lse=fwd.lse
-        ).grad_x
-    else:
-        up = ce.Upstream.from_denominators(den)
-        fwd = ce.linear_chunks(z, eye, None, targets, o, needs=(True, False, False), up=up)
-        grad = fwd.grad_x * upstream
-    return ce.reduce_loss(fwd.ce, fwd.lse, targets, den, o), grad
+        grad = ce.linear_chunks(z, eye, None, targets, o, needs=needs, grad=upstream, lse=fwd.lse)
+        return fwd.loss, grad.grad_x
+    return fwd.loss, fwd.grad_x * upstream
 
 
 def check(z, y, reduction, weight=None, **opts):

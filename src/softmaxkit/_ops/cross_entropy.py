@@ -46,6 +46,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from softmaxkit import _validation as v
+
 __all__ = [
     "CrossEntropyOptions",
     "Targets",
@@ -72,8 +74,7 @@ __all__ = [
     "reduce_loss",
     "logit_grad_",
     "linear_chunks",
-    "linear_loss",
-    "linear_grads",
+    "check_options",
 ]
 
 #: Bounds (bytes) of one chunk's logits for the default ``chunk_size``.
@@ -239,6 +240,24 @@ def block(targets: Targets, rows: slice, width: int, o: CrossEntropyOptions) -> 
     if eps > 0:
         mass = mass + (eps / V) * total * kept.to(weight.dtype)
     return Block(rows, index, column, own, kept, weight, None, mass, cw, V, total)
+
+
+def check_options(
+    *,
+    reduction: str,
+    ignore_index: int,
+    label_smoothing: float,
+    softcap: float | None,
+    logsumexp_penalty: float,
+    chunk_size: int | None,
+) -> None:
+    """Validate the options of a fused linear + cross-entropy (names as the public ones)."""
+    v.check_loss_options(reduction, ignore_index, label_smoothing)
+    if softcap is not None:
+        v.check_number("softcap", softcap, low=0.0, low_open=True)
+    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
+    if chunk_size is not None:
+        v.check_int("chunk_size", chunk_size, low=1)
 
 
 def all_reduce(t: torch.Tensor, op: Any, group: Any, world: int) -> torch.Tensor:
@@ -496,10 +515,11 @@ def logit_grad_(
 
 @dataclass
 class ChunkResult:
-    """What :func:`linear_chunks` returns: per-row cross-entropy parts ``ce`` and ``lse``
-    and ``argmax`` (forward only), and the gradients ``grad_x``, ``grad_w``, ``grad_b``
-    (None unless asked for; ``grad_x`` of this rank's slice only)."""
+    """What :func:`linear_chunks` returns: the reduced ``loss``, the per-row cross-entropy
+    parts ``ce``, ``lse`` and ``argmax`` (forward only), and the gradients ``grad_x``,
+    ``grad_w``, ``grad_b`` (None unless asked for; ``grad_x`` of this rank's slice only)."""
 
+    loss: torch.Tensor | None
     ce: torch.Tensor | None
     lse: torch.Tensor | None
     argmax: torch.Tensor | None
@@ -516,22 +536,29 @@ def linear_chunks(
     o: CrossEntropyOptions,
     *,
     needs: tuple[bool, bool, bool] = (False, False, False),
-    up: Upstream | None = None,
+    grad: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
 ) -> ChunkResult:
     """Walk ``x`` (rows, d) in chunks of ``o.chunk_size`` rows against ``W`` (V_r, d).
 
     Forward (``lse`` None): per chunk the (soft-capped) logits, their statistics (reduced
-    over ``o``'s group), the rows' cross-entropy part and lse (and argmax); with any of
-    ``needs`` (x, W, b) also the logit gradient scaled by ``up`` folded at once into
-    ``grad_x[chunk] = G W``, ``grad_W += G^T x[chunk]``, ``grad_b += sum_rows G``.
-    Backward of "none" (``lse`` given, the saved global lse): the softmax is
-    ``exp(s - lse)``, so no statistic is recomputed and none crosses ranks. Peak memory:
+    over ``o``'s group), the rows' cross-entropy part and lse (and argmax), and the reduced
+    ``loss`` (the "mean" denominators computed once, here); with any of ``needs``
+    (x, W, b) also the logit gradient of "mean"/"sum" for a unit upstream gradient, folded
+    at once into ``grad_x[chunk] = G W``, ``grad_W += G^T x[chunk]``,
+    ``grad_b += sum_rows G``. Backward of "none" (``lse``: the saved global lse, ``grad``:
+    the per-row upstream gradient): the softmax is ``exp(s - lse)``, so no statistic is
+    recomputed and none crosses ranks. Peak memory:
     one chunk's logits plus the target distribution (probability targets) and the tanh
     (softcap).
     """
     rows, width, cdt = x.shape[0], W.shape[0], W.dtype
     forward = lse is None
+    if forward:
+        den = mean_denominators(targets, rows, cdt, o)
+        up = Upstream.from_denominators(den)
+    else:
+        up = Upstream(grad.to(cdt), grad.to(cdt))
     ce = x.new_empty(rows, dtype=cdt) if forward else None
     lse_out = x.new_empty(rows, dtype=cdt) if forward else lse
     pred = x.new_empty(rows, dtype=torch.long) if forward and o.want_argmax else None
@@ -562,39 +589,5 @@ def linear_chunks(
             gw.addmm_(G.t(), x_c)
         if gb is not None:
             gb.add_(G.sum(0))
-    return ChunkResult(ce, lse_out, pred, gx, gw, gb)
-
-
-def linear_loss(
-    x: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor | None,
-    targets: Targets,
-    o: CrossEntropyOptions,
-    *,
-    needs: tuple[bool, bool, bool] = (False, False, False),
-) -> tuple[torch.Tensor, ChunkResult]:
-    """``(loss, chunks)``: the reduced loss of ``x W^T + b`` and the :class:`ChunkResult`;
-    with any of ``needs``, the gradients of "mean"/"sum" for a unit upstream gradient are
-    computed in the same pass. The "mean" denominators are computed once, here."""
-    den = mean_denominators(targets, x.shape[0], W.dtype, o)
-    res = linear_chunks(x, W, b, targets, o, needs=needs, up=Upstream.from_denominators(den))
-    return reduce_loss(res.ce, res.lse, targets, den, o), res
-
-
-def linear_grads(
-    x: torch.Tensor,
-    W: torch.Tensor,
-    b: torch.Tensor | None,
-    targets: Targets,
-    o: CrossEntropyOptions,
-    *,
-    needs: tuple[bool, bool, bool],
-    grad: torch.Tensor,
-    lse: torch.Tensor,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """``(grad_x, grad_W, grad_b)`` of reduction "none" for the per-row upstream ``grad``,
-    recomputing each chunk's logits; the saved global ``lse`` gives the softmax."""
-    g = grad.to(W.dtype)
-    res = linear_chunks(x, W, b, targets, o, needs=needs, up=Upstream(g, g), lse=lse)
-    return res.grad_x, res.grad_w, res.grad_b
+    loss = reduce_loss(ce, lse_out, targets, den, o) if forward else None
+    return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb)

@@ -57,7 +57,8 @@ class _VocabParallelLinearCE(torch.autograd.Function):
         eager = o.reduction != "none"
         targets = ce_ops.targets_of(target, None, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
-        loss, res = ce_ops.linear_loss(x, W, b, targets, o, needs=needs)
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        loss = res.loss
         if eager:
             _sum_over_ranks(res.grad_x, o)
             ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
@@ -77,9 +78,8 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             # statistic crosses ranks (then the one (N, d) all-reduce of the hidden gradient)
             x, W, b, target, lse = ctx.saved_tensors
             targets = ce_ops.targets_of(target, None, o, W.dtype)
-            gx, gw, gb = ce_ops.linear_grads(
-                x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse
-            )
+            res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
+            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
             _sum_over_ranks(gx, o)
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
@@ -177,12 +177,14 @@ def vocab_parallel_linear_cross_entropy(
         "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
     )
     check_target(target, hidden.shape[:-1], "hidden's shape without d")
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    if softcap is not None:
-        v.check_number("softcap", softcap, low=0.0, low_open=True)
-    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
-    if chunk_size is not None:
-        v.check_int("chunk_size", chunk_size, low=1)
+    ce_ops.check_options(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        softcap=softcap,
+        logsumexp_penalty=logsumexp_penalty,
+        chunk_size=chunk_size,
+    )
     ranks = resolve_group(group)
     group, world = ranks[0], ranks[1]
     x = hidden.reshape(-1, d)

@@ -81,7 +81,8 @@ class _LinearCE(torch.autograd.Function):
         eager = o.reduction != "none"
         targets = ce_ops.targets_of(target, cw, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
-        loss, res = ce_ops.linear_loss(x, W, b, targets, o, needs=needs)
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        loss = res.loss
         ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
         grads = (res.grad_x, res.grad_w, res.grad_b)
@@ -124,9 +125,8 @@ class _LinearCE(torch.autograd.Function):
         else:
             x, W, b, target, lse = ctx.saved_tensors
             targets = ce_ops.targets_of(target, ctx.call.class_weight, o, W.dtype)
-            gx, gw, gb = ce_ops.linear_grads(
-                x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse
-            )
+            res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
+            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
         return gx, gw, gb, None, None
@@ -255,12 +255,14 @@ def linear_cross_entropy(
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
     V = _check_layer(input, linear_weight, linear_bias, weight)
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    if softcap is not None:
-        v.check_number("softcap", softcap, low=0.0, low_open=True)
-    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
-    if chunk_size is not None:
-        v.check_int("chunk_size", chunk_size, low=1)
+    ce_ops.check_options(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        softcap=softcap,
+        logsumexp_penalty=logsumexp_penalty,
+        chunk_size=chunk_size,
+    )
     v.check_bool("return_extras", return_extras)
     probs = _probability_target(input, target, V, ignore_index)
     V, d = linear_weight.shape
@@ -296,8 +298,8 @@ def linear_cross_entropy(
         W = linear_weight.detach().to(cdt)
         b = None if linear_bias is None else linear_bias.detach().to(cdt)
         targets = ce_ops.targets_of(tgt, cw, o, cdt)
-        loss, res = ce_ops.linear_loss(x2.detach(), W, b, targets, o)
-        loss, lse, pred = loss.to(input.dtype), res.lse, res.argmax
+        res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
+        loss, lse, pred = res.loss.to(input.dtype), res.lse, res.argmax
     shape = target.shape[:-1] if probs else target.shape
     if reduction == "none":
         loss = loss.reshape(shape)
