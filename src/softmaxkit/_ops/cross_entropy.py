@@ -243,7 +243,6 @@ def block(targets: Targets, rows: slice, width: int, o: CrossEntropyOptions) -> 
 
 
 def check_options(
-    *,
     reduction: str,
     ignore_index: int,
     label_smoothing: float,
@@ -251,7 +250,8 @@ def check_options(
     logsumexp_penalty: float,
     chunk_size: int | None,
 ) -> None:
-    """Validate the options of a fused linear + cross-entropy (names as the public ones)."""
+    """Validate the options of a fused linear + cross-entropy, in this order (the
+    arguments' public names)."""
     v.check_loss_options(reduction, ignore_index, label_smoothing)
     if softcap is not None:
         v.check_number("softcap", softcap, low=0.0, low_open=True)

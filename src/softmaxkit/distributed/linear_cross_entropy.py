@@ -177,14 +177,8 @@ def vocab_parallel_linear_cross_entropy(
         "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
     )
     check_target(target, hidden.shape[:-1], "hidden's shape without d")
-    ce_ops.check_options(
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        softcap=softcap,
-        logsumexp_penalty=logsumexp_penalty,
-        chunk_size=chunk_size,
-    )
+    opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
+    ce_ops.check_options(*opts)
     ranks = resolve_group(group)
     group, world = ranks[0], ranks[1]
     x = hidden.reshape(-1, d)

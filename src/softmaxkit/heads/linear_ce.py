@@ -255,14 +255,8 @@ def linear_cross_entropy(
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
     V = _check_layer(input, linear_weight, linear_bias, weight)
-    ce_ops.check_options(
-        reduction=reduction,
-        ignore_index=ignore_index,
-        label_smoothing=label_smoothing,
-        softcap=softcap,
-        logsumexp_penalty=logsumexp_penalty,
-        chunk_size=chunk_size,
-    )
+    opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
+    ce_ops.check_options(*opts)
     v.check_bool("return_extras", return_extras)
     probs = _probability_target(input, target, V, ignore_index)
     V, d = linear_weight.shape
