@@ -13,182 +13,77 @@ is a sum over the ranks' vocabulary slices: one (N, d) SUM all-reduce per call.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit.distributed.vocab_parallel import (
-    _all_reduce,
-    _check_owned_once,
-    _check_target,
-    _checks_values,
-    _class_index,
-    _resolve_group,
-    _vocab_layout,
+from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops.blocks import compute_dtype
+from softmaxkit._ops.cross_entropy import CrossEntropyOptions, default_chunk_size
+from softmaxkit.distributed._group import (
+    check_target,
+    checks_values,
+    class_index,
+    resolve_group,
+    vocab_layout,
 )
-from softmaxkit.heads.linear_ce import default_chunk_size
 
 __all__ = ["vocab_parallel_linear_cross_entropy"]
 
-_HALF = (torch.float16, torch.bfloat16)
+
+@dataclass(frozen=True, kw_only=True)
+class _Call:
+    """One call's options: the cross-entropy rules' (with the group) and which gradients."""
+
+    ce: CrossEntropyOptions
+    needs: tuple[bool, bool, bool]
+    out_dtype: torch.dtype
 
 
-class _Opts(NamedTuple):
-    reduction: str
-    smoothing: float
-    softcap: float | None
-    penalty: float
-    chunk: int
-    start: int
-    total: int | None
-    group: Any
-    world: int
-    check: bool  # read target values on the host to check every row is owned once
-
-
-def _logits(x_c, W, b, o: _Opts):
-    """(s, tanh(z / softcap) or None): the chunk's (soft-capped) logits of this shard."""
-    z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
-    if o.softcap is None:
-        return z, None
-    th = z.div_(o.softcap).tanh_()
-    return th * o.softcap, th
-
-
-def _chunks(x, W, b, tgt, kept, o: _Opts):
-    """Per row chunk: (rows, input chunk in the compute dtype, (soft-capped) logits of this
-    shard, tanh or None, target's local column (0 where not owned), owned-and-kept mask)."""
-    rows, width = x.shape[0], W.shape[0]
-    for lo in range(0, rows, o.chunk):
-        sl = slice(lo, min(lo + o.chunk, rows))
-        x_c = x[sl].to(W.dtype)
-        s, th = _logits(x_c, W, b, o)
-        local = tgt[sl] - o.start
-        own = kept[sl] & (local >= 0) & (local < width)
-        yield sl, x_c, s, th, torch.where(own, local, torch.zeros_like(local)), own
-
-
-def _grad_block(e, th, local, own, scale, o: _Opts):
-    """dLoss/dz of one chunk, in place in ``e``, which holds the global softmax times the
-    row coefficient: subtract the target distribution's part (``scale`` is the row's upstream
-    scale, 0 on ignored rows), then apply the softcap's derivative."""
-    if o.smoothing > 0:
-        e.sub_(((o.smoothing / o.total) * scale).unsqueeze(1))
-    hit = torch.where(own, -(1 - o.smoothing) * scale, torch.zeros_like(scale))
-    e.scatter_add_(1, local.unsqueeze(1), hit.unsqueeze(1))
-    if th is not None:
-        e.mul_(th.mul_(th).neg_().add_(1.0))  # d softcap(z) / dz = 1 - tanh^2
-    return e
-
-
-def _forward(x, W, b, tgt, kept, o: _Opts, needs: tuple[bool, bool, bool]):
-    """Per-row CE part and global lse; with any of ``needs`` (x, W, b) also those unit-scale
-    gradients (divided by the "mean" denominator; x's not yet all-reduced)."""
-    rows, cdt = x.shape[0], W.dtype
-    want_grad = any(needs)
-    ce = x.new_empty(rows, dtype=cdt)
-    lse = x.new_empty(rows, dtype=cdt)
-    gx, gw, gb = _grad_buffers(x, W, needs)
-    keptf = kept.to(cdt)
-    # the upstream scale of each row's loss (1 / kept rows for "mean"; 0 on ignored rows)
-    scale_all = keptf / keptf.sum().clamp(min=1) if o.reduction == "mean" else keptf
-    for sl, x_c, s, th, local, own in _chunks(x, W, b, tgt, kept, o):
-        s_y = torch.where(own, s.gather(1, local.unsqueeze(1)).squeeze(1), 0.0)
-        m = _all_reduce(s.amax(1), dist.ReduceOp.MAX, o.group, o.world)
-        stats = [s_y]
-        if o.smoothing > 0:
-            stats.append(s.sum(1))
-        if o.check:
-            stats.append(own.to(cdt))
-        e = s.sub_(m.unsqueeze(1)).exp_()  # s is a fresh buffer
-        stats = _all_reduce(torch.stack([e.sum(1), *stats]), dist.ReduceOp.SUM, o.group, o.world)
-        if o.check:
-            _check_owned_once(kept[sl], stats[-1], tgt[sl], sl.start)
-        lse_c = m + stats[0].log()
-        loss = lse_c - stats[1]
-        if o.smoothing > 0:
-            loss = (1 - o.smoothing) * loss + o.smoothing * (lse_c - stats[2] / o.total)
-        ce[sl] = loss * keptf[sl]
-        lse[sl] = lse_c
-        if want_grad:
-            scale = scale_all[sl]
-            coef = scale * (1 + 2 * o.penalty * lse_c)
-            e.mul_((coef / stats[0]).unsqueeze(1))
-            _accumulate(_grad_block(e, th, local, own, scale, o), W, x_c, sl, gx, gw, gb)
-    return ce, lse, gx, gw, gb
-
-
-def _grad_buffers(x, W, needs):
-    need_x, need_w, need_b = needs
-    gx = x.new_empty(x.shape[0], x.shape[1], dtype=W.dtype) if need_x else None
-    gw = torch.zeros_like(W) if need_w else None
-    gb = W.new_zeros(W.shape[0]) if need_b else None
-    return gx, gw, gb
-
-
-def _accumulate(G, W, x_c, sl, gx, gw, gb):
+def _sum_over_ranks(gx: torch.Tensor | None, o: CrossEntropyOptions) -> None:
+    """The hidden state's gradient is a sum over the ranks' vocabulary slices."""
     if gx is not None:
-        torch.mm(G, W, out=gx[sl])
-    if gw is not None:
-        gw.addmm_(G.t(), x_c)
-    if gb is not None:
-        gb.add_(G.sum(0))
-
-
-def _backward_none(x, W, b, tgt, kept, lse, g, o: _Opts, needs):
-    """Gradients for reduction "none" (per-row upstream ``g``): recompute each chunk's
-    logits; the saved global lse gives the softmax, so no statistic crosses ranks."""
-    cdt = W.dtype
-    gx, gw, gb = _grad_buffers(x, W, needs)
-    keptf = kept.to(cdt)
-    scale_all = g.to(cdt) * keptf
-    for sl, x_c, s, th, local, own in _chunks(x, W, b, tgt, kept, o):
-        scale = scale_all[sl]
-        coef = scale * (1 + 2 * o.penalty * lse[sl])
-        e = s.sub_(lse[sl].unsqueeze(1)).exp_().mul_(coef.unsqueeze(1))
-        _accumulate(_grad_block(e, th, local, own, scale, o), W, x_c, sl, gx, gw, gb)
-    return gx, gw, gb
-
-
-def _loss(ce, lse, kept, o: _Opts):
-    rows = ce + o.penalty * lse * lse * kept.to(ce.dtype) if o.penalty else ce
-    if o.reduction == "none":
-        return rows
-    total = rows.sum()
-    return total / kept.sum().clamp(min=1) if o.reduction == "mean" else total
+        ce_ops.all_reduce(gx, dist.ReduceOp.SUM, o.group, o.world)
 
 
 class _VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, tgt, kept, o: _Opts, needs, out_dtype):
+    def forward(ctx, x, W, b, target, call: _Call):
+        o = call.ce
         eager = o.reduction != "none"
-        ce, lse, gx, gw, gb = _forward(x, W, b, tgt, kept, o, needs if eager else (False,) * 3)
+        targets = ce_ops.targets_of(target, None, o, W.dtype)
+        needs = call.needs if eager else (False, False, False)
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        loss = res.loss
         if eager:
-            if gx is not None:
-                _all_reduce(gx, dist.ReduceOp.SUM, o.group, o.world)
-            ctx.save_for_backward(gx, gw, gb)
+            _sum_over_ranks(res.grad_x, o)
+            ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
         else:
-            ctx.save_for_backward(x, W, b, tgt, kept, lse)
-        ctx.o, ctx.needs, ctx.x_dtype = o, needs, x.dtype
-        return _loss(ce, lse, kept, o).to(out_dtype)
+            ctx.save_for_backward(x, W, b, target, res.lse)
+        ctx.call, ctx.x_dtype = call, x.dtype
+        return loss.to(call.out_dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
-        o = ctx.o
+        o = ctx.call.ce
         if o.reduction != "none":
             gx, gw, gb = (None if t is None else t * g.to(t.dtype) for t in ctx.saved_tensors)
         else:
-            x, W, b, tgt, kept, lse = ctx.saved_tensors
-            gx, gw, gb = _backward_none(x, W, b, tgt, kept, lse, g, o, ctx.needs)
-            if gx is not None:
-                _all_reduce(gx, dist.ReduceOp.SUM, o.group, o.world)
+            # recompute each chunk's logits; the saved global lse gives the softmax, so no
+            # statistic crosses ranks (then the one (N, d) all-reduce of the hidden gradient)
+            x, W, b, target, lse = ctx.saved_tensors
+            targets = ce_ops.targets_of(target, None, o, W.dtype)
+            res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
+            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
+            _sum_over_ranks(gx, o)
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
-        return gx, gw, gb, None, None, None, None, None
+        return gx, gw, gb, None, None
 
 
 def vocab_parallel_linear_cross_entropy(
@@ -281,39 +176,35 @@ def vocab_parallel_linear_cross_entropy(
     width, d = v.check_linear_layer(
         "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
     )
-    _check_target(target, hidden.shape[:-1], "hidden's shape without d")
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    if softcap is not None:
-        v.check_number("softcap", softcap, low=0.0, low_open=True)
-    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
-    if chunk_size is not None:
-        v.check_int("chunk_size", chunk_size, low=1)
-    group, world, rank = _resolve_group(group)
+    check_target(target, hidden.shape[:-1], "hidden's shape without d")
+    opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
+    ce_ops.check_options(*opts)
+    ranks = resolve_group(group)
+    group, world = ranks[0], ranks[1]
     x = hidden.reshape(-1, d)
     rows = x.shape[0]
     eps = float(label_smoothing)
-    shard_logits = local_weight.new_empty(()).expand(rows, width)  # shape only, never built
-    start, total = _vocab_layout(
-        shard_logits, rows, group, world, rank, vocab_start_index, need_total=eps > 0
-    )
-    tgt, kept = _class_index(target, ignore_index, total)
-    cdt = torch.float32 if hidden.dtype in _HALF else hidden.dtype
+    start, total = vocab_layout(width, rows, x.device, ranks, vocab_start_index, need_total=eps > 0)
+    class_index(target, ignore_index, total)  # checks the kept values where readable
+    flat = target.reshape(-1).long()
+    cdt = compute_dtype(hidden)
     if chunk_size is None:
         chunk_size = default_chunk_size(rows, width, d, cdt)
         if world > 1:  # the same number of chunks (of collectives) on every rank
             chunk = torch.tensor([chunk_size], device=x.device)
-            chunk_size = int(_all_reduce(chunk, dist.ReduceOp.MIN, group, world).item())
-    o = _Opts(
-        reduction,
-        eps,
-        None if softcap is None else float(softcap),
-        float(logsumexp_penalty),
-        chunk_size,
-        start,
-        total,
-        group,
-        world,
-        _checks_values(tgt) and world > 1,
+            chunk_size = int(ce_ops.all_reduce(chunk, dist.ReduceOp.MIN, group, world).item())
+    o = CrossEntropyOptions(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=eps,
+        softcap=None if softcap is None else float(softcap),
+        logsumexp_penalty=float(logsumexp_penalty),
+        chunk_size=chunk_size,
+        vocab_start=start,
+        vocab_total=total,
+        group=group,
+        world=world,
+        check_owned=checks_values(flat) and world > 1,
     )
     grad_on = torch.is_grad_enabled()
     needs = (
@@ -323,5 +214,6 @@ def vocab_parallel_linear_cross_entropy(
     )
     W = local_weight.to(cdt)
     b = None if local_bias is None else local_bias.to(cdt)
-    loss = _VocabParallelLinearCE.apply(x, W, b, tgt, kept, o, needs, hidden.dtype)
+    call = _Call(ce=o, needs=needs, out_dtype=hidden.dtype)
+    loss = _VocabParallelLinearCE.apply(x, W, b, flat, call)
     return loss.reshape(target.shape) if reduction == "none" else loss

@@ -49,30 +49,18 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops import cross_entropy as ce_ops
 from softmaxkit._ops.blocks import compute_dtype, fill_where, row_blocks
+from softmaxkit._ops.cross_entropy import CrossEntropyOptions
+from softmaxkit.distributed._group import (
+    check_target,
+    checks_values,
+    class_index,
+    resolve_group,
+    vocab_layout,
+)
 
 __all__ = ["vocab_parallel_log_softmax", "vocab_parallel_cross_entropy"]
-
-
-def _checks_values(t: torch.Tensor) -> bool:
-    """Whether tensor values may be read (CPU, outside ``torch.compile``): no device sync."""
-    return t.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-def _resolve_group(group: Any) -> tuple[Any, int, int]:
-    """(group, world size, rank in group); world size 1 without an initialised process group."""
-    if not (dist.is_available() and dist.is_initialized()):
-        if group is not None:
-            raise ValueError(
-                f"group must be None when no torch.distributed process group is initialised "
-                f"(world size 1), got {group!r}"
-            )
-        return None, 1, 0
-    world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    if rank < 0:
-        raise ValueError(f"group must contain this process (rank {dist.get_rank()}), got {group!r}")
-    return group, world, rank
 
 
 def _check_local_logits(local_logits: Any) -> torch.Tensor:
@@ -83,12 +71,6 @@ def _check_local_logits(local_logits: Any) -> torch.Tensor:
             f"of the vocabulary on the last dimension), got shape {tuple(local_logits.shape)}"
         )
     return local_logits
-
-
-def _all_reduce(t: torch.Tensor, op: Any, group: Any, world: int) -> torch.Tensor:
-    if world > 1:
-        dist.all_reduce(t, op=op, group=group)
-    return t
 
 
 def _local_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,107 +88,13 @@ def _local_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top, torch.where(top == -torch.inf, top, lse)
 
 
-def _global_max(top: torch.Tensor, group: Any, world: int) -> torch.Tensor:
-    """All-reduce MAX of the local row maxima, made finite (0) where +-inf as in
-    ``torch.logsumexp``. Never differentiated: a constant shift (detached), and the custom
-    backward passes use the softmax, which does not depend on it."""
-    m = _all_reduce(top.clone(), dist.ReduceOp.MAX, group, world)
-    return torch.where(m.isinf(), torch.zeros_like(m), m)
-
-
 def _global_lse(x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
     """Global row lse: MAX all-reduce of the row max m, SUM all-reduce of exp(lse_local - m)."""
     top, local = _local_lse(x)
     if world == 1:
         return local
-    m = _global_max(top, group, world)
-    return m + _all_reduce((local - m).exp(), dist.ReduceOp.SUM, group, world).log()
-
-
-def _vocab_layout(
-    local_logits: torch.Tensor,
-    rows: int,
-    group: Any,
-    world: int,
-    rank: int,
-    vocab_start_index: Any,
-    need_total: bool,
-) -> tuple[int, int | None]:
-    """(vocab_start_index, global vocabulary size or None when unknown and not needed)."""
-    width = local_logits.shape[-1]
-    if vocab_start_index is not None:
-        v.check_int("vocab_start_index", vocab_start_index, low=0)
-    if world == 1:
-        if vocab_start_index not in (None, 0):
-            raise ValueError(
-                f"vocab_start_index must be None or 0 at world size 1, got {vocab_start_index}"
-            )
-        return 0, width
-    if vocab_start_index is None:
-        # one all_gather of (V_local, N) per rank: the offsets, the global size, and a
-        # check that every rank holds the same rows
-        mine = torch.tensor([width, rows], dtype=torch.int64, device=local_logits.device)
-        parts = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(parts, mine, group=group)
-        sizes = torch.stack(parts).cpu()
-        if bool((sizes[:, 1] != rows).any()):
-            raise ValueError(
-                f"local_logits must have the same number of rows on every rank, got "
-                f"{sizes[:, 1].tolist()} rows on ranks 0..{world - 1}"
-            )
-        return int(sizes[:rank, 0].sum()), int(sizes[:, 0].sum())
-    if not need_total:
-        return vocab_start_index, None
-    total = torch.tensor([width], dtype=torch.int64, device=local_logits.device)
-    dist.all_reduce(total, group=group)
-    return vocab_start_index, int(total.item())
-
-
-def _check_target(target: Any, batch_shape: torch.Size, source: str) -> None:
-    """Class indices (an integer dtype) of shape ``batch_shape``."""
-    v.check_tensor("target", target)
-    if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
-        raise TypeError(
-            f"target must hold class indices (an integer dtype), got {target.dtype}; "
-            f"probability targets are not supported by the vocab-parallel loss"
-        )
-    if target.shape != batch_shape:
-        raise ValueError(
-            f"target must have shape {tuple(batch_shape)} ({source}), got {tuple(target.shape)}"
-        )
-
-
-def _class_index(
-    target: torch.Tensor, ignore_index: int, total: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat int64 class index, 0 on ignored rows; flat kept mask), the kept values checked
-    to lie in [0, V) where they can be read without a device sync."""
-    flat = target.reshape(-1)
-    kept = flat != ignore_index
-    if _checks_values(flat) and bool(kept.any()):
-        lo, hi = int(flat[kept].min()), int(flat[kept].max())
-        if lo < 0 or (total is not None and hi >= total):
-            raise ValueError(
-                f"target must hold class indices in [0, {'V - 1' if total is None else total - 1}]"
-                f" (or ignore_index={ignore_index}), got {lo if lo < 0 else hi}"
-            )
-    return torch.where(kept, flat, torch.zeros_like(flat)).to(torch.int64), kept
-
-
-def _check_owned_once(
-    kept: torch.Tensor, owners: torch.Tensor, index: torch.Tensor, first_row: int = 0
-) -> None:
-    """Raise (on every rank alike: ``owners`` is all-reduced) unless each kept row's target
-    lies in exactly one rank's slice; ``first_row`` numbers the rows of a chunk."""
-    bad = kept & (owners != 1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(
-            f"target must be identical on every rank and hold class indices in "
-            f"[0, V - 1] (or ignore_index) with the ranks' slices tiling [0, V); row "
-            f"{first_row + row} (target {int(index[row])}) lies in {int(owners[row])} ranks' "
-            f"slices instead of 1"
-        )
+    m = ce_ops.global_max(top, group, world)
+    return m + ce_ops.all_reduce((local - m).exp(), dist.ReduceOp.SUM, group, world).log()
 
 
 class _VocabParallelLogSoftmax(torch.autograd.Function):
@@ -224,7 +112,7 @@ class _VocabParallelLogSoftmax(torch.autograd.Function):
         (out,) = ctx.saved_tensors
         g = grad.to(out.dtype)
         # d/dz_j sum_k g_k log p_k = g_j - p_j sum_k g_k, the sum over the GLOBAL vocabulary
-        total = _all_reduce(g.sum(1), dist.ReduceOp.SUM, ctx.group, ctx.world)
+        total = ce_ops.all_reduce(g.sum(1), dist.ReduceOp.SUM, ctx.group, ctx.world)
         return (g - out.exp() * total[:, None]).to(ctx.dtype), None, None
 
 
@@ -266,74 +154,59 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         tensor([[-0.1698, -2.1698, -3.1698]])
     """
     _check_local_logits(local_logits)
-    group, world, _ = _resolve_group(group)
+    group, world, _ = resolve_group(group)
     x = local_logits.reshape(-1, local_logits.shape[-1])
     return _VocabParallelLogSoftmax.apply(x, group, world).reshape(local_logits.shape)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-row losses (the cross-entropy rules of :mod:`softmaxkit._ops.cross_entropy`)
+    of the whole local slice; forward all-reduces the statistics, backward is local."""
+
     @staticmethod
-    def forward(
-        ctx,
-        x: torch.Tensor,
-        index: torch.Tensor,
-        kept: torch.Tensor,
-        start: int,
-        total: int | None,
-        eps: float,
-        group: Any,
-        world: int,
-    ) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, kept: torch.Tensor, o):
         dtype = compute_dtype(x)
-        width = x.shape[1]
         top, local_lse = _local_lse(x)
-        m = _global_max(top, group, world)
-        local = index - start
-        own = kept & (local >= 0) & (local < width)
-        local = torch.where(own, local, torch.zeros_like(local))
-        picked = x.gather(1, local[:, None]).squeeze(1).to(dtype)
-        stats = [(local_lse - m).exp(), torch.where(own, picked, torch.zeros_like(picked))]
-        if eps > 0:
-            stats.append(x.sum(1, dtype=dtype))
-        check = _checks_values(index)
-        if check:
-            stats.append(own.to(dtype))
-        stats = _all_reduce(torch.stack(stats), dist.ReduceOp.SUM, group, world)
-        if check:
-            _check_owned_once(kept, stats[-1], index)
-        lse = m + stats[0].log()
-        loss = lse - stats[1]
-        if eps > 0:
-            loss = (1 - eps) * loss + eps * (lse - stats[2] / total)
-        loss = torch.where(kept, loss, torch.zeros_like(loss))
-        ctx.save_for_backward(x, lse, local_lse, local, own, kept)
-        ctx.eps, ctx.total = eps, total
-        return loss
+        m = ce_ops.global_max(top, o.group, o.world)
+        blk = ce_ops.block(
+            ce_ops.index_targets(index, kept, None, dtype), slice(None), x.shape[1], o
+        )
+        picked = x.gather(1, blk.column[:, None]).squeeze(1).to(dtype)
+        local = ce_ops.RowStats(
+            m,
+            sumexp=(local_lse - m).exp(),
+            target_logit=torch.where(blk.own, picked, torch.zeros_like(picked)),
+            logit_sum=x.sum(1, dtype=dtype) if o.label_smoothing > 0 else None,
+        )
+        stats = ce_ops.reduce_statistics(m, local, blk, o)
+        ctx.save_for_backward(x, stats.lse, local_lse, index, kept)
+        ctx.o = o
+        return ce_ops.row_loss(stats, blk, o)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        # local: (softmax - target distribution) on this slice; lse is already global, so
-        # no collective is needed. The global softmax is the local one (torch's fused
-        # kernel) times exp(lse_local - lse); rows that are all -inf here get 0, not NaN.
-        x, lse, local_lse, local, own, kept = ctx.saved_tensors
+        # local: (softmax - target distribution) on this slice (ce_ops.logit_grad_); lse is
+        # already global, so no collective is needed. The global softmax is the local one
+        # (torch's fused kernel) times exp(lse_local - lse); rows that are all -inf here
+        # get 0, not NaN.
+        x, lse, local_lse, index, kept = ctx.saved_tensors
+        o = ctx.o
         dtype = lse.dtype
-        w = torch.where(kept, grad.to(dtype), torch.zeros_like(lse))
-        scale = (local_lse - lse).exp_().mul_(w)
+        targets = ce_ops.index_targets(index, kept, None, dtype)
+        up = ce_ops.Upstream(grad.to(dtype), grad.to(dtype))
+        norm = (local_lse - lse).exp_()
         dead = local_lse == -torch.inf
-        hit = torch.where(own, -(1 - ctx.eps) * w, torch.zeros_like(w))
         out = torch.empty_like(x)
         for b in row_blocks(x.shape[0], x.shape[1]):
-            p = torch.softmax(x[b].to(dtype), 1)
+            p = fill_where(torch.softmax(x[b].to(dtype), 1), dead[b, None], 0.0)
             # write straight into the gradient when no cast back is needed
-            block = torch.mul(p, scale[b, None], out=out[b] if out.dtype == dtype else p)
-            fill_where(block, dead[b, None], 0.0)
-            if ctx.eps > 0:
-                block.sub_((ctx.eps / ctx.total) * w[b, None])
-            block.scatter_add_(1, local[b, None], hit[b, None])
-            if block is p:
-                out[b] = block
-        return out, None, None, None, None, None, None, None
+            blk = ce_ops.block(targets, b, x.shape[1], o)
+            dst = out[b] if out.dtype == dtype else None
+            G = ce_ops.logit_grad_(p, norm[b], lse[b], blk, up.rows(b), o, out=dst)
+            if dst is None:
+                out[b] = G
+        return out, None, None, None
 
 
 def vocab_parallel_cross_entropy(
@@ -419,22 +292,33 @@ def vocab_parallel_cross_entropy(
         2.0698
     """
     _check_local_logits(local_logits)
-    _check_target(
+    check_target(
         target, local_logits.shape[:-1], "local_logits' shape without the vocabulary dimension"
     )
     v.check_int("ignore_index", ignore_index)
     eps = v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     v.check_reduction(reduction)
-    group, world, rank = _resolve_group(group)
+    ranks = resolve_group(group)
     x = local_logits.reshape(-1, local_logits.shape[-1])
-    start, total = _vocab_layout(
-        x, x.shape[0], group, world, rank, vocab_start_index, need_total=eps > 0
+    start, total = vocab_layout(
+        x.shape[1], x.shape[0], x.device, ranks, vocab_start_index, need_total=eps > 0
     )
-    index, kept = _class_index(target, ignore_index, total)
-    losses = _VocabParallelCrossEntropy.apply(x, index, kept, start, total, eps, group, world)
+    index, kept = class_index(target, ignore_index, total)
+    o = CrossEntropyOptions(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=float(eps),
+        vocab_start=start,
+        vocab_total=total,
+        group=ranks[0],
+        world=ranks[1],
+        check_owned=checks_values(index) and ranks[1] > 1,
+    )
+    losses = _VocabParallelCrossEntropy.apply(x, index, kept, o)
+    dtype = losses.dtype
+    targets = ce_ops.index_targets(index, kept, None, dtype)
+    den = ce_ops.mean_denominators(targets, x.shape[0], dtype, o)
+    loss = ce_ops.reduce_loss(losses, None, targets, den, o)  # no penalty: lse unused
     if reduction == "none":
-        return losses.reshape(target.shape).to(local_logits.dtype)
-    out = losses.sum()
-    if reduction == "mean":
-        out = out / kept.sum().clamp(min=1)
-    return out.to(local_logits.dtype)
+        loss = loss.reshape(target.shape)
+    return loss.to(local_logits.dtype)

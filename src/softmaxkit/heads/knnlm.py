@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.blocks import compute_dtype
 
 __all__ = ["KNNLM"]
 
@@ -52,11 +53,6 @@ _RECOMPUTE_ELEMENTS = 1 << 22
 _BLOCK_ELEMENTS = 1 << 24
 _FORMAT = "softmaxkit.heads.KNNLM"
 _VERSION = 1
-
-
-def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half types are computed in float32)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def _check_keys(name: str, keys: Any, dim: int | None) -> torch.Tensor:
@@ -416,7 +412,7 @@ class KNNLM(nn.Module):
         """
         self._check_queries(queries)
         lead = queries.shape[:-1]
-        dtype = _compute_dtype(queries.dtype, self.keys.dtype)
+        dtype = compute_dtype(queries.dtype, self.keys.dtype)
         q = queries.detach().reshape(-1, queries.shape[-1]).to(device=self.keys.device, dtype=dtype)
         if q.shape[0] == 0:
             idx = torch.zeros((0, self.k), dtype=torch.long, device=q.device)
@@ -503,7 +499,7 @@ class KNNLM(nn.Module):
                 f"got {tuple(lm.shape)}"
             )
         out_dtype = lm.dtype
-        lm = lm.to(_compute_dtype(lm.dtype))
+        lm = lm.to(compute_dtype(lm.dtype))
         lm = torch.log_softmax(lm, dim=-1) if name == "lm_logits" else lm
         if self.lambda_ == 0.0:
             return lm.to(out_dtype)

@@ -25,6 +25,7 @@ host synchronisation: the "mean" denominator stays a device tensor.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -32,14 +33,16 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops.blocks import compute_dtype
+from softmaxkit._ops.cross_entropy import (  # noqa: F401 (default_chunk_size: docstrings name it here)
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    CrossEntropyOptions,
+    default_chunk_size,
+)
 
 __all__ = ["LinearCrossEntropy", "LinearCrossEntropyExtras", "linear_cross_entropy"]
-
-#: Bounds (bytes) of one chunk's logits for the default ``chunk_size``.
-MIN_CHUNK_BYTES = 16 * 2**20
-MAX_CHUNK_BYTES = 256 * 2**20
-
-_HALF = (torch.float16, torch.bfloat16)
 
 
 class LinearCrossEntropyExtras(NamedTuple):
@@ -56,174 +59,15 @@ class LinearCrossEntropyExtras(NamedTuple):
     accuracy: torch.Tensor
 
 
-class _Opts(NamedTuple):
-    reduction: str
-    smoothing: float
-    softcap: float | None
-    penalty: float
-    probs: bool
-    chunk: int
-    want_pred: bool
+@dataclass(frozen=True, kw_only=True)
+class _Call:
+    """One call's options: the cross-entropy rules', which gradients to compute, and the
+    (V,) class weights (compute dtype; not differentiated) or None."""
 
-
-def default_chunk_size(
-    rows: int, num_classes: int, in_features: int, dtype: torch.dtype = torch.float32
-) -> int:
-    """Default rows per chunk: a chunk's logits take a quarter of the weight gradient's size.
-
-    The (num_classes, in_features) weight gradient is allocated anyway, so the chunk's
-    temporaries add at most about half of it to the peak (``in_features / 4`` rows),
-    clamped to :data:`MIN_CHUNK_BYTES` (16 MiB: fewer rows make the matmuls inefficient)
-    and :data:`MAX_CHUNK_BYTES` (256 MiB) of logits, and to ``rows``. Measured on a CPU
-    (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row chunks 1.05x.
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    row_bytes = max(num_classes * itemsize, 1)
-    budget = min(max(num_classes * in_features * itemsize // 4, MIN_CHUNK_BYTES), MAX_CHUNK_BYTES)
-    return max(1, min(max(rows, 1), budget // row_bytes))
-
-
-def _chunk(x_c, W, b, tgt, kept, cw, o: _Opts, sce, spen, want_grad: bool):
-    """One chunk: per-row CE part, lse, argmax and (optionally) dLoss/dlogits ``G``.
-
-    ``sce`` / ``spen`` scale the gradient of the CE part / of the penalty (per row or
-    scalar). ``kept`` is a float 0/1 row mask (index targets) or None (probabilities).
-    """
-    V = W.shape[0]
-    z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
-    th = None
-    if o.softcap is not None:
-        th = z.div_(o.softcap).tanh_()
-        s = th * o.softcap
-    else:
-        s = z
-    pred = s.argmax(1) if o.want_pred else None
-    # target-dependent pieces, read before s is overwritten
-    if o.probs:
-        tt = tgt.to(s.dtype)
-        if o.smoothing > 0:
-            tt = tt * (1 - o.smoothing) + o.smoothing / V
-        if cw is not None:
-            tt = tt * cw
-        dot = (tt * s).sum(1)
-        tsum = tt.sum(1)
-    else:
-        s_y = s.gather(1, tgt.unsqueeze(1)).squeeze(1)
-        w_y = kept if cw is None else cw[tgt] * kept
-        if o.smoothing > 0:
-            s_w = s.sum(1) if cw is None else s @ cw
-    m = s.amax(1, keepdim=True)
-    e = s.sub_(m).exp_()  # s is a fresh buffer (z itself, or th * softcap)
-    sumexp = e.sum(1)
-    lse = m.squeeze(1) + sumexp.log()
-    if o.probs:
-        loss_ce = tsum * lse - dot
-    else:
-        loss_ce = (1 - o.smoothing) * w_y * (lse - s_y)
-        if o.smoothing > 0:
-            w_tot = V if cw is None else cw.sum()
-            loss_ce = loss_ce + (o.smoothing / V) * kept * (w_tot * lse - s_w)
-    if not want_grad:
-        return loss_ce, lse, pred, None
-    # G = coef * softmax - ..., with softmax = e / sumexp folded into one pass over e
-    pen = 0.0
-    if o.penalty != 0.0:
-        pen = spen * (2 * o.penalty) * lse
-        if kept is not None:
-            pen = pen * kept
-    if o.probs:
-        G = e.mul_(((sce * tsum + pen) / sumexp).unsqueeze(1)).sub_(_rowmul(sce, tt))
-    else:
-        alpha = sce * (1 - o.smoothing) * w_y
-        if o.smoothing > 0:
-            w_tot = V if cw is None else cw.sum()
-            gamma = sce * (o.smoothing / V) * kept
-            alpha = alpha + gamma * w_tot
-        G = e.mul_(((alpha + pen) / sumexp).unsqueeze(1))
-        G.scatter_add_(1, tgt.unsqueeze(1), (-sce * (1 - o.smoothing) * w_y).unsqueeze(1))
-        if o.smoothing > 0:
-            if cw is None:
-                G.sub_(gamma.unsqueeze(1))
-            else:
-                G.addcmul_(gamma.unsqueeze(1), cw, value=-1.0)
-    if th is not None:
-        G.mul_(th.mul_(th).neg_().add_(1.0))  # d softcap(z) / dz = 1 - tanh^2, in place
-    return loss_ce, lse, pred, G
-
-
-def _rowmul(scale, t):
-    return scale.unsqueeze(1) * t if torch.is_tensor(scale) and scale.ndim == 1 else scale * t
-
-
-def _denominators(tgt, kept, cw, o: _Opts, rows: int, dtype, device):
-    """(D, n): the divisor of the CE part and of the penalty for "mean" (1, 1 otherwise)."""
-    one = torch.ones((), dtype=dtype, device=device)
-    if o.reduction != "mean":
-        return one, one
-    if o.probs:
-        n = torch.full((), float(max(rows, 1)), dtype=dtype, device=device)
-        return n, n
-    n = kept.sum()
-    D = n if cw is None else (cw[tgt] * kept).sum()
-    n = torch.where(n == 0, one, n)
-    D = torch.where(D == 0, one, D)
-    return D, n
-
-
-def _run(x, W, b, tgt, kept, cw, o: _Opts, need_x, need_w, need_b, g=None):
-    """Loop over the chunks. Returns (per-row CE, lse, pred, grad_x, grad_W, grad_b).
-
-    ``g``: per-row upstream gradient (reduction "none" backward) or None (forward).
-    Gradients are computed when any ``need_*`` is set, with unit upstream scale for
-    "mean"/"sum" (divided by the "mean" denominators) and ``g`` for "none".
-    """
-    rows = x.shape[0]
-    cdt = W.dtype
-    want_grad = need_x or need_w or need_b
-    ce = x.new_empty(rows, dtype=cdt)
-    lse = x.new_empty(rows, dtype=cdt)
-    pred = x.new_empty(rows, dtype=torch.long) if o.want_pred else None
-    gx = x.new_empty(rows, x.shape[1], dtype=cdt) if need_x else None
-    gw = torch.zeros_like(W) if need_w else None
-    gb = W.new_zeros(W.shape[0]) if need_b else None
-    sce = spen = None
-    if want_grad and g is None:
-        D, n = _denominators(tgt, kept, cw, o, rows, cdt, x.device)
-        sce, spen = 1.0 / D, 1.0 / n
-    for start in range(0, rows, o.chunk):
-        sl = slice(start, min(start + o.chunk, rows))
-        x_c = x[sl].to(cdt)
-        k_c = None if kept is None else kept[sl]
-        if g is not None:
-            sce = spen = g[sl]
-        l_c, lse_c, p_c, G = _chunk(x_c, W, b, tgt[sl], k_c, cw, o, sce, spen, want_grad)
-        ce[sl] = l_c
-        lse[sl] = lse_c
-        if pred is not None:
-            pred[sl] = p_c
-        if G is not None:
-            if gx is not None:
-                torch.mm(G, W, out=gx[sl])
-            if gw is not None:
-                gw.addmm_(G.t(), x_c)
-            if gb is not None:
-                gb.add_(G.sum(0))
-    return ce, lse, pred, gx, gw, gb
-
-
-def _loss(ce, lse, kept, tgt, cw, o: _Opts, rows: int):
-    pen_rows = None
-    if o.penalty != 0.0:
-        pen_rows = o.penalty * lse * lse
-        if kept is not None:
-            pen_rows = pen_rows * kept
-    if o.reduction == "none":
-        return ce if pen_rows is None else ce + pen_rows
-    D, n = _denominators(tgt, kept, cw, o, rows, ce.dtype, ce.device)
-    loss = ce.sum() / D
-    if pen_rows is not None:
-        loss = loss + pen_rows.sum() / n
-    return loss
+    ce: CrossEntropyOptions
+    needs: tuple[bool, bool, bool]
+    out_dtype: torch.dtype
+    class_weight: torch.Tensor | None
 
 
 def _dtype_of(*tensors):
@@ -232,30 +76,31 @@ def _dtype_of(*tensors):
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, tgt, kept, cw, o, need_x, need_w, need_b, out_dtype):
+    def forward(ctx, x, W, b, target, call: _Call):
+        o, cw = call.ce, call.class_weight
         eager = o.reduction != "none"
-        ce, lse, pred, gx, gw, gb = _run(
-            x, W, b, tgt, kept, cw, o, need_x and eager, need_w and eager, need_b and eager
-        )
-        loss = _loss(ce, lse, kept, tgt, cw, o, x.shape[0])
-        ctx.o, ctx.needs, ctx.x_dtype = o, (need_x, need_w, need_b), x.dtype
+        targets = ce_ops.targets_of(target, cw, o, W.dtype)
+        needs = call.needs if eager else (False, False, False)
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        loss = res.loss
+        ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
+        grads = (res.grad_x, res.grad_w, res.grad_b)
         if eager and torch.compiler.is_compiling():
-            ctx.save_for_backward(gx, gw, gb)
+            ctx.save_for_backward(*grads)
         elif eager:
-            ctx.grads = (gx, gw, gb)
+            ctx.grads = grads
         else:
-            ctx.save_for_backward(x, W, b, tgt, kept, cw)
-        ctx.mark_non_differentiable(lse)
-        if pred is not None:
-            ctx.mark_non_differentiable(pred)
-        return loss.to(out_dtype), lse, pred
+            ctx.save_for_backward(x, W, b, target, res.lse)
+        ctx.mark_non_differentiable(res.lse)
+        if res.argmax is not None:
+            ctx.mark_non_differentiable(res.argmax)
+        return loss.to(call.out_dtype), res.lse, res.argmax
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g, _g_lse, _g_pred):
-        need_x, need_w, need_b = ctx.needs
-        o = ctx.o
+        o = ctx.call.ce
         if o.reduction != "none":
             if ctx.grads is None:  # traced by torch.compile: saved tensors, out of place
                 gx, gw, gb = ctx.saved_tensors
@@ -278,31 +123,18 @@ class _LinearCE(torch.autograd.Function):
                     if t is not None:
                         t.mul_(g)
         else:
-            x, W, b, tgt, kept, cw = ctx.saved_tensors
-            g = g.to(W.dtype)
-            _, _, _, gx, gw, gb = _run(
-                x, W, b, tgt, kept, cw, o._replace(want_pred=False), need_x, need_w, need_b, g=g
-            )
+            x, W, b, target, lse = ctx.saved_tensors
+            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, W.dtype)
+            res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
+            gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
         if gx is not None:
             gx = gx.to(ctx.x_dtype)
-        return gx, gw, gb, None, None, None, None, None, None, None, None
+        return gx, gw, gb, None, None
 
 
-def _check(
-    input,
-    linear_weight,
-    target,
-    linear_bias,
-    weight,
-    ignore_index,
-    label_smoothing,
-    softcap,
-    logsumexp_penalty,
-    chunk_size,
-    reduction,
-    return_extras,
-):
-    V, d = v.check_linear_layer(
+def _check_layer(input, linear_weight, linear_bias, weight) -> int:
+    """Validate the output layer and the class weights; the number of classes V."""
+    V, _ = v.check_linear_layer(
         "input", input, "linear_weight", linear_weight, "linear_bias", linear_bias
     )
     if weight is not None:
@@ -311,13 +143,11 @@ def _check(
             raise ValueError(
                 f"weight (class weights) must have shape ({V},), got shape {tuple(weight.shape)}"
             )
-    v.check_loss_options(reduction, ignore_index, label_smoothing)
-    if softcap is not None:
-        v.check_number("softcap", softcap, low=0.0, low_open=True)
-    v.check_number("logsumexp_penalty", logsumexp_penalty, low=0.0)
-    if chunk_size is not None:
-        v.check_int("chunk_size", chunk_size, low=1)
-    v.check_bool("return_extras", return_extras)
+    return V
+
+
+def _probability_target(input, target, V: int, ignore_index: int) -> bool:
+    """Validate ``target``: True for probabilities, False for class indices."""
     v.check_tensor("target", target)
     if target.dtype.is_floating_point:
         expected = tuple(input.shape[:-1]) + (V,)
@@ -424,67 +254,58 @@ def linear_cross_entropy(
         >>> extras.lse.shape, extras.predicted.shape, extras.accuracy.shape
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
-    probs = _check(
-        input,
-        linear_weight,
-        target,
-        linear_bias,
-        weight,
-        ignore_index,
-        label_smoothing,
-        softcap,
-        logsumexp_penalty,
-        chunk_size,
-        reduction,
-        return_extras,
-    )
+    V = _check_layer(input, linear_weight, linear_bias, weight)
+    opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
+    ce_ops.check_options(*opts)
+    v.check_bool("return_extras", return_extras)
+    probs = _probability_target(input, target, V, ignore_index)
     V, d = linear_weight.shape
-    cdt = torch.float32 if input.dtype in _HALF else input.dtype
+    cdt = compute_dtype(input)
     x2 = input.reshape(-1, d)
     rows = x2.shape[0]
-    chunk = chunk_size if chunk_size is not None else default_chunk_size(rows, V, d, cdt)
-    o = _Opts(
-        reduction,
-        float(label_smoothing),
-        None if softcap is None else float(softcap),
-        float(logsumexp_penalty),
-        probs,
-        chunk,
-        return_extras,
+    o = CrossEntropyOptions(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=float(label_smoothing),
+        softcap=None if softcap is None else float(softcap),
+        logsumexp_penalty=float(logsumexp_penalty),
+        chunk_size=chunk_size if chunk_size is not None else default_chunk_size(rows, V, d, cdt),
+        probs=probs,
+        want_argmax=return_extras,
+        vocab_total=V,
     )
     grad_on = torch.is_grad_enabled()
-    need_x = grad_on and input.requires_grad
-    need_w = grad_on and linear_weight.requires_grad
-    need_b = grad_on and linear_bias is not None and linear_bias.requires_grad
+    needs = (
+        grad_on and input.requires_grad,
+        grad_on and linear_weight.requires_grad,
+        grad_on and linear_bias is not None and linear_bias.requires_grad,
+    )
     cw = None if weight is None else weight.detach().to(cdt)
-    if probs:
-        tgt, kept = target.detach().reshape(rows, V), None
-    else:
-        flat = target.reshape(rows).long()
-        keep = flat != ignore_index
-        tgt, kept = torch.where(keep, flat, 0), keep.to(cdt)
-    if any((need_x, need_w, need_b)):
+    tgt = target.detach().reshape(rows, V) if probs else target.reshape(rows).long()
+    if any(needs):
         # the upcast of a half weight is differentiable, so its gradient flows back cast
         W = linear_weight.to(cdt)
         b = None if linear_bias is None else linear_bias.to(cdt)
-        loss, lse, pred = _LinearCE.apply(
-            x2, W, b, tgt, kept, cw, o, need_x, need_w, need_b, input.dtype
-        )
+        call = _Call(ce=o, needs=needs, out_dtype=input.dtype, class_weight=cw)
+        loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)
     else:
         W = linear_weight.detach().to(cdt)
         b = None if linear_bias is None else linear_bias.detach().to(cdt)
-        ce, lse, pred, *_ = _run(x2.detach(), W, b, tgt, kept, cw, o, False, False, False)
-        loss = _loss(ce, lse, kept, tgt, cw, o, rows).to(input.dtype)
+        targets = ce_ops.targets_of(tgt, cw, o, cdt)
+        res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
+        loss, lse, pred = res.loss.to(input.dtype), res.lse, res.argmax
     shape = target.shape[:-1] if probs else target.shape
     if reduction == "none":
         loss = loss.reshape(shape)
     if not return_extras:
         return loss
-    hit = pred == (tgt.argmax(1) if probs else tgt)
-    if kept is None:
+    if probs:
+        hit = pred == tgt.argmax(1)
         acc = hit.to(cdt).mean() if rows > 0 else lse.new_zeros(())
     else:
-        acc = (hit.to(cdt) * kept).sum() / kept.sum().clamp(min=1)
+        kept = tgt != ignore_index
+        hit = (pred == tgt) & kept
+        acc = hit.to(cdt).sum() / kept.sum().clamp(min=1).to(cdt)
     extras = LinearCrossEntropyExtras(lse.reshape(shape), pred.reshape(shape), acc)
     return loss, extras
 

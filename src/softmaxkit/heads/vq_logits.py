@@ -52,15 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops.blocks import compute_dtype
 
 __all__ = ["KMeansResult", "VQLogits", "kmeans"]
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (half types are computed in float32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 class KMeansResult(NamedTuple):
@@ -167,7 +162,7 @@ def kmeans(
         raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
 
     with torch.no_grad():
-        x = points.detach().to(_compute_dtype(points))
+        x = points.detach().to(compute_dtype(points))
         k = num_clusters
         if init == "random":
             chosen = torch.randperm(n, generator=generator)[:k].to(x.device)
@@ -365,7 +360,7 @@ class VQLogits(nn.Module):
 
         with torch.no_grad():
             if centroids is None and weight is not None:
-                w = weight.detach().to(device=mapping.device, dtype=_compute_dtype(weight))
+                w = weight.detach().to(device=mapping.device, dtype=compute_dtype(weight))
                 counts = torch.bincount(mapping, minlength=k).clamp_min(1).to(w.dtype)
                 sums = torch.zeros(k, hidden_size, dtype=w.dtype, device=w.device)
                 centroids = sums.index_add_(0, mapping, w) / counts[:, None]
@@ -471,7 +466,7 @@ class VQLogits(nn.Module):
         )
         if bias and lin_bias is not None:
             with torch.no_grad():
-                b = lin_bias.detach().to(_compute_dtype(lin_bias))
+                b = lin_bias.detach().to(compute_dtype(lin_bias))
                 sums = torch.zeros(codebook_size, dtype=b.dtype, device=b.device)
                 sums.index_add_(0, head.mapping, b)
                 mean = sums / head.code_counts.clamp_min(1).to(b.dtype)
@@ -503,7 +498,7 @@ class VQLogits(nn.Module):
 
     def _code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Code logits in the compute dtype (float32 for half inputs/parameters)."""
-        dt = _compute_dtype(hidden, self.codebook)
+        dt = compute_dtype(hidden, self.codebook)
         b = None if self.bias is None else self.bias.to(dt)
         return F.linear(hidden.to(dt), self.codebook.to(dt), b)
 
@@ -547,10 +542,18 @@ class VQLogits(nn.Module):
         return self._log_prob(lc, target).to(hidden.dtype)
 
     def _log_prob(self, lc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        log_n = self.code_counts.to(lc.dtype).log()
-        lse = torch.logsumexp(lc + log_n, dim=-1)
-        code = self.mapping[target.clamp(0, self.vocab_size - 1)]
-        return lc.gather(-1, code.unsqueeze(-1)).squeeze(-1) - lse
+        stats = self._row_stats(lc, target.clamp(0, self.vocab_size - 1).reshape(-1))
+        return (stats.target_logit - stats.lse).reshape(target.shape)
+
+    def _row_stats(self, lc: torch.Tensor, index: torch.Tensor) -> ce_ops.RowStats:
+        """The rows' ``lse = logsumexp_k(L_c[k] + log n_k)`` and target logit ``L_c[M(y)]``
+        (``index``: flat class indices in [0, V))."""
+        rows = lc.reshape(-1, self.codebook_size)
+        code = self.mapping[index]
+        return ce_ops.RowStats(
+            torch.logsumexp(rows + self.code_counts.to(lc.dtype).log(), dim=-1),
+            target_logit=rows.gather(-1, code.unsqueeze(-1)).squeeze(-1),
+        )
 
     def cross_entropy(
         self,
@@ -582,13 +585,24 @@ class VQLogits(nn.Module):
         kept = target != ignore_index
         if self.training and self.assignment == "learned":
             self._accumulate(hidden, lc, target, kept)
-        loss = -self._log_prob(lc, torch.where(kept, target, 0))
-        loss = torch.where(kept, loss, loss.new_zeros(()))
+        # the cross-entropy rules over the row statistics lse = logsumexp_k(L_c[k] + log n_k)
+        # and the target logit L_c[M(y)]; differentiated by autograd
+        o = ce_ops.CrossEntropyOptions(
+            reduction=reduction,
+            ignore_index=ignore_index,
+            vocab_total=self.vocab_size,
+            nan_when_empty=True,  # torch's NaN for a "mean" of no kept row
+        )
+        flat_kept = kept.reshape(-1)
+        index = torch.where(flat_kept, target.reshape(-1), 0).long()
+        targets = ce_ops.index_targets(index, flat_kept, None, lc.dtype)
+        stats = self._row_stats(lc, index)
+        blk = ce_ops.block(targets, slice(None), self.vocab_size, o)
+        den = ce_ops.mean_denominators(targets, index.shape[0], lc.dtype, o)
+        loss = ce_ops.reduce_loss(ce_ops.row_loss(stats, blk, o), stats.lse, targets, den, o)
         if reduction == "none":
-            return loss.to(hidden.dtype)
-        if reduction == "sum":
-            return loss.sum().to(hidden.dtype)
-        return (loss.sum() / kept.sum().to(loss.dtype)).to(hidden.dtype)
+            loss = loss.reshape(target.shape)
+        return loss.to(hidden.dtype)
 
     @torch.no_grad()
     def _accumulate(
