@@ -65,6 +65,14 @@ class Case:
     bad: list[Bad] = field(default_factory=list)
     tol: dict = field(default_factory=dict)
     skip: dict = field(default_factory=dict)
+    # optional fields (defaults keep the shape above)
+    main: Callable | None = None  # output -> the tensor the shared tests compare (default:
+    #                               the output itself, or its first element for a tuple)
+    baseline: Callable | None = None  # torch's own op on the same args, for the
+    #                                   low-precision assertion
+    num_classes: Callable | None = None  # Sample -> the class count for one-hot probability
+    #                                      targets (default: args[0].shape[-1])
+    keeps_dtype: bool = True  # a floating input of dtype d gives a floating output of dtype d
 
 
 REGISTRY: dict[str, Case] = {}
