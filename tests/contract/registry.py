@@ -73,6 +73,7 @@ class Case:
     num_classes: Callable | None = None  # Sample -> the class count for one-hot probability
     #                                      targets (default: args[0].shape[-1])
     keeps_dtype: bool = True  # a floating input of dtype d gives a floating output of dtype d
+    prob_axis: int = 1  # the class axis of a probability target of more than one dimension
 
 
 REGISTRY: dict[str, Case] = {}
