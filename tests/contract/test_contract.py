@@ -12,6 +12,7 @@ arguments raise and name the argument.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections import defaultdict
 
@@ -375,6 +376,13 @@ def compile_groups() -> dict[str, list[Case]]:
 GROUPS = compile_groups()
 
 
+# inductor (the default backend) costs minutes of C++ codegen for every package on a 2-core
+# machine; "aot_eager" runs the same Dynamo capture and AOTAutograd graphs (where graph
+# breaks, guards and traced autograd.Functions fail) and is set by default here. Set
+# SOFTMAXKIT_CONTRACT_COMPILE=inductor to run the full compiler.
+BACKEND = os.environ.get("SOFTMAXKIT_CONTRACT_COMPILE", "aot_eager")
+
+
 @pytest.mark.parametrize("group", sorted(GROUPS))
 def test_compile_equals_eager(group: str):
     """One float32 sample per function, all of a package in one compiled function (the
@@ -388,18 +396,33 @@ def test_compile_equals_eager(group: str):
             for case, args, kwargs in zip(members, arg_lists, kwarg_lists)
         ]
 
-    def prepared():
+    def run(fn):
         runs = [with_leaves(s) for s in samples]
-        return [list(r.args) for r, _ in runs], [r.kwargs for r, _ in runs], runs
+        outs = fn([list(r.args) for r, _ in runs], [r.kwargs for r, _ in runs])
+        leaves = [leaf for _, case_leaves in runs for leaf in case_leaves]
+        # one backward for all: <outputs, fixed cotangents> (the leaves are per case)
+        total = sum(
+            (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(7))).sum()
+            for out in outs
+            if out.requires_grad
+        )
+        got = torch.autograd.grad(total, leaves, allow_unused=True) if leaves else ()
+        sizes = [len(case_leaves) for _, case_leaves in runs]
+        per_case, start = [], 0
+        for n in sizes:
+            per_case.append(got[start : start + n])
+            start += n
+        return outs, per_case
 
     torch._dynamo.reset()
-    args, kwargs, runs = prepared()
-    eager = run_all(args, kwargs)
-    c_args, c_kwargs, c_runs = prepared()
-    compiled = torch.compile(run_all)(c_args, c_kwargs)
-    for case, e, c, (_, e_leaves), (_, c_leaves) in zip(members, eager, compiled, runs, c_runs):
+    eager, eager_grads = run(run_all)
+    compiled, compiled_grads = run(torch.compile(run_all, backend=BACKEND))
+    for case, e, c, ge, gc in zip(members, eager, compiled, eager_grads, compiled_grads):
         torch.testing.assert_close(c, e, atol=1e-5, rtol=1e-4, msg=lambda m, n=case.name: n + m)
-        for g, h in zip(grads(c, c_leaves), grads(e, e_leaves)):
+        for g, h in zip(gc, ge):
+            if g is None or h is None:
+                assert g is None and h is None, f"{case.name}: gradient reaches one side only"
+                continue
             torch.testing.assert_close(
                 g, h, atol=1e-5, rtol=1e-4, msg=lambda m, n=case.name: f"{n} gradient: {m}"
             )
