@@ -167,10 +167,15 @@ def test_dtypes(case: Case, dtype: torch.dtype):
     if dtype not in case.dtypes:
         pytest.skip(f"{case.name} does not take {dtype}")
     for k, sample in enumerate(case.samples(dtype)):
-        out = call(case, sample)
-        if case.keeps_dtype:
+        run, leaves = with_leaves(sample)
+        out = call(case, run)
+        if case.keeps_dtype and isinstance(out, (torch.Tensor, tuple, list)):
             got = main_of(case, out).dtype
             assert got == dtype, f"sample {k}: {dtype} in, {got} out"
+        # gradients come back in each input's dtype, finite
+        for leaf, g in zip(leaves, grads(main_of(case, out), leaves) if leaves else ()):
+            assert g.dtype == leaf.dtype, f"sample {k}: {leaf.dtype} input, {g.dtype} gradient"
+            assert torch.isfinite(g).all(), f"sample {k}: non-finite gradient in {dtype}"
         if dtype == torch.float64:
             continue
         wide = as_float64(sample)
