@@ -1466,6 +1466,27 @@ TT_SOFT = Case(
     skip={"compile": NOT_COMPILED},
 )
 
+LONG = torch.long
+TOP_TWO_RESULT = dataclasses.replace(
+    container("softmaxkit.labels.TopTwoResult", TOP_TWO, lambda r: r.confusion),
+    # the fields of a hand-built result, as top_two_soft_labels consumes them
+    op=tt_soft_op,
+    samples=tt_soft_samples,
+    bad=[
+        Bad({}, TypeError, "top1", args={0: torch.zeros(7)}),
+        Bad({}, ValueError, "top1", args={0: torch.zeros(3, dtype=LONG)}),
+        Bad({}, ValueError, "top1", args={0: -torch.ones(7, dtype=LONG)}),
+        Bad({}, ValueError, "confusion", args={2: torch.full((7, 1), 0.7)}),
+    ],
+)
+TOP_TWO_RESULT.skip["bad"] = (
+    "BUG: top_two_soft_labels does not check the fields of the TopTwoResult it is given: "
+    "a float top1 raises a raw RuntimeError from Tensor.scatter_ ('Expected dtype "
+    "int32/int64 for index'), a negative index a raw 'index -1 is out of bounds' "
+    "RuntimeError; a top1 shorter than confusion (a longer one: raw RuntimeError) and a "
+    "(N, 1) confusion are accepted silently"
+)
+
 register(
     STANDARD,
     SOFTMAX,
@@ -1479,7 +1500,7 @@ register(
     AGGREGATE,
     AVERAGE,
     TOP_TWO,
-    container("softmaxkit.labels.TopTwoResult", TOP_TWO, lambda r: r.confusion),
+    TOP_TWO_RESULT,
     TT_SOFT,
 )
 
