@@ -36,7 +36,7 @@ from tests.reference import perpgrad_ref as pg
 
 NOT_COMPILED = (
     "not compiled: evaluation code with data-dependent Python control flow (validation "
-    "reads, bins, iterative fits); the package's differentiable functions are compiled"
+    "reads, bins, iterative fits); one differentiable function per package is compiled"
 )
 FIT_NOT_COMPILED = "not compiled: builds and fits an object (an iterative solver) per call"
 # one compiled function per package bounds the suite's compile time (5-15 s each on 2 cores)
@@ -1130,8 +1130,7 @@ def crowd_samples(extra: dict | None = None):
 
 def crowd_ref(fn, **fixed):
     def reference(annotations, num_classes, dtype=None, **kwargs):
-        out = fn(ints(annotations), num_classes, **{**kwargs, **fixed})
-        return out
+        return fn(ints(annotations), num_classes, **{**kwargs, **fixed})
 
     return reference
 
@@ -1466,7 +1465,6 @@ TT_SOFT = Case(
     skip={"compile": NOT_COMPILED},
 )
 
-LONG = torch.long
 TOP_TWO_RESULT = dataclasses.replace(
     container("softmaxkit.labels.TopTwoResult", TOP_TWO, lambda r: r.confusion),
     # the fields of a hand-built result, as top_two_soft_labels consumes them
@@ -1474,8 +1472,8 @@ TOP_TWO_RESULT = dataclasses.replace(
     samples=tt_soft_samples,
     bad=[
         Bad({}, TypeError, "top1", args={0: torch.zeros(7)}),
-        Bad({}, ValueError, "top1", args={0: torch.zeros(3, dtype=LONG)}),
-        Bad({}, ValueError, "top1", args={0: -torch.ones(7, dtype=LONG)}),
+        Bad({}, ValueError, "top1", args={0: torch.zeros(3, dtype=torch.long)}),
+        Bad({}, ValueError, "top1", args={0: -torch.ones(7, dtype=torch.long)}),
         Bad({}, ValueError, "confusion", args={2: torch.full((7, 1), 0.7)}),
     ],
 )
