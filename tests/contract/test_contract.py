@@ -1,0 +1,477 @@
+"""The shared contract, run over every registered public callable (see ``registry.py``).
+
+Each test reads what applies from the :class:`Case` and skips with the case's reason where a
+field says it does not apply: (a) float64 output equals the float64 reference; (b) every
+dtype runs, keeps its dtype, and low precision stays close to float64 (no worse than torch's
+own op where a baseline exists); (c) reductions agree; (d) ignore_index; (e) one-hot
+probability targets equal class indices; (f) non-contiguous inputs and a non-last ``dim``;
+(g) empty inputs; (h) ``torch.compile`` on CPU equals eager; (i) gradcheck; (j) bad
+arguments raise and name the argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.contract.registry import FLOAT_DTYPES, Case, Sample, all_cases
+
+CASES = all_cases()
+IDS = [case.name for case in CASES]
+IGNORE = -5  # a non-default ignore_index, so the keyword is seen to pass through
+
+# |low precision - float64| allowed where a case sets no tolerance of its own
+DEFAULT_TOL = {
+    torch.float16: {"atol": 2e-3, "rtol": 1e-2},
+    torch.bfloat16: {"atol": 1.6e-2, "rtol": 5e-2},
+    torch.float32: {"atol": 1e-5, "rtol": 1e-4},
+    torch.float64: {"atol": 1e-10, "rtol": 1e-8},
+}
+EXACT = {"atol": 1e-12, "rtol": 1e-10}  # float64 against float64: same math, other layout
+
+
+def cases(test: str, applies=lambda case: True):
+    """Parametrize over every case; those where ``test`` does not apply skip with a reason."""
+    params = []
+    for case in CASES:
+        marks = []
+        if test in case.skip:
+            marks.append(pytest.mark.skip(reason=case.skip[test]))
+        elif not applies(case):
+            marks.append(pytest.mark.skip(reason=f"{test} does not apply to {case.name}"))
+        params.append(pytest.param(case, id=case.name, marks=marks))
+    return pytest.mark.parametrize("case", params)
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def tol(case: Case, dtype: torch.dtype) -> dict:
+    return {**DEFAULT_TOL[dtype], **case.tol.get(dtype, {})}
+
+
+def call(case: Case, sample: Sample, **overrides):
+    return case.op(*sample.args, **{**sample.kwargs, **overrides})
+
+
+def main_of(case: Case, out) -> torch.Tensor:
+    if case.main is not None:
+        return case.main(out)
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def flat(value) -> list:
+    """The tensors / arrays / numbers of a (nested) output, in order."""
+    if isinstance(value, (torch.Tensor, np.ndarray, int, float, np.floating)):
+        return [value]
+    if dataclasses.is_dataclass(value):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in flat(item)]
+    return []
+
+
+def np64(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return (
+            value.detach().to(torch.float64 if value.is_floating_point() else value.dtype).numpy()
+        )
+    return np.asarray(value, dtype=np.float64)
+
+
+def assert_close(actual, expected, atol: float, rtol: float, what: str = "") -> None:
+    got, want = flat(actual), flat(expected)
+    assert got, f"{what}: no output to compare"
+    assert len(got) >= len(want), f"{what}: {len(got)} outputs, reference gives {len(want)}"
+    for k, (a, b) in enumerate(zip(got, want)):
+        a, b = np64(a), np64(b)
+        assert a.shape == b.shape, f"{what} output {k}: shape {a.shape} != {b.shape}"
+        np.testing.assert_allclose(a, b, atol=atol, rtol=rtol, err_msg=f"{what} output {k}")
+
+
+def map_tensors(sample: Sample, fn) -> Sample:
+    def one(value):
+        return fn(value) if isinstance(value, torch.Tensor) else value
+
+    return Sample(
+        tuple(one(a) for a in sample.args),
+        {k: one(v) for k, v in sample.kwargs.items()},
+        sample.grad,
+    )
+
+
+def as_float64(sample: Sample) -> Sample:
+    return map_tensors(
+        sample, lambda t: t.detach().to(torch.float64) if t.is_floating_point() else t
+    )
+
+
+def with_leaves(sample: Sample) -> tuple[Sample, list[torch.Tensor]]:
+    """A copy whose ``grad`` positions are fresh leaves that require grad."""
+    args = list(sample.args)
+    leaves = []
+    for i in sample.grad:
+        args[i] = args[i].detach().clone().requires_grad_(True)
+        leaves.append(args[i])
+    return Sample(tuple(args), dict(sample.kwargs), sample.grad), leaves
+
+
+def grads(output: torch.Tensor, leaves, seed: int = 7) -> list[torch.Tensor]:
+    """Gradients of <output, fixed random cotangent> w.r.t. ``leaves`` (zeros if unused)."""
+    if not leaves or not output.requires_grad:
+        return [torch.zeros_like(leaf) for leaf in leaves]
+    cot = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
+    got = torch.autograd.grad(output, leaves, cot.to(output.dtype), allow_unused=True)
+    return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, got)]
+
+
+def index_target(case: Case, sample: Sample) -> torch.Tensor | None:
+    if case.target_arg is None:
+        return None
+    target = sample.args[case.target_arg]
+    return None if target.is_floating_point() else target
+
+
+def replace_arg(sample: Sample, position: int, value) -> Sample:
+    args = list(sample.args)
+    args[position] = value
+    return Sample(tuple(args), dict(sample.kwargs), sample.grad)
+
+
+# ---------------------------------------------------------------- (a) float64 reference
+
+
+@cases("reference", lambda c: c.reference is not None)
+def test_reference(case: Case):
+    for k, sample in enumerate(case.samples(torch.float64)):
+        out = call(case, sample)
+        expected = case.reference(*sample.args, **sample.kwargs)
+        assert_close(out, expected, **tol(case, torch.float64), what=f"sample {k}")
+
+
+# ------------------------------------------------------------------------- (b) dtypes
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@cases("dtypes")
+def test_dtypes(case: Case, dtype: torch.dtype):
+    if dtype not in case.dtypes:
+        pytest.skip(f"{case.name} does not take {dtype}")
+    for k, sample in enumerate(case.samples(dtype)):
+        run, leaves = with_leaves(sample)
+        out = call(case, run)
+        if case.keeps_dtype and isinstance(out, (torch.Tensor, tuple, list)):
+            got = main_of(case, out).dtype
+            assert got == dtype, f"sample {k}: {dtype} in, {got} out"
+        # gradients come back in each input's dtype, finite
+        for leaf, g in zip(leaves, grads(main_of(case, out), leaves) if leaves else ()):
+            assert g.dtype == leaf.dtype, f"sample {k}: {leaf.dtype} input, {g.dtype} gradient"
+            assert torch.isfinite(g).all(), f"sample {k}: non-finite gradient in {dtype}"
+        if dtype == torch.float64:
+            continue
+        wide = as_float64(sample)
+        expected = main_of(case, call(case, wide)).detach()
+        got = main_of(case, out).detach().to(torch.float64)
+        finite = torch.isfinite(expected)
+        assert torch.equal(torch.isfinite(got), finite), f"sample {k}: inf/NaN pattern differs"
+        err = (got - expected)[finite].abs()
+        base = None if case.baseline is None else case.baseline(*sample.args, **sample.kwargs)
+        if base is not None:
+            base = base.detach().to(torch.float64)
+            base_err = (base - expected)[finite].abs()
+            ulp = torch.finfo(dtype).eps * expected[finite].abs()
+            bound = 2 * base_err.max() + ulp.max() if err.numel() else 0.0
+            assert err.numel() == 0 or err.max() <= bound, (
+                f"sample {k}: error {err.max():.3g} in {dtype}, torch's own {base_err.max():.3g}"
+            )
+        else:
+            t = tol(case, dtype)
+            limit = t["atol"] + t["rtol"] * expected[finite].abs()
+            assert bool((err <= limit).all()), (
+                f"sample {k}: error {err.max():.3g} in {dtype} beyond {t}"
+            )
+
+
+# --------------------------------------------------------------------- (c) reductions
+
+
+@cases("reductions", lambda c: bool(c.reductions))
+def test_reductions(case: Case):
+    for k, sample in enumerate(case.samples(torch.float64)):
+        out = {r: main_of(case, call(case, sample, reduction=r)) for r in case.reductions}
+        if "none" not in out:
+            continue
+        none = out["none"]
+        if "sum" in out:
+            torch.testing.assert_close(out["sum"], none.sum(), **EXACT, msg=f"sample {k} sum")
+        if "mean" in out and sample.kwargs.get("weight") is None:
+            # (with class weights "mean" divides by the kept weight: the reference checks it)
+            target = index_target(case, sample)
+            if case.ignore_index and target is not None:
+                ignore = sample.kwargs.get("ignore_index", -100)
+                kept = int((target != ignore).sum())
+            else:
+                kept = none.numel()
+            expected = none.sum() / kept if kept else none.sum() * 0
+            torch.testing.assert_close(out["mean"], expected, **EXACT, msg=f"sample {k} mean")
+
+
+# ------------------------------------------------------------------- (d) ignore_index
+
+
+def row_leaves(leaves, target: torch.Tensor):
+    """The leaves whose leading dimensions are the target's (one row per target entry)."""
+    return [(i, leaf) for i, leaf in enumerate(leaves) if leaf.shape[: target.ndim] == target.shape]
+
+
+@cases("ignore_index", lambda c: c.ignore_index and c.target_arg is not None)
+def test_ignore_index(case: Case):
+    samples = [s for s in case.samples(torch.float64) if index_target(case, s) is not None]
+    assert samples, "ignore_index needs a sample with a class-index target"
+    sample = samples[0]
+    reduction = {"reduction": "none"} if "none" in case.reductions else {}
+    target = index_target(case, sample).clone()
+    reference = main_of(case, call(case, sample, **reduction)).detach()
+    target.view(-1)[0] = IGNORE
+    ignored = replace_arg(sample, case.target_arg, target)
+
+    # one ignored row: 0 in "none", the others unchanged, left out of "mean", no gradient
+    run, leaves = with_leaves(ignored)
+    out = main_of(case, call(case, run, ignore_index=IGNORE, **reduction))
+    if reduction:
+        assert out.reshape(-1)[0] == 0, "an ignored row must give 0 with reduction='none'"
+        torch.testing.assert_close(out.reshape(-1)[1:], reference.reshape(-1)[1:], **EXACT)
+        if "mean" in case.reductions:
+            mean = main_of(case, call(case, ignored, ignore_index=IGNORE, reduction="mean"))
+            torch.testing.assert_close(mean, out.sum() / (target.numel() - 1), **EXACT)
+    for i, g in row_leaves(grads(out, leaves), target):
+        assert torch.all(g.reshape(target.numel(), -1)[0] == 0), f"leaf {i}: ignored row has grad"
+
+    # every row ignored: 0 (not NaN) with every reduction, and zero gradient
+    everything = replace_arg(sample, case.target_arg, torch.full_like(target, IGNORE))
+    for r in case.reductions or (None,):
+        run, leaves = with_leaves(everything)
+        extra = {} if r is None else {"reduction": r}
+        out = main_of(case, call(case, run, ignore_index=IGNORE, **extra))
+        assert not torch.isnan(out).any(), f"reduction={r}: NaN for an all-ignored batch"
+        assert torch.all(out == 0), f"reduction={r}: an all-ignored batch must give 0"
+        for i, g in enumerate(grads(out, leaves)):
+            assert torch.all(g == 0), f"reduction={r}, leaf {i}: all-ignored batch has grad"
+
+
+# -------------------------------------------------------------- (e) probability targets
+
+
+@cases("prob_targets", lambda c: c.prob_targets and c.target_arg is not None)
+def test_one_hot_probability_target_equals_index_target(case: Case):
+    samples = [
+        s
+        for s in case.samples(torch.float64)
+        if index_target(case, s) is not None and bool((index_target(case, s) >= 0).all())
+    ]
+    assert samples, "needs a sample with a class-index target and no ignored entry"
+    reduction = {"reduction": "none"} if "none" in case.reductions else {}
+    for k, sample in enumerate(samples):
+        target = index_target(case, sample)
+        if case.num_classes is not None:
+            classes = case.num_classes(sample)
+        else:  # the class axis of (N, C, d1, ...) logits with (N, d1, ...) targets, else last
+            x = sample.args[0]
+            classes = x.shape[1] if x.ndim == target.ndim + 1 and x.ndim > 1 else x.shape[-1]
+        one_hot = F.one_hot(target, classes).to(torch.float64)
+        if target.ndim > 0:  # losses take the class axis at 1: (N, C, d1, ...)
+            one_hot = one_hot.movedim(-1, case.prob_axis)
+        run, leaves = with_leaves(sample)
+        index_out = main_of(case, call(case, run, **reduction))
+        index_grads = grads(index_out, leaves)
+        run, leaves = with_leaves(replace_arg(sample, case.target_arg, one_hot))
+        prob_out = main_of(case, call(case, run, **reduction))
+        torch.testing.assert_close(prob_out, index_out, **EXACT, msg=f"sample {k}")
+        for g, h in zip(grads(prob_out, leaves), index_grads):
+            torch.testing.assert_close(g, h, **EXACT, msg=f"sample {k} gradient")
+
+
+# ------------------------------------------------------- (f) non-contiguous, other dim
+
+
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous tensor (every other element of a wider one)."""
+    if t.numel() < 2:
+        return t
+    wide = torch.stack([t.detach(), torch.zeros_like(t)], -1)[..., 0]
+    assert not wide.is_contiguous()
+    return wide.requires_grad_(t.requires_grad) if t.is_floating_point() else wide
+
+
+@cases("noncontiguous", lambda c: c.noncontiguous)
+def test_noncontiguous_equals_contiguous(case: Case):
+    for k, sample in enumerate(case.samples(torch.float64)):
+        run, leaves = with_leaves(sample)
+        expected = call(case, run)
+        expected_grads = grads(main_of(case, expected), leaves)
+        run, leaves = with_leaves(map_tensors(sample, strided))
+        got = call(case, run)
+        assert_close(got, expected, **EXACT, what=f"sample {k}")
+        for g, h in zip(grads(main_of(case, got), leaves), expected_grads):
+            torch.testing.assert_close(g, h, **EXACT, msg=f"sample {k} gradient")
+
+
+@cases("dim", lambda c: c.dim)
+def test_other_dim_equals_movedim(case: Case):
+    tested = 0
+    for k, sample in enumerate(case.samples(torch.float64)):
+        x = sample.args[0]
+        if x.ndim < 2:
+            continue
+        axis = sample.kwargs.get("dim", -1) % x.ndim
+        to = 0 if axis != 0 else x.ndim - 1
+
+        def move(t, shape=x.shape, axis=axis, to=to):
+            return t.movedim(axis, to) if t.shape == shape else t
+
+        moved = map_tensors(sample, move)
+        expected, got = call(case, sample), call(case, moved, dim=to)
+        # outputs of the input's rank carry the moved axis; reduced ones do not
+        back = [
+            t.movedim(to, axis) if isinstance(t, torch.Tensor) and t.ndim == x.ndim else t
+            for t in flat(got)
+        ]
+        assert_close(back, expected, **EXACT, what=f"sample {k}, dim={to}")
+        tested += 1
+    assert tested, "dim needs a sample with at least two dimensions"
+
+
+# ------------------------------------------------------------------------- (g) empty
+
+
+@cases("empty", lambda c: c.empty is not None)
+def test_empty_input(case: Case):
+    run, leaves = with_leaves(case.empty())
+    out = call(case, run)
+    for t in flat(out):
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            assert not torch.isnan(t).any(), "NaN from an empty input"
+    main = main_of(case, out)
+    if main.numel() == 1:
+        assert main.item() == 0, "a reduced loss over no rows must be 0"
+    for leaf, g in zip(leaves, grads(main, leaves)):
+        assert g.shape == leaf.shape and torch.all(g == 0)
+
+
+# ----------------------------------------------------------------------- (h) compile
+
+
+def compile_groups() -> dict[str, list[Case]]:
+    groups = defaultdict(list)
+    for case in CASES:
+        if case.compile and "compile" not in case.skip:
+            groups[case.name.split(".")[1]].append(case)
+    return dict(groups)
+
+
+GROUPS = compile_groups()
+
+
+# inductor (the default backend) costs minutes of C++ codegen for every package on a 2-core
+# machine; "aot_eager" runs the same Dynamo capture and AOTAutograd graphs (where graph
+# breaks, guards and traced autograd.Functions fail) and is set by default here. Set
+# SOFTMAXKIT_CONTRACT_COMPILE=inductor to run the full compiler.
+BACKEND = os.environ.get("SOFTMAXKIT_CONTRACT_COMPILE", "aot_eager")
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_compile_equals_eager(group: str):
+    """One float32 sample per function, all of a package in one compiled function (the
+    compile cost is paid once per package instead of once per function)."""
+    members = GROUPS[group]
+    samples = [case.samples(torch.float32)[0] for case in members]
+
+    def run_all(arg_lists, kwarg_lists):
+        return [
+            main_of(case, case.op(*args, **kwargs))
+            for case, args, kwargs in zip(members, arg_lists, kwarg_lists)
+        ]
+
+    def run(fn):
+        runs = [with_leaves(s) for s in samples]
+        outs = fn([list(r.args) for r, _ in runs], [r.kwargs for r, _ in runs])
+        leaves = [leaf for _, case_leaves in runs for leaf in case_leaves]
+        # one backward for all: <outputs, fixed cotangents> (the leaves are per case)
+        total = sum(
+            (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(7))).sum()
+            for out in outs
+            if out.requires_grad
+        )
+        got = torch.autograd.grad(total, leaves, allow_unused=True) if leaves else ()
+        sizes = [len(case_leaves) for _, case_leaves in runs]
+        per_case, start = [], 0
+        for n in sizes:
+            per_case.append(got[start : start + n])
+            start += n
+        return outs, per_case
+
+    torch._dynamo.reset()
+    eager, eager_grads = run(run_all)
+    compiled, compiled_grads = run(torch.compile(run_all, backend=BACKEND))
+    for case, e, c, ge, gc in zip(members, eager, compiled, eager_grads, compiled_grads):
+        torch.testing.assert_close(c, e, atol=1e-5, rtol=1e-4, msg=lambda m, n=case.name: n + m)
+        for g, h in zip(gc, ge):
+            if g is None or h is None:
+                assert g is None and h is None, f"{case.name}: gradient reaches one side only"
+                continue
+            torch.testing.assert_close(
+                g, h, atol=1e-5, rtol=1e-4, msg=lambda m, n=case.name: f"{n} gradient: {m}"
+            )
+
+
+def test_compile_skips_have_reasons():
+    for case in CASES:
+        if not case.compile:
+            assert case.skip.get("compile"), f"{case.name}: compile=False needs a reason"
+
+
+# --------------------------------------------------------------------- (i) gradcheck
+
+
+@cases("gradcheck", lambda c: c.gradcheck)
+def test_gradcheck(case: Case):
+    checked = 0
+    for sample in case.samples(torch.float64):
+        if not sample.grad:
+            continue
+        run, leaves = with_leaves(sample)
+
+        def fn(*xs, run=run):
+            args = list(run.args)
+            for i, x in zip(run.grad, xs):
+                args[i] = x
+            return main_of(case, case.op(*args, **run.kwargs))
+
+        assert torch.autograd.gradcheck(
+            fn, tuple(leaves), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True
+        )
+        checked += 1
+    assert checked, "gradcheck needs a sample with grad positions"
+
+
+# ------------------------------------------------------------------- (j) bad arguments
+
+
+@cases("bad", lambda c: bool(c.bad))
+def test_bad_arguments_name_the_argument(case: Case):
+    sample = case.samples(torch.float32)[0]
+    for bad in case.bad:
+        args = list(sample.args)
+        for i, value in bad.args.items():
+            args[i] = value
+        with pytest.raises(bad.error, match=re.escape(bad.name)):
+            case.op(*args, **{**sample.kwargs, **bad.kwargs})
