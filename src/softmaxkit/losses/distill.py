@@ -450,7 +450,8 @@ class _USKD(RowLoss):
     def value(self, z, w, t, labels, soft_target) -> torch.Tensor:
         return self._parts(z, w, t, labels, soft_target, grads=False)
 
-    def grad(self, z, w, t, labels, soft_target, g):
+    def grad(self, z, w, t, *rest):
+        labels, soft_target, g = rest  # the extras, then the output's gradient
         grad_z, grad_w = self._parts(z, w, t, labels, soft_target, grads=True)
         g = g.unsqueeze(1)
         return grad_z * g, grad_w * g

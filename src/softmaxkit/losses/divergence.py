@@ -144,10 +144,10 @@ def _alpha_upper(lp: torch.Tensor, lq: torch.Tensor, alpha: float, grads: bool) 
 # on CPU only: elsewhere (an accelerator, torch.compile) the exact kernels run on every row,
 # so no code path synchronises with the device.
 #
-# The fast kernels write their temporaries into block buffers (``ws``: the first rows of
-# the :func:`softmaxkit._ops.blocks.workspace` buffers, allocated once per call and reused
-# by every block of forward and backward): a fresh block-sized temporary is page-faulted
-# in again on every block, which costs about as much as the arithmetic pass writing it.
+# The fast kernels write their temporaries into block buffers (``ws``, from
+# :meth:`BufferedRowLoss.block_work`: allocated on the first block and reused by every
+# block of forward and backward): a fresh block-sized temporary is page-faulted in again
+# on every block, which costs about as much as the arithmetic pass writing it.
 
 
 def fast_ok(z: torch.Tensor) -> bool:
