@@ -13,15 +13,22 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import as_rows, row_blocks
-from softmaxkit._ops.row_loss import Rows, check_logits, prepare, reduce, row_loss
+from softmaxkit._ops.blocks import as_rows, compute_dtype, row_blocks
+from softmaxkit._ops.row_loss import (
+    LossModule,
+    RowLoss,
+    Rows,
+    check_logits,
+    prepare,
+    reduce,
+    row_loss,
+)
 from softmaxkit.losses.divergence import (
-    Scratch,
-    divergence_parts,
+    BufferedRowLoss,
+    divergence_loss,
     fast_ok,
     floor_inf,
     log_probs,
-    pair_dtypes,
     redo_rows,
     unbounded_rows,
 )
@@ -101,41 +108,38 @@ def kd_loss(
     v.check_bool("detach_teacher", detach_teacher)
     if detach_teacher:
         teacher_logits = teacher_logits.detach()
-    compute, _ = pair_dtypes(student_logits, teacher_logits)
+    compute = compute_dtype(student_logits, teacher_logits)
     inputs = [as_rows(teacher_logits, 1), as_rows(student_logits, 1)]
     needs = (inputs[0].requires_grad, inputs[1].requires_grad)
-    scratch = Scratch()
-    fn, grad_fn = divergence_parts(
-        "kl", None, scale=1.0 / temperature, factor=temperature**2, needs=needs, scratch=scratch
-    )
-    losses = row_loss(fn, inputs, None, grad_fn=grad_fn, dtype=compute)
-    scratch.clear()  # backward allocates its own
+    loss = divergence_loss("kl", None, scale=1.0 / temperature, factor=temperature**2, needs=needs)
+    losses = row_loss(loss, inputs, None, dtype=compute)
     sample_shape = student_logits.shape[:1] + student_logits.shape[2:]
     return reduce(losses, sample_shape, reduction, student_logits.dtype)
 
 
-class KDLoss(nn.Module):
+class KDLoss(LossModule):
     """Module twin of :func:`kd_loss`: ``KDLoss(temperature=4.0)(student, teacher)``."""
+
+    shared_options = ("reduction",)
 
     def __init__(
         self, *, temperature: float = 4.0, reduction: str = "mean", detach_teacher: bool = True
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction)
         self.temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
-        self.reduction = v.check_reduction(reduction)
         self.detach_teacher = v.check_bool("detach_teacher", detach_teacher)
+
+    def hyperparameters(self) -> dict:
+        return {"temperature": self.temperature}  # detach_teacher is not shown (as before)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return kd_loss(
             student_logits,
             teacher_logits,
             temperature=self.temperature,
-            reduction=self.reduction,
             detach_teacher=self.detach_teacher,
+            **self.options(),
         )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, reduction={self.reduction!r}"
 
 
 # --------------------------------------------------------------------------------------
@@ -158,29 +162,6 @@ def _without(z: torch.Tensor, labels: torch.Tensor, scale: float = 1.0) -> torch
     return out.scatter_(1, labels, -math.inf)
 
 
-def _nkd_parts(zs, zt, y, temperature: float, gamma: float, grads: bool):
-    col = y.unsqueeze(1)
-    ls = log_probs(zs)
-    t_y = log_probs(zt).gather(1, col).exp().detach()  # the soft target label, detached
-    s_y = ls.gather(1, col)
-    target_part = torch.where(t_y > 0, -t_y * s_y, 0.0).squeeze(1)
-    ns = log_probs(_without(zs, col, 1.0 / temperature))  # log S-hat
-    log_nt = log_probs(_without(zt, col, 1.0 / temperature))
-    nt = log_nt.exp()  # T-hat
-    floored = floor_inf(ns)
-    cross = (nt * floored).sum(1, keepdim=True)  # sum T-hat log S-hat; 0 log 0 = 0
-    cross = cross.masked_fill(unbounded_rows(floor_inf(log_nt) - floored).unsqueeze(1), -math.inf)
-    weight = gamma * temperature**2
-    loss = target_part - weight * cross.squeeze(1)
-    if not grads:
-        return loss
-    grad_s = t_y * ls.exp()
-    grad_s.scatter_add_(1, col, -t_y)
-    grad_s -= (gamma * temperature) * (nt - ns.exp() * nt.sum(1, keepdim=True))
-    grad_t = -(gamma * temperature) * nt * (floored - cross)
-    return grad_s, grad_t
-
-
 def _masked_shifted(z, col, scale: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``scale * z`` with the ``col`` entries at -inf, minus its (new) row maximum, in
     ``out``; and that maximum (b, 1)."""
@@ -190,55 +171,116 @@ def _masked_shifted(z, col, scale: float, out: torch.Tensor) -> tuple[torch.Tens
     return out.sub_(top), top
 
 
-def _nkd_fast(zs, zt, y, temperature: float, gamma: float, ws: Scratch, g=None, need_t=False):
-    """NKD of a block by the plain closed forms: the (b,) loss (``g`` None) or ``g`` times
-    the gradients (student, teacher or None); and the rows where that is not exact (only
-    rows holding a non-finite logit or no finite non-target one), for the exact kernel.
+class _NKD(BufferedRowLoss):
+    """NKD per row of the (b, C) student and teacher blocks ``zs``, ``zt`` and the class
+    index ``y``: an exact kernel (:meth:`exact`, any logits) and on CPU a fast one
+    (:meth:`fast`), which hands the rows it cannot get exactly to the exact one.
+    ``need_t`` says whether the teacher needs a gradient."""
 
-    With ``a, b`` the non-target logits over tau shifted to maximum 0: T-hat = softmax(a),
-    S-hat = softmax(b), log S-hat = b + log max S-hat, and the non-target log-sum-exps
-    ``lse_a = max - log max T-hat`` (resp. S-hat). At tau = 1 the full rows' log-sum-exps
-    follow from these: log S_y = -log(1 + exp(lse_b - s_y)), T_y = sigmoid(t_y - lse_a),
-    1 - S_y = sigmoid(lse_b - s_y), and S = S-hat (1 - S_y) off the target.
-    """
-    scale, col = 1.0 / temperature, y.unsqueeze(1)
-    a, top_a = _masked_shifted(zt, col, scale, ws(0, zt))
-    nt = torch.softmax(a, 1, out=ws(1, zt))  # T-hat (0 at y)
-    log_top_nt = nt.amax(1, keepdim=True).log_()
-    b, top_b = _masked_shifted(zs, col, scale, ws(2, zs))
-    sh = torch.softmax(b, 1, out=ws(3, zs))  # S-hat (0 at y)
-    log_top_sh = sh.amax(1, keepdim=True).log_()
-    s_y, t_y_logit = zs.gather(1, col), zt.gather(1, col)
-    if scale == 1.0:
-        lse_s = top_b - log_top_sh  # log sum_(k != y) exp(s_k)
-        t_y = torch.sigmoid(t_y_logit - (top_a - log_top_nt))
-    else:
-        t_y = torch.log_softmax(zt, 1, out=ws(4, zt)).gather(1, col).exp_()
-    weight = gamma * temperature
-    if g is None or need_t:
-        ns = b.add_(log_top_sh).scatter_(1, col, 0.0)  # log S-hat, finite at y (T-hat_y = 0)
-        cross = torch.mul(ns, nt, out=ws(5, zs)).sum(1, keepdim=True)  # sum T-hat log S-hat
-    if g is None:
+    buffers = 6
+
+    def __init__(self, temperature: float, gamma: float, *, need_t: bool) -> None:
+        self.temperature, self.gamma, self.need_t = temperature, gamma, need_t
+
+    def exact(self, zs, zt, y, grads: bool):
+        temperature, gamma = self.temperature, self.gamma
+        col = y.unsqueeze(1)
+        ls = log_probs(zs)
+        t_y = log_probs(zt).gather(1, col).exp().detach()  # the soft target label, detached
+        s_y = ls.gather(1, col)
+        target_part = torch.where(t_y > 0, -t_y * s_y, 0.0).squeeze(1)
+        ns = log_probs(_without(zs, col, 1.0 / temperature))  # log S-hat
+        log_nt = log_probs(_without(zt, col, 1.0 / temperature))
+        nt = log_nt.exp()  # T-hat
+        floored = floor_inf(ns)
+        cross = (nt * floored).sum(1, keepdim=True)  # sum T-hat log S-hat; 0 log 0 = 0
+        cross = cross.masked_fill(
+            unbounded_rows(floor_inf(log_nt) - floored).unsqueeze(1), -math.inf
+        )
+        weight = gamma * temperature**2
+        loss = target_part - weight * cross.squeeze(1)
+        if not grads:
+            return loss
+        grad_s = t_y * ls.exp()
+        grad_s.scatter_add_(1, col, -t_y)
+        grad_s -= (gamma * temperature) * (nt - ns.exp() * nt.sum(1, keepdim=True))
+        grad_t = -(gamma * temperature) * nt * (floored - cross)
+        return grad_s, grad_t
+
+    def fast(self, zs, zt, y, g=None):
+        """NKD of a block by the plain closed forms: the (b,) loss (``g`` None) or ``g``
+        times the gradients (student, teacher or None); and the rows where that is not
+        exact (only rows holding a non-finite logit or no finite non-target one), for the
+        exact kernel.
+
+        With ``a, b`` the non-target logits over tau shifted to maximum 0: T-hat =
+        softmax(a), S-hat = softmax(b), log S-hat = b + log max S-hat, and the non-target
+        log-sum-exps ``lse_a = max - log max T-hat`` (resp. S-hat). At tau = 1 the full
+        rows' log-sum-exps follow from these: log S_y = -log(1 + exp(lse_b - s_y)),
+        T_y = sigmoid(t_y - lse_a), 1 - S_y = sigmoid(lse_b - s_y), and S = S-hat (1 - S_y)
+        off the target.
+        """
+        temperature, gamma, need_t = self.temperature, self.gamma, self.need_t
+        ws = self.block_work(zs)
+        scale, col = 1.0 / temperature, y.unsqueeze(1)
+        a, top_a = _masked_shifted(zt, col, scale, ws[0])
+        nt = torch.softmax(a, 1, out=ws[1])  # T-hat (0 at y)
+        log_top_nt = nt.amax(1, keepdim=True).log_()
+        b, top_b = _masked_shifted(zs, col, scale, ws[2])
+        sh = torch.softmax(b, 1, out=ws[3])  # S-hat (0 at y)
+        log_top_sh = sh.amax(1, keepdim=True).log_()
+        s_y, t_y_logit = zs.gather(1, col), zt.gather(1, col)
         if scale == 1.0:
-            log_s_y = -torch.logaddexp(lse_s - s_y, torch.zeros_like(s_y))  # -softplus
+            lse_s = top_b - log_top_sh  # log sum_(k != y) exp(s_k)
+            t_y = torch.sigmoid(t_y_logit - (top_a - log_top_nt))
         else:
-            log_s_y = torch.log_softmax(zs, 1, out=ws(4, zs)).gather(1, col)
-        loss = (-t_y * log_s_y - (weight * temperature) * cross).squeeze(1)
-        return loss, ~torch.isfinite(loss)
-    if scale == 1.0:
-        rest = torch.sigmoid(lse_s - s_y)  # 1 - S_y, without cancellation
-        grad_s = sh.mul_(g * (t_y * rest + weight)).addcmul_(nt, g, value=-weight)
-        grad_s.scatter_(1, col, -(t_y * rest * g))
-    else:
-        grad_s = torch.softmax(zs, 1, out=ws(4, zs)).mul_(t_y * g)
-        grad_s.addcmul_(sh, g, value=weight).addcmul_(nt, g, value=-weight)
-        grad_s.scatter_add_(1, col, -(t_y * g))
-    bad = ~torch.isfinite(grad_s.sum(1))
-    grad_t = None
-    if need_t:  # -gamma tau T-hat (log S-hat - cross)
-        grad_t = ns.sub_(cross).mul_(nt).mul_(g * -weight)
-        bad |= ~torch.isfinite(cross.squeeze(1))
-    return grad_s, grad_t, bad
+            t_y = torch.log_softmax(zt, 1, out=ws[4]).gather(1, col).exp_()
+        weight = gamma * temperature
+        if g is None or need_t:
+            ns = b.add_(log_top_sh).scatter_(1, col, 0.0)  # log S-hat, finite at y (T-hat_y = 0)
+            cross = torch.mul(ns, nt, out=ws[5]).sum(1, keepdim=True)  # sum T-hat log S-hat
+        if g is None:
+            if scale == 1.0:
+                log_s_y = -torch.logaddexp(lse_s - s_y, torch.zeros_like(s_y))  # -softplus
+            else:
+                log_s_y = torch.log_softmax(zs, 1, out=ws[4]).gather(1, col)
+            loss = (-t_y * log_s_y - (weight * temperature) * cross).squeeze(1)
+            return loss, ~torch.isfinite(loss)
+        if scale == 1.0:
+            rest = torch.sigmoid(lse_s - s_y)  # 1 - S_y, without cancellation
+            grad_s = sh.mul_(g * (t_y * rest + weight)).addcmul_(nt, g, value=-weight)
+            grad_s.scatter_(1, col, -(t_y * rest * g))
+        else:
+            grad_s = torch.softmax(zs, 1, out=ws[4]).mul_(t_y * g)
+            grad_s.addcmul_(sh, g, value=weight).addcmul_(nt, g, value=-weight)
+            grad_s.scatter_add_(1, col, -(t_y * g))
+        bad = ~torch.isfinite(grad_s.sum(1))
+        grad_t = None
+        if need_t:  # -gamma tau T-hat (log S-hat - cross)
+            grad_t = ns.sub_(cross).mul_(nt).mul_(g * -weight)
+            bad |= ~torch.isfinite(cross.squeeze(1))
+        return grad_s, grad_t, bad
+
+    def value(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not fast_ok(zs):
+            return self.exact(zs, zt, y, grads=False)
+        loss, bad = self.fast(zs, zt, y)
+        redo_rows(bad, [loss], lambda r: [self.exact(zs[r], zt[r], y[r], grads=False)])
+        return loss
+
+    def grad(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: torch.Tensor):
+        g = g.unsqueeze(1)
+        if not fast_ok(zs):
+            grad_s, grad_t = self.exact(zs, zt, y, grads=True)
+            return grad_s * g, grad_t * g
+        grad_s, grad_t, bad = self.fast(zs, zt, y, g)
+
+        def exact(r):
+            grad_s, grad_t = self.exact(zs[r], zt[r], y[r], grads=True)
+            return grad_s * g[r], grad_t * g[r]
+
+        redo_rows(bad, [grad_s, grad_t], exact)
+        return grad_s, grad_t
 
 
 def nkd_loss(
@@ -323,43 +365,18 @@ def nkd_loss(
     rows, index = _index_rows(student_logits, target, ignore_index)
     if detach_teacher:
         teacher_logits = teacher_logits.detach()
-    compute, _ = pair_dtypes(student_logits, teacher_logits)
-
+    compute = compute_dtype(student_logits, teacher_logits)
     inputs = [rows.logits, as_rows(teacher_logits, 1)]
-    need_t = inputs[1].requires_grad
-    scratch = Scratch()
-
-    def fn(zs, zt, y):
-        if not fast_ok(zs):
-            return _nkd_parts(zs, zt, y, temperature, gamma, grads=False)
-        loss, bad = _nkd_fast(zs, zt, y, temperature, gamma, scratch)
-        redo_rows(
-            bad, [loss], lambda r: [_nkd_parts(zs[r], zt[r], y[r], temperature, gamma, False)]
-        )
-        return loss
-
-    def grad_fn(zs, zt, y, g):
-        g = g.unsqueeze(1)
-        if not fast_ok(zs):
-            grad_s, grad_t = _nkd_parts(zs, zt, y, temperature, gamma, grads=True)
-            return grad_s * g, grad_t * g
-        grad_s, grad_t, bad = _nkd_fast(zs, zt, y, temperature, gamma, scratch, g, need_t)
-
-        def exact(r):
-            grad_s, grad_t = _nkd_parts(zs[r], zt[r], y[r], temperature, gamma, grads=True)
-            return grad_s * g[r], grad_t * g[r]
-
-        redo_rows(bad, [grad_s, grad_t], exact)
-        return grad_s, grad_t
-
-    losses = row_loss(fn, inputs, index, kept=rows.kept, grad_fn=grad_fn, dtype=compute)
-    scratch.clear()  # backward allocates its own
+    loss = _NKD(temperature, gamma, need_t=inputs[1].requires_grad)
+    losses = row_loss(loss, inputs, index, kept=rows.kept, dtype=compute)
     return reduce(losses, rows, reduction, student_logits.dtype)
 
 
-class NKDLoss(nn.Module):
+class NKDLoss(LossModule):
     """Module twin of :func:`nkd_loss`: ``NKDLoss(temperature=1.0, gamma=1.5)(student,
     teacher, target)``."""
+
+    shared_options = ("reduction", "ignore_index")
 
     def __init__(
         self,
@@ -370,12 +387,17 @@ class NKDLoss(nn.Module):
         ignore_index: int = -100,
         detach_teacher: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction, ignore_index=ignore_index)
         self.temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
         self.gamma = v.check_number("gamma", gamma, low=0.0)
-        self.reduction = v.check_reduction(reduction)
-        self.ignore_index = v.check_int("ignore_index", ignore_index)
         self.detach_teacher = v.check_bool("detach_teacher", detach_teacher)
+
+    def hyperparameters(self) -> dict:
+        return {"temperature": self.temperature, "gamma": self.gamma}
+
+    def extra_repr(self) -> str:  # the repr of before (a test checks it): no ignore_index
+        shown = {**self.hyperparameters(), "reduction": self.reduction}
+        return ", ".join(f"{k}={val!r}" for k, val in shown.items())
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor
@@ -386,13 +408,9 @@ class NKDLoss(nn.Module):
             target,
             temperature=self.temperature,
             gamma=self.gamma,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
             detach_teacher=self.detach_teacher,
+            **self.options(),
         )
-
-    def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, gamma={self.gamma}, reduction={self.reduction!r}"
 
 
 # --------------------------------------------------------------------------------------
@@ -420,45 +438,63 @@ def _top_two(probs: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, tor
     return values, labels
 
 
-def _uskd_parts(z, w, t, labels, soft_target, cfg, grads: bool):
-    alpha, beta, mu, rank_probs = cfg
-    classes = z.shape[1]
-    lz, lw = log_probs(z), log_probs(w)
-    # 1. soft target label: -sum_j p_j log S_(label j)
-    picked = lz.gather(1, labels)
-    target_part = -torch.where(soft_target != 0, soft_target * picked, 0.0).sum(1)
-    # 2. weak supervision: mu * CE(w, 0.9 y + 0.1 / C), y one-hot (or the probability target)
-    probs = t.dtype.is_floating_point
-    on_label = (t * lw).sum(1) if probs else lw.gather(1, labels).sum(1)
-    weak_part = -mu * (0.9 * on_label + (0.1 / classes) * lw.sum(1))
-    # 3. Zipf soft non-target labels from the rank of the (detached) score
-    with torch.no_grad():
-        pw = lw.exp()
-        xs = lz.exp() if rank_probs else lz
-        score = pw / (1 - pw.gather(1, labels).sum(1, keepdim=True) + 1e-6) + xs / (
-            1 - xs.gather(1, labels).sum(1, keepdim=True) + 1e-6
-        )
-        order = torch.sort(score, dim=1, descending=True, stable=True).indices
-        positions = torch.arange(1, classes + 1, device=z.device).expand_as(order)
-        rank = torch.empty_like(order).scatter_(1, order, positions)
-        zipf = rank.to(z.dtype).reciprocal_().scatter_(1, labels, 0.0)
-        low = torch.finfo(z.dtype).min
-        zipf *= (floor_inf(lz) - low).clamp_(max=1.0)  # 0 for the classes the student rules out
-        soft = zipf / zipf.sum(1, keepdim=True).clamp(min=torch.finfo(z.dtype).tiny)
-    ns = log_probs(_without(z, labels))
-    non_target_part = -(soft * floor_inf(ns)).sum(1)
-    if not grads:
-        return alpha * target_part + beta * non_target_part + weak_part
-    grad_z = lz.exp() * (alpha * soft_target.sum(1, keepdim=True))
-    grad_z.scatter_add_(1, labels, -alpha * soft_target)
-    grad_z += beta * (ns.exp() * soft.sum(1, keepdim=True) - soft)
-    label_mass = t.sum(1, keepdim=True) if probs else float(labels.shape[1])
-    grad_w = pw * (mu * (0.9 * label_mass + 0.1)) - mu * 0.1 / classes
-    if probs:
-        grad_w -= (0.9 * mu) * t
-    else:
-        grad_w.scatter_add_(1, labels, torch.full(labels.shape, -0.9 * mu, dtype=z.dtype))
-    return grad_z, grad_w
+class _USKD(RowLoss):
+    """USKD per row of the (b, C) student and weak-head blocks ``z``, ``w``, with the target
+    ``t`` and the extras ``labels`` (b, K) and ``soft_target`` (b, K) (the soft target
+    labels, detached); the weights ``alpha, beta, mu`` and ``rank_probs`` (the "probs"
+    ranking)."""
+
+    def __init__(self, alpha: float, beta: float, mu: float, rank_probs: bool) -> None:
+        self.alpha, self.beta, self.mu, self.rank_probs = alpha, beta, mu, rank_probs
+
+    def value(self, z, w, t, labels, soft_target) -> torch.Tensor:
+        return self._parts(z, w, t, labels, soft_target, grads=False)
+
+    def grad(self, z, w, t, *rest):
+        labels, soft_target, g = rest  # the extras, then the output's gradient
+        grad_z, grad_w = self._parts(z, w, t, labels, soft_target, grads=True)
+        g = g.unsqueeze(1)
+        return grad_z * g, grad_w * g
+
+    def _parts(self, z, w, t, labels, soft_target, *, grads: bool):
+        alpha, beta, mu, rank_probs = self.alpha, self.beta, self.mu, self.rank_probs
+        classes = z.shape[1]
+        lz, lw = log_probs(z), log_probs(w)
+        # 1. soft target label: -sum_j p_j log S_(label j)
+        picked = lz.gather(1, labels)
+        target_part = -torch.where(soft_target != 0, soft_target * picked, 0.0).sum(1)
+        # 2. weak supervision: mu * CE(w, 0.9 y + 0.1 / C), y one-hot (or the probability target)
+        probs = t.dtype.is_floating_point
+        on_label = (t * lw).sum(1) if probs else lw.gather(1, labels).sum(1)
+        weak_part = -mu * (0.9 * on_label + (0.1 / classes) * lw.sum(1))
+        # 3. Zipf soft non-target labels from the rank of the (detached) score
+        with torch.no_grad():
+            pw = lw.exp()
+            xs = lz.exp() if rank_probs else lz
+            score = pw / (1 - pw.gather(1, labels).sum(1, keepdim=True) + 1e-6) + xs / (
+                1 - xs.gather(1, labels).sum(1, keepdim=True) + 1e-6
+            )
+            order = torch.sort(score, dim=1, descending=True, stable=True).indices
+            positions = torch.arange(1, classes + 1, device=z.device).expand_as(order)
+            rank = torch.empty_like(order).scatter_(1, order, positions)
+            zipf = rank.to(z.dtype).reciprocal_().scatter_(1, labels, 0.0)
+            low = torch.finfo(z.dtype).min
+            zipf *= (floor_inf(lz) - low).clamp_(max=1.0)  # 0 for the classes the student rules out
+            soft = zipf / zipf.sum(1, keepdim=True).clamp(min=torch.finfo(z.dtype).tiny)
+        ns = log_probs(_without(z, labels))
+        non_target_part = -(soft * floor_inf(ns)).sum(1)
+        if not grads:
+            return alpha * target_part + beta * non_target_part + weak_part
+        grad_z = lz.exp() * (alpha * soft_target.sum(1, keepdim=True))
+        grad_z.scatter_add_(1, labels, -alpha * soft_target)
+        grad_z += beta * (ns.exp() * soft.sum(1, keepdim=True) - soft)
+        label_mass = t.sum(1, keepdim=True) if probs else float(labels.shape[1])
+        grad_w = pw * (mu * (0.9 * label_mass + 0.1)) - mu * 0.1 / classes
+        if probs:
+            grad_w -= (0.9 * mu) * t
+        else:
+            grad_w.scatter_add_(1, labels, torch.full(labels.shape, -0.9 * mu, dtype=z.dtype))
+        return grad_z, grad_w
 
 
 def uskd_loss(
@@ -543,10 +579,10 @@ def uskd_loss(
         (tensor(0.4464), tensor(0.4593))
     """
     _check_pair(student_logits, weak_logits, "weak_logits")
-    cfg = _uskd_config(alpha, beta, mu, rank_with)
+    loss = _uskd_config(alpha, beta, mu, rank_with)
     v.check_reduction(reduction)
     rows = prepare(student_logits, target, ignore_index=ignore_index, name="student_logits")
-    compute, _ = pair_dtypes(student_logits, weak_logits)
+    compute = compute_dtype(student_logits, weak_logits)
     if rows.index is not None:
         labels = rows.index.unsqueeze(1)
         values = torch.ones(labels.shape, dtype=compute, device=labels.device)
@@ -561,36 +597,27 @@ def uskd_loss(
     else:
         mean = squared.sum(0, keepdim=True) / max(squared.shape[0], 1)
     soft_target = torch.where(values == 0, 0.0, squared + values - mean)
-
-    def fn(z, w, t, labels, soft_target):
-        return _uskd_parts(z, w, t, labels, soft_target, cfg, grads=False)
-
-    def grad_fn(z, w, t, labels, soft_target, g):
-        grad_z, grad_w = _uskd_parts(z, w, t, labels, soft_target, cfg, grads=True)
-        g = g.unsqueeze(1)
-        return grad_z * g, grad_w * g
-
     losses = row_loss(
-        fn,
+        loss,
         [rows.logits, as_rows(weak_logits, 1)],
         rows.target,
         kept=rows.kept,
         extras=[labels, soft_target],
-        grad_fn=grad_fn,
         dtype=compute,
     )
     return reduce(losses, rows, reduction, student_logits.dtype)
 
 
-def _uskd_config(alpha, beta, mu, rank_with) -> tuple[float, float, float, bool]:
+def _uskd_config(alpha, beta, mu, rank_with) -> _USKD:
+    """The validated hyperparameters as the row loss."""
     alpha = v.check_number("alpha", alpha, low=0.0)
     beta = v.check_number("beta", beta, low=0.0)
     mu = v.check_number("mu", mu, low=0.0)
     v.check_choice("rank_with", rank_with, RANK_MODES)
-    return alpha, beta, mu, rank_with == "probs"
+    return _USKD(alpha, beta, mu, rank_with == "probs")
 
 
-class USKDLoss(nn.Module):
+class USKDLoss(LossModule):
     """USKD (:func:`uskd_loss`) with its weak-supervision head: ``fc = Linear(channel,
     num_classes)`` maps the intermediate feature to the weak logits and is trained by the
     loss's weak-supervision term (it belongs in the optimizer with the model).
@@ -614,6 +641,8 @@ class USKDLoss(nn.Module):
         torch.Size([5, 8])
     """
 
+    shared_options = ("reduction", "ignore_index")
+
     def __init__(
         self,
         channel: int,
@@ -626,14 +655,16 @@ class USKDLoss(nn.Module):
         reduction: str = "mean",
         ignore_index: int = -100,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction, ignore_index=ignore_index)
         v.check_int("channel", channel, low=1)
         v.check_int("num_classes", num_classes, low=1)
-        self.alpha, self.beta, self.mu, _ = _uskd_config(alpha, beta, mu, rank_with)
+        checked = _uskd_config(alpha, beta, mu, rank_with)
+        self.alpha, self.beta, self.mu = checked.alpha, checked.beta, checked.mu
         self.rank_with = rank_with
-        self.reduction = v.check_reduction(reduction)
-        self.ignore_index = v.check_int("ignore_index", ignore_index)
         self.fc = nn.Linear(channel, num_classes)
+
+    def hyperparameters(self) -> dict:
+        return {"alpha": self.alpha, "beta": self.beta, "mu": self.mu, "rank_with": self.rank_with}
 
     def forward(
         self, student_logits: torch.Tensor, mid_features: torch.Tensor, target: torch.Tensor
@@ -654,12 +685,5 @@ class USKDLoss(nn.Module):
             beta=self.beta,
             mu=self.mu,
             rank_with=self.rank_with,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"alpha={self.alpha}, beta={self.beta}, mu={self.mu}, "
-            f"rank_with={self.rank_with!r}, reduction={self.reduction!r}"
+            **self.options(),
         )

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import torch
-from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import HALF_DTYPES, as_rows, maybe_any
-from softmaxkit._ops.row_loss import reduce, row_loss
+from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, workspace
+from softmaxkit._ops.row_loss import LossModule, RowLoss, reduce, row_loss
 
 KINDS = ("kl", "reverse_kl", "js", "tv", "hellinger", "alpha")
 
@@ -73,11 +71,6 @@ def _kl(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
     if not grads:
         return nonnegative(loss), lp, lq
     return nonnegative(loss), p * (ratio - loss.unsqueeze(1)), lq.exp() - p
-
-
-def _reverse_kl(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
-    loss, grad_q, grad_p = _kl(lq, lp, grads)
-    return loss, grad_p, grad_q
 
 
 def _js(lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
@@ -140,23 +133,6 @@ def _alpha_upper(lp: torch.Tensor, lq: torch.Tensor, alpha: float, grads: bool) 
     return loss, p * s - pe, grad_q
 
 
-def _alpha(lp: torch.Tensor, lq: torch.Tensor, alpha: float, grads: bool) -> Parts:
-    if alpha >= 0.5:
-        return _alpha_upper(lp, lq, alpha, grads)
-    # D_alpha(p || q) = D_(1 - alpha)(q || p): evaluate around the alpha -> 0 limit instead
-    loss, grad_q, grad_p = _alpha_upper(lq, lp, 1.0 - alpha, grads)
-    return loss, grad_p, grad_q
-
-
-_PARTS: dict[str, Callable[..., Parts]] = {
-    "kl": _kl,
-    "reverse_kl": _reverse_kl,
-    "js": _js,
-    "tv": _tv,
-    "hellinger": _hellinger,
-}
-
-
 # --------------------------------------------------------------------------------------
 # Fast kernels. The exact kernels above spend most of their passes over a block on -inf
 # robustness (floors, dead-row checks, masks) that finite logits never need. The kernels
@@ -167,6 +143,11 @@ _PARTS: dict[str, Callable[..., Parts]] = {
 # are recomputed with the exact kernels. Finding them means reading a flag, which is free
 # on CPU only: elsewhere (an accelerator, torch.compile) the exact kernels run on every row,
 # so no code path synchronises with the device.
+#
+# The fast kernels write their temporaries into block buffers (``ws``, from
+# :meth:`BufferedRowLoss.block_work`: allocated on the first block and reused by every
+# block of forward and backward): a fresh block-sized temporary is page-faulted in again
+# on every block, which costs about as much as the arithmetic pass writing it.
 
 
 def fast_ok(z: torch.Tensor) -> bool:
@@ -188,32 +169,22 @@ def redo_rows(
                 value[rows] = fixed
 
 
-class Scratch:
-    """Block-sized buffers reused block after block by the fast kernels.
+class BufferedRowLoss(RowLoss):
+    """A row loss that writes its temporaries into ``buffers`` block buffers
+    (:func:`softmaxkit._ops.blocks.workspace`), allocated on the first block that asks for
+    them and reused by every later block of forward and backward (the losses of this
+    package with hand-written kernels: divergences, NKD, LDR-KL)."""
 
-    A fresh block-sized temporary is page-faulted in again on every block, which costs
-    about as much as the arithmetic pass writing it; ``scratch(i, like)`` returns buffer
-    ``i`` with ``like``'s shape (the first rows of a buffer allocated at the largest
-    block's size). :meth:`clear` frees them (e.g. between forward and backward).
-    """
+    #: how many block buffers the kernels use
+    buffers = 0
+    work: Sequence[torch.Tensor] = ()
 
-    def __init__(self) -> None:
-        self._buffers: dict[int, torch.Tensor] = {}
-
-    def __call__(self, i: int, like: torch.Tensor) -> torch.Tensor:
-        buf = self._buffers.get(i)
-        if (
-            buf is None
-            or buf.shape[0] < like.shape[0]
-            or buf.shape[1:] != like.shape[1:]
-            or buf.dtype != like.dtype
-            or buf.device != like.device
-        ):
-            buf = self._buffers[i] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-        return buf[: like.shape[0]]
-
-    def clear(self) -> None:
-        self._buffers.clear()
+    def block_work(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The buffers of ``z``'s block: the first ``len(z)`` rows of each."""
+        n = z.shape[0]
+        if not self.work or self.work[0].shape[0] < n:
+            self.work = workspace(z, z.dtype, self.buffers)
+        return [w[:n] for w in self.work]
 
 
 def scaled(z: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
@@ -252,80 +223,158 @@ def _finite_rows(*sums: torch.Tensor) -> torch.Tensor:
     return ok
 
 
-def _kl_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
-    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
-    lq = torch.log_softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
-    return lp.sub_(lq).mul_(p).sum(1)  # NaN or inf on every row with a non-finite logit
+# --------------------------------------------------------------------------------------
+# The divergences as row losses: ``factor * D(softmax(scale * zp) || softmax(scale * zq))``
+# per row of the two (b, C) logit blocks (no target), each with its exact kernel and its
+# fast kernels. ``mirror`` evaluates D(q || p) instead (the inputs and their gradients
+# swapped): "reverse_kl" is the mirrored KL, alpha < 1/2 the mirrored alpha-divergence.
 
 
-def _kl_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
-    """g * the gradients of KL(p || q) w.r.t. both logits (None where not needed), and the
-    rows where they are not exact."""
-    need_p, need_q = needs
-    checks = []
-    if need_p:
-        lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
-        lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
-        ratio = lp.sub_(lq)
-        kl = torch.mul(ratio, p, out=ws(4, zp)).sum(1, keepdim=True)
-        grad_p = ratio.sub_(kl).mul_(p).mul_(g)  # p (log(p / q) - KL)
-        checks.append(kl)
-    else:
-        p = torch.softmax(scaled(zp, scale, ws(0, zp)), 1, out=ws(1, zp))
-        q = torch.softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
-        grad_p = None
-    grad_q = q.sub_(p).mul_(g) if need_q else None
-    if need_q:
-        checks.append(grad_q.sum(1, keepdim=True))  # NaN only on rows of NaN p or q
-    return grad_p, grad_q, ~_finite_rows(*checks).squeeze(1)
+class _Divergence(BufferedRowLoss):
+    """The engine's hooks of one divergence; a kind defines ``exact`` (any logits),
+    ``fast_value`` and ``fast_grads`` (the plain closed forms, reporting the rows they do
+    not get exactly). ``needs`` says which of the two inputs need a gradient (the other's
+    may be None)."""
+
+    buffers = 5
+
+    def __init__(
+        self,
+        *,
+        scale: float = 1.0,
+        factor: float = 1.0,
+        needs: tuple[bool, bool] = (True, True),
+        mirror: bool = False,
+    ) -> None:
+        self.scale, self.factor, self.needs, self.mirror = scale, factor, needs, mirror
+
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
+        raise NotImplementedError
+
+    def fast_value(self, zp, zq, ws: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fast_grads(self, zp, zq, g: torch.Tensor, needs, ws: list[torch.Tensor]):
+        """g * the gradients w.r.t. both logits (None where not needed), and the rows where
+        they are not exact."""
+        raise NotImplementedError
+
+    def _evaluate(self, zp: torch.Tensor, zq: torch.Tensor, grads: bool) -> Parts:
+        if self.scale != 1.0:
+            zp, zq = zp * self.scale, zq * self.scale
+        return self.exact(log_probs(zp), log_probs(zq), grads)
+
+    def value(self, zp: torch.Tensor, zq: torch.Tensor, t: None) -> torch.Tensor:
+        if self.mirror:
+            zp, zq = zq, zp
+        if fast_ok(zp):
+            loss = self.fast_value(zp, zq, self.block_work(zp))
+            redo_rows(
+                ~torch.isfinite(loss), [loss], lambda r: self._evaluate(zp[r], zq[r], False)[:1]
+            )
+            loss = nonnegative(loss)
+        else:
+            loss = self._evaluate(zp, zq, False)[0]
+        return loss * self.factor if self.factor != 1.0 else loss
+
+    def grad(self, zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor):
+        g = (g * (self.factor * self.scale)).unsqueeze(1)
+        needs = self.needs
+        if self.mirror:
+            zp, zq, needs = zq, zp, needs[::-1]
+        if fast_ok(zp):
+            grad_p, grad_q, bad = self.fast_grads(zp, zq, g, needs, self.block_work(zp))
+
+            def exact(rows: torch.Tensor):
+                _, grad_p, grad_q = self._evaluate(zp[rows], zq[rows], True)
+                return grad_p * g[rows], grad_q * g[rows]
+
+            redo_rows(bad, [grad_p, grad_q], exact)
+        else:
+            _, grad_p, grad_q = self._evaluate(zp, zq, True)
+            grad_p, grad_q = grad_p * g, grad_q * g
+        return (grad_q, grad_p) if self.mirror else (grad_p, grad_q)
 
 
-def _js_terms(zp, zq, scale: float, ws: Scratch):
-    """p, q, log(p / m), log(q / m) and KL(p || m), KL(q || m) of a block, m = (p + q) / 2."""
-    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
-    lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
-    # m >= tiny: where p and q both underflow to 0 the terms are 0 either way and the log
-    # ratios stay finite; a -inf logit still gives 0 * -inf = NaN in its row's sum
-    lm = torch.lerp(p, q, 0.5, out=ws(4, zp)).clamp_(min=torch.finfo(p.dtype).tiny).log_()
-    rp, rq = lp.sub_(lm), lq.sub_(lm)
-    kp = torch.mul(p, rp, out=lm).sum(1, keepdim=True)
-    kq = torch.mul(q, rq, out=lm).sum(1, keepdim=True)
-    return p, q, rp, rq, kp, kq
+class _KL(_Divergence):
+    def exact(self, lp, lq, grads):
+        return _kl(lp, lq, grads)
+
+    def fast_value(self, zp, zq, ws):
+        lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
+        lq = torch.log_softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
+        return lp.sub_(lq).mul_(p).sum(1)  # NaN or inf on every row with a non-finite logit
+
+    def fast_grads(self, zp, zq, g, needs, ws):
+        need_p, need_q = needs
+        checks = []
+        if need_p:
+            lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
+            lq, q = log_softmax_and_softmax(zq, self.scale, ws[2], ws[3])
+            ratio = lp.sub_(lq)
+            kl = torch.mul(ratio, p, out=ws[4]).sum(1, keepdim=True)
+            grad_p = ratio.sub_(kl).mul_(p).mul_(g)  # p (log(p / q) - KL)
+            checks.append(kl)
+        else:
+            p = torch.softmax(scaled(zp, self.scale, ws[0]), 1, out=ws[1])
+            q = torch.softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
+            grad_p = None
+        grad_q = q.sub_(p).mul_(g) if need_q else None
+        if need_q:
+            checks.append(grad_q.sum(1, keepdim=True))  # NaN only on rows of NaN p or q
+        return grad_p, grad_q, ~_finite_rows(*checks).squeeze(1)
 
 
-def _js_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
-    *_, kp, kq = _js_terms(zp, zq, scale, ws)
-    return (0.5 * (kp + kq)).squeeze(1)
+class _JS(_Divergence):
+    def exact(self, lp, lq, grads):
+        return _js(lp, lq, grads)
+
+    def _terms(self, zp, zq, ws):
+        """p, q, log(p / m), log(q / m) and KL(p || m), KL(q || m) of a block, m = (p + q) / 2."""
+        lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
+        lq, q = log_softmax_and_softmax(zq, self.scale, ws[2], ws[3])
+        # m >= tiny: where p and q both underflow to 0 the terms are 0 either way and the log
+        # ratios stay finite; a -inf logit still gives 0 * -inf = NaN in its row's sum
+        lm = torch.lerp(p, q, 0.5, out=ws[4]).clamp_(min=torch.finfo(p.dtype).tiny).log_()
+        rp, rq = lp.sub_(lm), lq.sub_(lm)
+        kp = torch.mul(p, rp, out=lm).sum(1, keepdim=True)
+        kq = torch.mul(q, rq, out=lm).sum(1, keepdim=True)
+        return p, q, rp, rq, kp, kq
+
+    def fast_value(self, zp, zq, ws):
+        *_, kp, kq = self._terms(zp, zq, ws)
+        return (0.5 * (kp + kq)).squeeze(1)
+
+    def fast_grads(self, zp, zq, g, needs, ws):
+        p, q, rp, rq, kp, kq = self._terms(zp, zq, ws)
+        half = 0.5 * g
+        grad_p = rp.sub_(kp).mul_(p).mul_(half) if needs[0] else None
+        grad_q = rq.sub_(kq).mul_(q).mul_(half) if needs[1] else None
+        return grad_p, grad_q, ~_finite_rows(kp, kq).squeeze(1)  # kp finite: each p_k r_k is
 
 
-def _js_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
-    p, q, rp, rq, kp, kq = _js_terms(zp, zq, scale, ws)
-    half = 0.5 * g
-    grad_p = rp.sub_(kp).mul_(p).mul_(half) if needs[0] else None
-    grad_q = rq.sub_(kq).mul_(q).mul_(half) if needs[1] else None
-    return grad_p, grad_q, ~_finite_rows(kp, kq).squeeze(1)  # kp finite: each p_k r_k is
+class _TV(_Divergence):
+    def exact(self, lp, lq, grads):
+        return _tv(lp, lq, grads)
 
+    def _terms(self, zp, zq, ws):
+        p = torch.softmax(scaled(zp, self.scale, ws[0]), 1, out=ws[1])
+        q = torch.softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
+        return p, q, torch.sub(p, q, out=ws[4])
 
-def _tv_terms(zp, zq, scale: float, ws: Scratch):
-    p = torch.softmax(scaled(zp, scale, ws(0, zp)), 1, out=ws(1, zp))
-    q = torch.softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq))
-    return p, q, torch.sub(p, q, out=ws(4, zp))
+    def fast_value(self, zp, zq, ws):
+        *_, diff = self._terms(zp, zq, ws)
+        return 0.5 * diff.abs_().sum(1)
 
-
-def _tv_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
-    *_, diff = _tv_terms(zp, zq, scale, ws)
-    return 0.5 * diff.abs_().sum(1)
-
-
-def _tv_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
-    p, q, diff = _tv_terms(zp, zq, scale, ws)
-    sign = diff.sign_()
-    sp = torch.mul(sign, p, out=ws(0, zp)).sum(1, keepdim=True)
-    sq = torch.mul(sign, q, out=ws(0, zp)).sum(1, keepdim=True)
-    half = 0.5 * g
-    grad_p = torch.sub(sign, sp, out=ws(0, zp)).mul_(p).mul_(half) if needs[0] else None
-    grad_q = q.mul_(sign.sub_(sq)).mul_(-half) if needs[1] else None
-    return grad_p, grad_q, ~_finite_rows(sp, sq).squeeze(1)  # NaN only where p or q is
+    def fast_grads(self, zp, zq, g, needs, ws):
+        p, q, diff = self._terms(zp, zq, ws)
+        sign = diff.sign_()
+        sp = torch.mul(sign, p, out=ws[0]).sum(1, keepdim=True)
+        sq = torch.mul(sign, q, out=ws[0]).sum(1, keepdim=True)
+        half = 0.5 * g
+        grad_p = torch.sub(sign, sp, out=ws[0]).mul_(p).mul_(half) if needs[0] else None
+        grad_q = q.mul_(sign.sub_(sq)).mul_(-half) if needs[1] else None
+        return grad_p, grad_q, ~_finite_rows(sp, sq).squeeze(1)  # NaN only where p or q is
 
 
 def _sqrt_probs(z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Tensor):
@@ -334,142 +383,95 @@ def _sqrt_probs(z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Te
     return u.div_(torch.linalg.vector_norm(u, dim=1, keepdim=True))
 
 
-def _hellinger_fast_loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
-    rp = _sqrt_probs(zp, scale, ws(0, zp), ws(1, zp))
-    rq = _sqrt_probs(zq, scale, ws(0, zq), ws(2, zq))
-    return 0.5 * rp.sub_(rq).square_().sum(1)
+class _Hellinger(_Divergence):
+    buffers = 3
+
+    def exact(self, lp, lq, grads):
+        return _hellinger(lp, lq, grads)
+
+    def fast_value(self, zp, zq, ws):
+        rp = _sqrt_probs(zp, self.scale, ws[0], ws[1])
+        rq = _sqrt_probs(zq, self.scale, ws[0], ws[2])
+        return 0.5 * rp.sub_(rq).square_().sum(1)
+
+    def fast_grads(self, zp, zq, g, needs, ws):
+        rp = _sqrt_probs(zp, self.scale, ws[0], ws[1])
+        rq = _sqrt_probs(zq, self.scale, ws[0], ws[2])
+        both = torch.mul(rp, rq, out=ws[0])
+        overlap = both.sum(1, keepdim=True)  # the Bhattacharyya coefficient
+        half = 0.5 * g
+        grad_p = rp.square_().mul_(overlap).sub_(both).mul_(half) if needs[0] else None
+        grad_q = rq.square_().mul_(overlap).sub_(both).mul_(half) if needs[1] else None
+        return grad_p, grad_q, ~torch.isfinite(overlap.squeeze(1))
 
 
-def _hellinger_fast_grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
-    rp = _sqrt_probs(zp, scale, ws(0, zp), ws(1, zp))
-    rq = _sqrt_probs(zq, scale, ws(0, zq), ws(2, zq))
-    both = torch.mul(rp, rq, out=ws(0, zp))
-    overlap = both.sum(1, keepdim=True)  # the Bhattacharyya coefficient
-    half = 0.5 * g
-    grad_p = rp.square_().mul_(overlap).sub_(both).mul_(half) if needs[0] else None
-    grad_q = rq.square_().mul_(overlap).sub_(both).mul_(half) if needs[1] else None
-    return grad_p, grad_q, ~torch.isfinite(overlap.squeeze(1))
+class _Alpha(_Divergence):
+    """Amari's alpha-divergence for alpha >= 1/2 with beta = 1 - alpha not tiny (see
+    :func:`_alpha_upper`; :func:`divergence_loss` maps the other alphas here or to KL)."""
 
+    buffers = 4
 
-def _alpha_terms(zp, zq, scale: float, alpha: float, ws: Scratch, grads: bool):
-    """The terms of :func:`_alpha_upper` (alpha >= 1/2, beta = 1 - alpha not tiny) by the
-    plain closed forms: p, q (None unless ``grads``), p E and S = sum p E. Where p or q is
-    0 the exact kernel's floors and its NaN repair act; here those rows give NaN or inf."""
-    beta = 1.0 - alpha
-    lp, p = log_softmax_and_softmax(zp, scale, ws(0, zp), ws(1, zp))
-    if grads:
-        lq, q = log_softmax_and_softmax(zq, scale, ws(2, zq), ws(3, zq))
-    else:
-        lq, q = torch.log_softmax(scaled(zq, scale, ws(2, zq)), 1, out=ws(3, zq)), None
-    x = lq.sub_(lp).mul_(beta)
-    if beta > 0:
-        x.clamp_(max=_EXP_CAP)
-    pe = x.expm1_().mul_(p).div_(beta)  # p E
-    return p, q, pe, pe.sum(1, keepdim=True)
+    def __init__(self, alpha: float, **options) -> None:
+        super().__init__(**options)
+        self.alpha = alpha
 
+    def exact(self, lp, lq, grads):
+        return _alpha_upper(lp, lq, self.alpha, grads)
 
-def _alpha_fast(alpha: float):
-    """Fast (loss, grads) kernels of the alpha-divergence, mirrored and at the KL limits as
-    :func:`_alpha`."""
-    if alpha < 0.5:
-        loss, grads = _alpha_fast(1.0 - alpha)
-        return _swap_loss(loss), _swap_grads(grads)
-    if abs(1.0 - alpha) < _ALPHA_LIMIT:
-        return _kl_fast_loss, _kl_fast_grads
+    def _terms(self, zp, zq, ws, grads: bool):
+        """The terms of :func:`_alpha_upper` by the plain closed forms: p, q (None unless
+        ``grads``), p E and S = sum p E. Where p or q is 0 the exact kernel's floors and its
+        NaN repair act; here those rows give NaN or inf."""
+        beta = 1.0 - self.alpha
+        lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
+        if grads:
+            lq, q = log_softmax_and_softmax(zq, self.scale, ws[2], ws[3])
+        else:
+            lq, q = torch.log_softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3]), None
+        x = lq.sub_(lp).mul_(beta)
+        if beta > 0:
+            x.clamp_(max=_EXP_CAP)
+        pe = x.expm1_().mul_(p).div_(beta)  # p E
+        return p, q, pe, pe.sum(1, keepdim=True)
 
-    def loss(zp, zq, scale: float, ws: Scratch) -> torch.Tensor:
-        *_, s = _alpha_terms(zp, zq, scale, alpha, ws, grads=False)
-        return -s.squeeze(1) / alpha
+    def fast_value(self, zp, zq, ws):
+        *_, s = self._terms(zp, zq, ws, grads=False)
+        return -s.squeeze(1) / self.alpha
 
-    def grads(zp, zq, scale: float, g: torch.Tensor, needs, ws: Scratch):
-        p, q, pe, s = _alpha_terms(zp, zq, scale, alpha, ws, grads=True)
-        grad_p = torch.mul(p, s, out=ws(0, zp)).sub_(pe).mul_(g) if needs[0] else None
+    def fast_grads(self, zp, zq, g, needs, ws):
+        alpha = self.alpha
+        p, q, pe, s = self._terms(zp, zq, ws, grads=True)
+        grad_p = torch.mul(p, s, out=ws[0]).sub_(pe).mul_(g) if needs[0] else None
         w = pe.mul_(1.0 - alpha).add_(p)  # p^alpha q^(1 - alpha)
         total = w.sum(1, keepdim=True)
         grad_q = q.mul_(total).sub_(w).mul_(g / alpha) if needs[1] else None
         return grad_p, grad_q, ~_finite_rows(s, total).squeeze(1)
 
-    return loss, grads
 
-
-def _swap_loss(kernel):
-    return lambda zp, zq, scale, ws: kernel(zq, zp, scale, ws)
-
-
-def _swap_grads(kernel):
-    def grads(zp, zq, scale, g, needs, ws):
-        grad_q, grad_p, bad = kernel(zq, zp, scale, g, needs[::-1], ws)
-        return grad_p, grad_q, bad
-
-    return grads
-
-
-#: kind -> (fast per-row loss, fast gradients); "alpha" has :func:`_alpha_fast`
-_FAST = {
-    "kl": (_kl_fast_loss, _kl_fast_grads),
-    "reverse_kl": (_swap_loss(_kl_fast_loss), _swap_grads(_kl_fast_grads)),
-    "js": (_js_fast_loss, _js_fast_grads),
-    "tv": (_tv_fast_loss, _tv_fast_grads),
-    "hellinger": (_hellinger_fast_loss, _hellinger_fast_grads),
+_KINDS: dict[str, tuple[type[_Divergence], bool]] = {
+    "kl": (_KL, False),
+    "reverse_kl": (_KL, True),
+    "js": (_JS, False),
+    "tv": (_TV, False),
+    "hellinger": (_Hellinger, False),
 }
 
 
-def divergence_parts(
-    kind: str,
-    alpha: float | None,
-    scale: float = 1.0,
-    factor: float = 1.0,
-    needs: tuple[bool, bool] = (True, True),
-    scratch: Scratch | None = None,
-) -> tuple[Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
-    """Row functions ``fn(zp, zq, t)`` and ``grad_fn(zp, zq, t, g)`` for the engine giving
-    ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` per row and its gradients.
+def divergence_loss(kind: str, alpha: float | None, **options) -> _Divergence:
+    """The row loss ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` of ``kind``
+    for the engine (:func:`softmaxkit._ops.row_loss.row_loss`); ``options`` are the
+    keyword arguments of :class:`_Divergence` but ``mirror``.
 
-    ``needs`` says which of the two inputs need a gradient (``grad_fn`` may return None for
-    the other). On CPU the fast kernels run, with the exact kernel on the rows they flag;
-    their block buffers live in ``scratch`` (pass one to :meth:`Scratch.clear` it after the
-    forward pass)."""
-    parts = _PARTS[kind] if kind != "alpha" else partial(_alpha, alpha=alpha)
-    fast_loss, fast_grads = _FAST[kind] if kind != "alpha" else _alpha_fast(alpha)
-    if scratch is None:
-        scratch = Scratch()
-
-    def evaluate(zp: torch.Tensor, zq: torch.Tensor, grads: bool) -> Parts:
-        if scale != 1.0:
-            zp, zq = zp * scale, zq * scale
-        return parts(log_probs(zp), log_probs(zq), grads=grads)
-
-    def fn(zp: torch.Tensor, zq: torch.Tensor, t: None) -> torch.Tensor:
-        if fast_ok(zp):
-            loss = fast_loss(zp, zq, scale, scratch)
-            redo_rows(~torch.isfinite(loss), [loss], lambda r: evaluate(zp[r], zq[r], False)[:1])
-            loss = nonnegative(loss)
-        else:
-            loss = evaluate(zp, zq, False)[0]
-        return loss * factor if factor != 1.0 else loss
-
-    def grad_fn(zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor):
-        g = (g * (factor * scale)).unsqueeze(1)
-        if fast_ok(zp):
-            grad_p, grad_q, bad = fast_grads(zp, zq, scale, g, needs, scratch)
-
-            def exact(rows: torch.Tensor):
-                _, grad_p, grad_q = evaluate(zp[rows], zq[rows], True)
-                return grad_p * g[rows], grad_q * g[rows]
-
-            redo_rows(bad, [grad_p, grad_q], exact)
-            return grad_p, grad_q
-        _, grad_p, grad_q = evaluate(zp, zq, True)
-        return grad_p * g, grad_q * g
-
-    return fn, grad_fn
-
-
-def pair_dtypes(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
-    """(compute dtype, result dtype) of a pair of logit tensors: the promoted dtype, computed
-    in float32 when it is a half type."""
-    out = torch.promote_types(a.dtype, b.dtype)
-    return (torch.float32 if out in HALF_DTYPES else out), out
+    On CPU the fast kernels run, with the exact kernel on the rows they flag."""
+    if kind != "alpha":
+        cls, mirror = _KINDS[kind]
+        return cls(mirror=mirror, **options)
+    # D_alpha(p || q) = D_(1 - alpha)(q || p): evaluate around the alpha -> 0 limit instead
+    mirror = alpha < 0.5
+    upper = 1.0 - alpha if mirror else alpha
+    if abs(1.0 - upper) < _ALPHA_LIMIT:
+        return _KL(mirror=mirror, **options)
+    return _Alpha(upper, mirror=mirror, **options)
 
 
 def check_alpha(kind: str, alpha: float | None) -> float | None:
@@ -571,17 +573,16 @@ def f_divergence(
     alpha = check_alpha(kind, alpha)
     dim = v.check_dim("dim", dim, p_logits.ndim)
     v.check_reduction(reduction)
-    compute, out_dtype = pair_dtypes(p_logits, q_logits)
+    compute = compute_dtype(p_logits, q_logits)
     x2, y2 = as_rows(p_logits, dim), as_rows(q_logits, dim)
-    scratch = Scratch()
     needs = (x2.requires_grad, y2.requires_grad)
-    fn, grad_fn = divergence_parts(kind, alpha, needs=needs, scratch=scratch)
-    losses = row_loss(fn, [x2, y2], None, grad_fn=grad_fn, dtype=compute)
-    scratch.clear()  # backward allocates its own
+    loss = divergence_loss(kind, alpha, needs=needs)
+    losses = row_loss(loss, [x2, y2], None, dtype=compute)
+    out_dtype = torch.promote_types(p_logits.dtype, q_logits.dtype)
     return reduce(losses, p_logits.shape[:dim] + p_logits.shape[dim + 1 :], reduction, out_dtype)
 
 
-class FDivergence(nn.Module):
+class FDivergence(LossModule):
     """Module twin of :func:`f_divergence`: ``FDivergence(kind, alpha=None, dim=-1,
     reduction="mean")(p_logits, q_logits)``.
 
@@ -592,26 +593,22 @@ class FDivergence(nn.Module):
         tensor(0.1562)
     """
 
+    shared_options = ("reduction",)
+
     def __init__(
         self, kind: str, *, alpha: float | None = None, dim: int = -1, reduction: str = "mean"
     ) -> None:
-        super().__init__()
+        super().__init__(reduction=reduction)
         self.alpha = check_alpha(kind, alpha)
-        v.check_reduction(reduction)
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
-        self.kind, self.dim, self.reduction = kind, dim, reduction
+        self.kind, self.dim = kind, dim
+
+    def hyperparameters(self) -> dict:
+        alpha = {"alpha": self.alpha} if self.kind == "alpha" else {}
+        return {"kind": self.kind, **alpha, "dim": self.dim}
 
     def forward(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
         return f_divergence(
-            p_logits,
-            q_logits,
-            self.kind,
-            alpha=self.alpha,
-            dim=self.dim,
-            reduction=self.reduction,
+            p_logits, q_logits, self.kind, alpha=self.alpha, dim=self.dim, **self.options()
         )
-
-    def extra_repr(self) -> str:
-        alpha = f", alpha={self.alpha}" if self.kind == "alpha" else ""
-        return f"kind={self.kind!r}{alpha}, dim={self.dim}, reduction={self.reduction!r}"

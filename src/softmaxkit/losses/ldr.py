@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import HALF_DTYPES, maybe_any, row_blocks, workspace
-from softmaxkit._ops.row_loss import prepare, reduce, row_loss
+from softmaxkit._ops.blocks import compute_dtype, maybe_any, row_blocks, workspace
+from softmaxkit._ops.row_loss import LossModule, prepare, reduce, row_loss
+from softmaxkit.losses.divergence import BufferedRowLoss
 
 __all__ = ["ldr_kl_loss", "aldr_kl_loss", "LDRKLLoss", "ALDRKLLoss"]
 
@@ -73,29 +73,21 @@ def _add_scaled(u: torch.Tensor, t: torch.Tensor, coef: float | torch.Tensor) ->
         u.add_(t, alpha=coef)
 
 
-class _LDRKernel:
-    """Per-row LDR-KL value and gradient for the engine.
+class _LDR(BufferedRowLoss):
+    """Per-row LDR-KL value and gradient.
 
     ``lam`` is the loss's fixed lambda, or ``None`` when lambda comes per row as the first
     engine extra (ALDR-KL; its second extra is the detached additive term). Two scratch
-    blocks are allocated on first use and reused by every block of forward and backward.
+    blocks are reused by every block of forward and backward.
     """
+
+    buffers = 2
 
     def __init__(self, margin: float, normalize: str | None, lam: float | None) -> None:
         self.margin, self.normalize, self.lam = margin, normalize, lam
-        self.work: list[torch.Tensor | None] = [None, None]
 
     def _buf(self, i: int, z: torch.Tensor) -> torch.Tensor:
-        buf = self.work[i]
-        if (
-            buf is None
-            or buf.shape[0] < z.shape[0]
-            or buf.shape[1] != z.shape[1]
-            or buf.dtype != z.dtype
-            or buf.device != z.device
-        ):
-            buf = self.work[i] = torch.empty_like(z, memory_format=torch.contiguous_format)
-        return buf[: z.shape[0]]
+        return self.block_work(z)[i]
 
     def _lam(self, extras) -> tuple[float | torch.Tensor, torch.Tensor | None]:
         if self.lam is not None:
@@ -116,7 +108,7 @@ class _LDRKernel:
             u.scatter_(1, idx, tu - cl)
         return u, tu, scale, nonfinite
 
-    def loss(self, z: torch.Tensor, t: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+    def value(self, z: torch.Tensor, t: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         # L = lam log mean_k exp(m_k / lam) = c + lam (LSE(u') - <t, z~> / lam - log K);
         # for a class index y this is -lam (log_softmax(u')_y + log K)
         lam, extra = self._lam(extras)
@@ -195,11 +187,10 @@ def _aldr_lambdas(
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_common(lam_name: str, lam: float, margin: float, normalize, reduction: str) -> None:
+def _check_common(lam_name: str, lam: float, margin: float, normalize) -> None:
     v.check_number(lam_name, lam, low=0.0, low_open=True)
     v.check_number("margin", margin, low=0.0)
     v.check_choice("normalize", normalize, NORMALIZATIONS)
-    v.check_reduction(reduction)
 
 
 def _check_alpha(alpha: float) -> None:
@@ -293,21 +284,15 @@ def ldr_kl_loss(
         >>> ldr_kl_loss(z, torch.tensor([0, 2]), lam=1.0, margin=2.0, reduction="none")
         tensor([0.5471, 2.1901])
     """
-    _check_common("lam", lam, margin, normalize, reduction)
+    _check_common("lam", lam, margin, normalize)
+    v.check_reduction(reduction)
     rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    kernel = _LDRKernel(float(margin), normalize, float(lam))
-    losses = row_loss(
-        kernel.loss,
-        [rows.logits],
-        rows.target,
-        kept=rows.kept,
-        smoothing=rows.smoothing,
-        grad_fn=kernel.grad,
-    )
+    loss = _LDR(float(margin), normalize, float(lam))
+    losses = row_loss(loss, [rows.logits], rows.target, kept=rows.kept, smoothing=rows.smoothing)
     return reduce(losses, rows, reduction, logits.dtype)
 
 
-class LDRKLLoss(nn.Module):
+class LDRKLLoss(LossModule):
     """Module twin of :func:`ldr_kl_loss` (same arguments and defaults)."""
 
     def __init__(
@@ -320,13 +305,14 @@ class LDRKLLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
-        _check_common("lam", lam, margin, normalize, reduction)
-        v.check_int("ignore_index", ignore_index)
-        v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
+        _check_common("lam", lam, margin, normalize)
         self.lam, self.margin, self.normalize = float(lam), float(margin), normalize
-        self.reduction, self.ignore_index = reduction, ignore_index
-        self.label_smoothing = float(label_smoothing)
+
+    def hyperparameters(self) -> dict:
+        return {"lam": self.lam, "margin": self.margin, "normalize": self.normalize}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return ldr_kl_loss(
@@ -335,15 +321,7 @@ class LDRKLLoss(nn.Module):
             lam=self.lam,
             margin=self.margin,
             normalize=self.normalize,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"lam={self.lam:g}, margin={self.margin:g}, normalize={self.normalize!r}, "
-            f"reduction={self.reduction!r}"
+            **self.options(),
         )
 
 
@@ -436,9 +414,10 @@ def aldr_kl_loss(
         (tensor(-0.4031), tensor([9.9749, 9.9796]))
     """
     _check_alpha(alpha)
-    _check_common("lam0", lam0, margin, normalize, reduction)
+    _check_common("lam0", lam0, margin, normalize)
+    v.check_reduction(reduction)
     rows = prepare(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
-    dtype = torch.float32 if rows.logits.dtype in HALF_DTYPES else rows.logits.dtype
+    dtype = compute_dtype(rows.logits)
     sample_shape = _sample_shape(logits)
     if isinstance(lam_prev, torch.Tensor):
         v.check_floating("lam_prev", lam_prev)
@@ -457,21 +436,19 @@ def aldr_kl_loss(
     num_classes = logits.shape[1]
     weight = alpha * math.log(num_classes) / (2.0 * lam0) if num_classes > 0 else 0.0
     extra = (lam_new - lam0).square_().mul_(-weight)
-    kernel = _LDRKernel(float(margin), normalize, None)
     losses = row_loss(
-        kernel.loss,
+        _LDR(float(margin), normalize, None),
         [rows.logits],
         rows.target,
         kept=rows.kept,
         smoothing=rows.smoothing,
         extras=[lam_new, extra],
-        grad_fn=kernel.grad,
     )
     loss = reduce(losses, rows, reduction, logits.dtype)
     return loss, lam_new.reshape(sample_shape).to(out_dtype)
 
 
-class ALDRKLLoss(nn.Module):
+class ALDRKLLoss(LossModule):
     """ALDR-KL with the per-instance lambdas kept in a buffer (see :func:`aldr_kl_loss`).
 
     ``num_samples`` is the training set's size; ``forward(logits, target, index)`` takes
@@ -513,17 +490,25 @@ class ALDRKLLoss(nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing
+        )
         v.check_int("num_samples", num_samples, low=0)
         _check_alpha(alpha)
-        _check_common("lam0", lam0, margin, normalize, reduction)
-        v.check_int("ignore_index", ignore_index)
-        v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        _check_common("lam0", lam0, margin, normalize)
         self.num_samples = num_samples
         self.lam0, self.alpha, self.margin = float(lam0), float(alpha), float(margin)
-        self.normalize, self.reduction, self.ignore_index = normalize, reduction, ignore_index
-        self.label_smoothing = float(label_smoothing)
+        self.normalize = normalize
         self.register_buffer("lam", torch.full((num_samples,), self.lam0))
+
+    def hyperparameters(self) -> dict:
+        return {
+            "num_samples": self.num_samples,
+            "lam0": self.lam0,
+            "alpha": self.alpha,
+            "margin": self.margin,
+            "normalize": self.normalize,
+        }
 
     def reset(self) -> None:
         """Set every instance's lambda back to ``lam0``."""
@@ -560,9 +545,7 @@ class ALDRKLLoss(nn.Module):
             alpha=self.alpha,
             margin=self.margin,
             normalize=self.normalize,
-            reduction=self.reduction,
-            ignore_index=self.ignore_index,
-            label_smoothing=self.label_smoothing,
+            **self.options(),
         )
         if self.training:
             ids, new = index.reshape(-1), lam_new.reshape(-1)
@@ -573,9 +556,3 @@ class ALDRKLLoss(nn.Module):
             with torch.no_grad():
                 self.lam.index_put_((ids,), new.to(self.lam.dtype))
         return loss
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_samples={self.num_samples}, lam0={self.lam0:g}, alpha={self.alpha:g}, "
-            f"margin={self.margin:g}, normalize={self.normalize!r}, reduction={self.reduction!r}"
-        )

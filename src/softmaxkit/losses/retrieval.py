@@ -27,12 +27,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks, workspace
-from softmaxkit._ops.row_loss import Rows, check_logits, reduce
+from softmaxkit._ops.row_loss import LossModule, Rows, check_logits, reduce
 
 _INF = math.inf
 
@@ -203,10 +202,20 @@ class _SoftmaxRows(torch.autograd.Function):
         return grad, None, None, None, None, None, None
 
 
-def _softmax_family(scores, positives_mask, decoupled, normalize, weights, m, generator, reduction):
+def _softmax_family(
+    scores,
+    positives_mask,
+    *,
+    decoupled: bool,
+    normalize: bool,
+    weights,
+    num_sampled_positives,
+    generator,
+    reduction: str,
+):
     v.check_reduction(reduction)
     v.check_bool("normalize", normalize)
-    batch = _Batch(scores, positives_mask, weights, m, generator)
+    batch = _Batch(scores, positives_mask, weights, num_sampled_positives, generator)
     lse = _row_lse(batch, decoupled)
     coef = batch.coef(normalize)
     losses = _SoftmaxRows.apply(batch.x2, lse, batch.pos, batch.rows, batch.cols, coef, decoupled)
@@ -279,7 +288,14 @@ def decoupled_softmax_loss(
         tensor([0.2887, 0.2368])
     """
     return _softmax_family(
-        scores, positives_mask, True, True, weights, num_sampled_positives, generator, reduction
+        scores,
+        positives_mask,
+        decoupled=True,
+        normalize=True,
+        weights=weights,
+        num_sampled_positives=num_sampled_positives,
+        generator=generator,
+        reduction=reduction,
     )
 
 
@@ -330,12 +346,12 @@ def multi_positive_softmax_loss(
     return _softmax_family(
         scores,
         positives_mask,
-        False,
-        normalize,
-        weights,
-        num_sampled_positives,
-        generator,
-        reduction,
+        decoupled=False,
+        normalize=normalize,
+        weights=weights,
+        num_sampled_positives=num_sampled_positives,
+        generator=generator,
+        reduction=reduction,
     )
 
 
@@ -548,9 +564,13 @@ def soft_topk_loss(
 # --- module twins ---------------------------------------------------------------------------
 
 
-class DecoupledSoftmaxLoss(nn.Module):
-    """Module twin of :func:`decoupled_softmax_loss`; ``forward(scores, positives_mask,
-    weights=None)``."""
+class _RetrievalLoss(LossModule):
+    """Base of the module twins: ``forward(scores, positives_mask, weights=None)`` calls
+    ``function`` with the hyperparameters (its keyword arguments), the generator and the
+    reduction."""
+
+    shared_options = ("reduction",)
+    function = staticmethod(decoupled_softmax_loss)
 
     def __init__(
         self,
@@ -559,12 +579,13 @@ class DecoupledSoftmaxLoss(nn.Module):
         generator: torch.Generator | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        v.check_reduction(reduction)
+        super().__init__(reduction=reduction)
         _check_sampling(num_sampled_positives, generator)
         self.num_sampled_positives = num_sampled_positives
         self.generator = generator
-        self.reduction = reduction
+
+    def hyperparameters(self) -> dict:
+        return {"num_sampled_positives": self.num_sampled_positives}
 
     def forward(
         self,
@@ -572,22 +593,26 @@ class DecoupledSoftmaxLoss(nn.Module):
         positives_mask: torch.Tensor,
         weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return decoupled_softmax_loss(
+        return self.function(
             scores,
             positives_mask,
             weights=weights,
-            num_sampled_positives=self.num_sampled_positives,
             generator=self.generator,
-            reduction=self.reduction,
+            **self.hyperparameters(),
+            **self.options(),
         )
 
-    def extra_repr(self) -> str:
-        return f"num_sampled_positives={self.num_sampled_positives}, reduction={self.reduction!r}"
+
+class DecoupledSoftmaxLoss(_RetrievalLoss):
+    """Module twin of :func:`decoupled_softmax_loss`; ``forward(scores, positives_mask,
+    weights=None)``."""
 
 
-class MultiPositiveSoftmaxLoss(nn.Module):
+class MultiPositiveSoftmaxLoss(_RetrievalLoss):
     """Module twin of :func:`multi_positive_softmax_loss`; ``forward(scores,
     positives_mask, weights=None)``."""
+
+    function = staticmethod(multi_positive_softmax_loss)
 
     def __init__(
         self,
@@ -597,41 +622,20 @@ class MultiPositiveSoftmaxLoss(nn.Module):
         generator: torch.Generator | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        v.check_reduction(reduction)
-        v.check_bool("normalize", normalize)
-        _check_sampling(num_sampled_positives, generator)
-        self.normalize = normalize
-        self.num_sampled_positives = num_sampled_positives
-        self.generator = generator
-        self.reduction = reduction
-
-    def forward(
-        self,
-        scores: torch.Tensor,
-        positives_mask: torch.Tensor,
-        weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return multi_positive_softmax_loss(
-            scores,
-            positives_mask,
-            normalize=self.normalize,
-            weights=weights,
-            num_sampled_positives=self.num_sampled_positives,
-            generator=self.generator,
-            reduction=self.reduction,
+        super().__init__(
+            num_sampled_positives=num_sampled_positives, generator=generator, reduction=reduction
         )
+        self.normalize = v.check_bool("normalize", normalize)
 
-    def extra_repr(self) -> str:
-        return (
-            f"normalize={self.normalize}, num_sampled_positives={self.num_sampled_positives}, "
-            f"reduction={self.reduction!r}"
-        )
+    def hyperparameters(self) -> dict:
+        return {"normalize": self.normalize, **super().hyperparameters()}
 
 
-class SoftTopKLoss(nn.Module):
+class SoftTopKLoss(_RetrievalLoss):
     """Module twin of :func:`soft_topk_loss`; ``forward(scores, positives_mask,
     weights=None)``."""
+
+    function = staticmethod(soft_topk_loss)
 
     def __init__(
         self,
@@ -643,38 +647,17 @@ class SoftTopKLoss(nn.Module):
         generator: torch.Generator | None = None,
         reduction: str = "mean",
     ) -> None:
-        super().__init__()
-        v.check_reduction(reduction)
+        super().__init__(
+            num_sampled_positives=num_sampled_positives, generator=generator, reduction=reduction
+        )
         v.check_number("alpha", alpha, low=0.0, low_open=True)
         v.check_int("n_iter", n_iter, low=1)
-        _check_sampling(num_sampled_positives, generator)
-        self.k = k
-        self.alpha = alpha
-        self.n_iter = n_iter
-        self.num_sampled_positives = num_sampled_positives
-        self.generator = generator
-        self.reduction = reduction
+        self.k, self.alpha, self.n_iter = k, alpha, n_iter
 
-    def forward(
-        self,
-        scores: torch.Tensor,
-        positives_mask: torch.Tensor,
-        weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return soft_topk_loss(
-            scores,
-            positives_mask,
-            self.k,
-            alpha=self.alpha,
-            n_iter=self.n_iter,
-            weights=weights,
-            num_sampled_positives=self.num_sampled_positives,
-            generator=self.generator,
-            reduction=self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"k={self.k!r}, alpha={self.alpha}, n_iter={self.n_iter}, "
-            f"num_sampled_positives={self.num_sampled_positives}, reduction={self.reduction!r}"
-        )
+    def hyperparameters(self) -> dict:
+        return {
+            "k": self.k,
+            "alpha": self.alpha,
+            "n_iter": self.n_iter,
+            **super().hyperparameters(),
+        }
