@@ -108,7 +108,7 @@ def test_paper_claim_perpgrad_generalises_where_adamw_overfits():
 
     data = demo.make_data(59, 0.4, seed=42)
     sink = io.StringIO()
-    perp = demo.train("perpgrad", data, 200, 200, 42, sink, sink)["curves"]
-    plain = demo.train("softmax", data, 200, 200, 42, sink, sink)["curves"]
+    perp = demo.train("perpgrad", data, 200, 200, 42, out=sink, err=sink)["curves"]
+    plain = demo.train("softmax", data, 200, 200, 42, out=sink, err=sink)["curves"]
     assert perp["test_acc"][-1] > 0.95 and perp["train_acc"][-1] == 1.0
     assert plain["train_acc"][-1] == 1.0 and plain["test_acc"][-1] < 0.05

@@ -7,7 +7,11 @@
   smoothing and probability targets; the base of the losses' module twins.
 * :mod:`~softmaxkit._ops.cross_entropy`: the cross-entropy rules (ignore_index, label
   smoothing, class weights, softcap, log-sum-exp penalty, mean denominators) written
-  once over per-row statistics, shared by the fused and the vocab-parallel heads.
+  once over per-row statistics, local or all-reduced over a process group, shared by
+  the fused and the vocab-parallel heads and VQ-Logits.
+* :mod:`~softmaxkit._ops.stablemax`: StableMax's element-wise pieces (``s``, its
+  log-derivative ``r``), shared by the map and its cross-entropy.
+* :mod:`~softmaxkit._ops.optim`: the one float64 L-BFGS set-up of the small convex fits.
 
 Dependencies point one way: ``_ops`` imports only torch and :mod:`softmaxkit._validation`.
 """

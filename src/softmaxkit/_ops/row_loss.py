@@ -28,7 +28,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks
+from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks, workspace
 
 
 @dataclass
@@ -156,15 +156,23 @@ class RowLoss:
         return None
 
 
-class _PairRowLoss(RowLoss):  # TRANSITION: removed once every loss is a RowLoss
-    def __init__(self, fn, grad_fn) -> None:
-        self.fn, self.grad_fn = fn, grad_fn
+class BufferedRowLoss(RowLoss):
+    """A row loss that writes its temporaries into ``buffers`` block buffers
+    (:func:`softmaxkit._ops.blocks.workspace`), allocated on the first block that asks for
+    them and reused by every later block of forward and backward: the scratch-buffer
+    mechanism of the losses with hand-written kernels (divergences, NKD, LDR-KL). Build
+    one instance per call: the buffers live as long as the call's autograd graph."""
 
-    def value(self, *args):
-        return self.fn(*args)
+    #: how many block buffers the kernels use
+    buffers = 0
+    work: Sequence[torch.Tensor] = ()
 
-    def grad(self, *args):
-        return None if self.grad_fn is None else self.grad_fn(*args)
+    def block_work(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """The buffers of ``z``'s block: the first ``len(z)`` rows of each."""
+        n = z.shape[0]
+        if not self.work or self.work[0].shape[0] < n:
+            self.work = workspace(z, z.dtype, self.buffers)
+        return [w[:n] for w in self.work]
 
 
 @dataclass(frozen=True)
@@ -252,7 +260,6 @@ def row_loss(
     smoothing: float = 0.0,
     extras: Sequence[torch.Tensor] = (),
     dtype: torch.dtype | None = None,
-    grad_fn=None,  # TRANSITION: removed once every loss is a RowLoss
 ) -> torch.Tensor:
     """Per-row values of ``loss`` (a :class:`RowLoss`) on (rows, C) ``inputs``, in row blocks.
 
@@ -263,8 +270,6 @@ def row_loss(
     ``loss.grad`` or, where it returns ``None``, from autograd on ``loss.value``; peak
     memory is the gradient itself.
     """
-    if not isinstance(loss, RowLoss):  # TRANSITION: (fn, grad_fn) pairs
-        loss = _PairRowLoss(loss, grad_fn)
     dtype = dtype or compute_dtype(inputs[0])
     if inputs[0].shape[0] == 0 or inputs[0].shape[1] == 0:
         zero = sum((x.sum(-1) * 0 for x in inputs), inputs[0].new_zeros(inputs[0].shape[0]))

@@ -208,6 +208,7 @@ def train(
     epochs: int,
     log_every: int,
     seed: int,
+    *,
     out: TextIO,
     err: TextIO,
 ) -> dict[str, Any]:
@@ -413,7 +414,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
             LONG_STABLEMAX_EPOCHS if name == "stablemax" and args.long else DEFAULT_EPOCHS[name]
         )
         log_every = args.log_every or max(1, epochs // TARGET_POINTS)
-        r = train(name, data, epochs, log_every, args.seed, out, err)
+        r = train(name, data, epochs, log_every, args.seed, out=out, err=err)
         print(
             f"  -> {name}: {r['config']['optimizer']}, {r['config']['loss']}, "
             f"{epochs} epochs in {r['seconds']:.1f}s",

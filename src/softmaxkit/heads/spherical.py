@@ -361,14 +361,15 @@ class SphericalOutputLayer(nn.Module):
             g = 1.0 if box["scale"] is None else box["scale"]
             parts.append((x, t, f1 * g, f2 * g, f3 * g, Wc))
         X, T, f1, f2, f3, Wc = (torch.cat(p) for p in zip(*parts))
-        self._update(X, T, f1, f2, f3, Wc, eta)  # raises before changing anything
+        self._update(X, T, (f1, f2, f3), Wc, eta=eta)  # raises before changing anything
         self._pending.clear()
         self.steps += 1
         due = self.steps % self.renorm_every == 0
         if due and torch.linalg.cond(self.U) > self.renorm_threshold:
             self.renormalize()
 
-    def _update(self, X, T, f1, f2, f3, Wc, eta: float) -> None:
+    def _update(self, X, T, coefficients, Wc, *, eta: float) -> None:
+        f1, f2, f3 = coefficients  # per-row loss coefficients of the exact update
         D = self.out_features
         F1X = f1[:, None] * X  # (B, d); H = X^T F1 X, M = I - eta H
         r = X.T @ f2  # (d,)

@@ -15,6 +15,7 @@ from torch import nn
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import as_rows, compute_dtype, row_blocks
 from softmaxkit._ops.row_loss import (
+    BufferedRowLoss,
     LossModule,
     RowLoss,
     Rows,
@@ -24,7 +25,6 @@ from softmaxkit._ops.row_loss import (
     row_loss,
 )
 from softmaxkit.losses.divergence import (
-    BufferedRowLoss,
     divergence_loss,
     fast_ok,
     floor_inf,

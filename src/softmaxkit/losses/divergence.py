@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, workspace
-from softmaxkit._ops.row_loss import LossModule, RowLoss, reduce, row_loss
+from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any
+from softmaxkit._ops.row_loss import BufferedRowLoss, LossModule, reduce, row_loss
 
 KINDS = ("kl", "reverse_kl", "js", "tv", "hellinger", "alpha")
 
@@ -167,24 +167,6 @@ def redo_rows(
         for value, fixed in zip(values, exact(rows)):
             if value is not None:
                 value[rows] = fixed
-
-
-class BufferedRowLoss(RowLoss):
-    """A row loss that writes its temporaries into ``buffers`` block buffers
-    (:func:`softmaxkit._ops.blocks.workspace`), allocated on the first block that asks for
-    them and reused by every later block of forward and backward (the losses of this
-    package with hand-written kernels: divergences, NKD, LDR-KL)."""
-
-    #: how many block buffers the kernels use
-    buffers = 0
-    work: Sequence[torch.Tensor] = ()
-
-    def block_work(self, z: torch.Tensor) -> list[torch.Tensor]:
-        """The buffers of ``z``'s block: the first ``len(z)`` rows of each."""
-        n = z.shape[0]
-        if not self.work or self.work[0].shape[0] < n:
-            self.work = workspace(z, z.dtype, self.buffers)
-        return [w[:n] for w in self.work]
 
 
 def scaled(z: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,7 @@ import torch
 
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import compute_dtype, maybe_any, row_blocks, workspace
-from softmaxkit._ops.row_loss import LossModule, prepare, reduce, row_loss
-from softmaxkit.losses.divergence import BufferedRowLoss
+from softmaxkit._ops.row_loss import BufferedRowLoss, LossModule, prepare, reduce, row_loss
 
 __all__ = ["ldr_kl_loss", "aldr_kl_loss", "LDRKLLoss", "ALDRKLLoss"]
 

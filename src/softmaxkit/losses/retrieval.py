@@ -166,7 +166,8 @@ class _SoftmaxRows(torch.autograd.Function):
     ``lse`` of :func:`_row_lse`; the gradient is written block by block into its storage."""
 
     @staticmethod
-    def forward(ctx, x2, lse, pos, rows, cols, coef, decoupled):
+    def forward(ctx, x2, lse, pos, positives, decoupled):
+        rows, cols, coef = positives  # the (P,) row, column and coefficient of each positive
         zp = x2[rows, cols].to(lse.dtype)
         d = lse[rows] - zp
         term = _softplus(d) if decoupled else d
@@ -199,7 +200,7 @@ class _SoftmaxRows(torch.autograd.Function):
         # at a positive: -a_p (decoupled: no denominator share), or the softmax share - a_p
         own = -a if ctx.decoupled else total[rows] * torch.exp(zp - lse0[rows]) - a
         grad[rows, cols] = own.to(grad.dtype)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _softmax_family(
@@ -218,7 +219,8 @@ def _softmax_family(
     batch = _Batch(scores, positives_mask, weights, num_sampled_positives, generator)
     lse = _row_lse(batch, decoupled)
     coef = batch.coef(normalize)
-    losses = _SoftmaxRows.apply(batch.x2, lse, batch.pos, batch.rows, batch.cols, coef, decoupled)
+    positives = (batch.rows, batch.cols, coef)
+    losses = _SoftmaxRows.apply(batch.x2, lse, batch.pos, positives, decoupled)
     return reduce(losses, batch.reduction_rows, reduction, scores.dtype)
 
 
@@ -415,7 +417,8 @@ class _SoftTopKRows(torch.autograd.Function):
     written block by block into its storage."""
 
     @staticmethod
-    def forward(ctx, x2, tau, exclude, rows, cols, coef, alpha):
+    def forward(ctx, x2, tau, exclude, positives, alpha):
+        rows, cols, coef = positives  # the (P,) row, column and coefficient of each positive
         l_pos = x2[rows, cols].to(tau.dtype) * alpha + tau[rows]
         ctx.save_for_backward(x2, tau, exclude, rows, cols, coef, l_pos)
         ctx.alpha = alpha
@@ -449,7 +452,7 @@ class _SoftTopKRows(torch.autograd.Function):
                 grad[b] = slope
         own = torch.sigmoid(l_pos) * torch.sigmoid(-l_pos) * scale[rows] + u
         grad[rows, cols] = own.to(grad.dtype)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None
 
 
 def _check_k(k, batch: _Batch, scores: torch.Tensor) -> torch.Tensor:
@@ -555,9 +558,8 @@ def soft_topk_loss(
     batch = _Batch(scores, positives_mask, weights, num_sampled_positives, generator)
     k_rows = _check_k(k, batch, scores)
     tau = _soft_topk_threshold(batch, k_rows, alpha, n_iter)
-    losses = _SoftTopKRows.apply(
-        batch.x2, tau, batch.excluded, batch.rows, batch.cols, batch.coef(), alpha
-    )
+    positives = (batch.rows, batch.cols, batch.coef())
+    losses = _SoftTopKRows.apply(batch.x2, tau, batch.excluded, positives, alpha)
     return reduce(losses, batch.reduction_rows, reduction, scores.dtype)
 
 
