@@ -20,6 +20,7 @@ target ``(1 - eps) e_y + eps / C``, exactly as ``cross_entropy`` does.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -129,7 +130,7 @@ def smoothed(index: torch.Tensor, smoothing: float, num_classes: int, dtype) -> 
     return out.scatter_add_(1, index.unsqueeze(1), torch.full_like(out[:, :1], 1.0 - smoothing))
 
 
-class RowLoss:
+class RowLoss(ABC):
     """The row-loss contract: the value, and optionally the gradient, of one block of rows.
 
     A loss on (rows, C) inputs is written as a subclass (hyperparameters as attributes,
@@ -149,8 +150,9 @@ class RowLoss:
       handle (for example non-finite logits), and autograd takes over for that block.
     """
 
+    @abstractmethod
     def value(self, *args: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The (b,) losses of one block (see the class docstring)."""
 
     def grad(self, *args: torch.Tensor | None) -> torch.Tensor | tuple | None:
         return None

@@ -15,6 +15,7 @@ a ``fitted`` flag, and loading a fitted state dict makes the scaler usable.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -337,7 +338,7 @@ def _fit_affine(
     }
 
 
-class _AffineScaler(_Scaler):
+class _AffineScaler(_Scaler, ABC):
     """Vector and matrix scaling: calibrated logits ``self._map(z, weight, bias)``, fitted
     from the identity map (``_identity``) by minimising the mean NLL plus ``_penalty``."""
 
@@ -351,12 +352,13 @@ class _AffineScaler(_Scaler):
         return f"num_classes={self.num_classes}"
 
     @staticmethod
+    @abstractmethod
     def _map(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The scaled logits of ``z`` under weight ``w`` and bias ``b``."""
 
+    @abstractmethod
     def _identity(self, device: torch.device) -> torch.Tensor:
         """The float64 weight of the identity map."""
-        raise NotImplementedError
 
     def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor] | None:
         """The regulariser added to the mean NLL (none by default)."""

@@ -13,6 +13,7 @@ rare rows it cannot get exactly (a ``-inf``, ``inf`` or NaN logit) to the exact 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -230,16 +231,18 @@ class _Divergence(BufferedRowLoss):
     ) -> None:
         self.scale, self.factor, self.needs, self.mirror = scale, factor, needs, mirror
 
+    @abstractmethod
     def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
-        raise NotImplementedError
+        """The exact per-row divergence (with ``grads``, its gradients) from log-probs."""
 
+    @abstractmethod
     def fast_value(self, zp, zq, ws: list[torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError
+        """The per-row divergence from the logits by the closed-form kernel."""
 
+    @abstractmethod
     def fast_grads(self, zp, zq, g: torch.Tensor, needs, ws: list[torch.Tensor]):
         """g * the gradients w.r.t. both logits (None where not needed), and the rows where
         they are not exact."""
-        raise NotImplementedError
 
     def _evaluate(self, zp: torch.Tensor, zq: torch.Tensor, grads: bool) -> Parts:
         if self.scale != 1.0:

@@ -19,6 +19,8 @@ Every feature detector of :mod:`softmaxkit.ood` (:class:`~softmaxkit.ood.Mahalan
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 
 from softmaxkit import _validation as V
@@ -80,7 +82,7 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / norm.clamp(min=torch.finfo(x.dtype).tiny)
 
 
-class FeatureScore:
+class FeatureScore(ABC):
     """The scoring half of the protocol: fitted check, feature check, chunked scoring.
 
     A subclass sets ``_fit_call`` (how it is fitted, named in the error before fit) and
@@ -94,11 +96,13 @@ class FeatureScore:
     _pool = False
     _finite_queries = True
 
+    @abstractmethod
     def _width(self) -> int | None:
-        raise NotImplementedError
+        """The number of features scoring expects (None before fit)."""
 
+    @abstractmethod
     def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The (b,) scores of one block of checked query rows."""
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
         """float64 for float64 features, else float32 (the package's policy)."""
@@ -157,5 +161,6 @@ class FeatureDetector(FeatureScore):
         self._fit_checked(check_features("features", features, pool=self._pool), labels, **options)
         return self
 
+    @abstractmethod
     def _fit_checked(self, x: torch.Tensor, labels: torch.Tensor | None, **options: object) -> None:
-        raise NotImplementedError
+        """Store what scoring needs from checked features (and labels)."""
