@@ -52,12 +52,14 @@ def _reads_values(check: _Check) -> _Check:
     return checked  # type: ignore[return-value]
 
 
-def _check_index_dtype(name: str, value: Any) -> torch.Tensor:
-    """A tensor of an integer dtype (not bool, not complex) holding class indices."""
+def check_index_dtype(name: str, value: Any) -> torch.Tensor:
+    """Class indices of any integer dtype (int8 ... int64, uint8; not bool, not floating),
+    returned as int64: the one place where integer labels are converted, so every caller
+    gets the dtype that ``gather``, ``one_hot`` and ``nll_loss`` need."""
     check_tensor(name, value)
     if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold class indices (an integer dtype), got {value.dtype}")
-    return value
+    return value if value.dtype == torch.int64 else value.long()
 
 
 def check_tensor(name: str, value: Any) -> torch.Tensor:
@@ -160,12 +162,13 @@ def check_mask(mask: Any, x: torch.Tensor, name: str = "mask") -> torch.Tensor:
 def check_class_target(
     target: Any, logits: torch.Tensor, class_dim: int, ignore_index: int, name: str = "target"
 ) -> torch.Tensor:
-    """Class indices: integer dtype, the logits' shape without ``class_dim``, in range.
+    """Class indices: any integer dtype (returned as int64), the logits' shape without
+    ``class_dim``, in range.
 
     Values are checked on CPU tensors outside ``torch.compile`` only; elsewhere an
     out-of-range index is caught by the device-side check of the gather that reads it.
     """
-    _check_index_dtype(name, target)
+    target = check_index_dtype(name, target)
     expected = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
     if target.shape != expected:
         raise ValueError(
@@ -341,12 +344,13 @@ def check_no_nan(name: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> torch.Tensor:
-    """An (items, annotators) integer tensor of class indices in [0, num_classes) or ``missing``.
+    """An (items, annotators) integer tensor of class indices in [0, num_classes) or
+    ``missing``, returned as int64.
 
     ``missing`` must itself lie outside [0, num_classes). Values are read on CPU tensors
     outside ``torch.compile`` only, like :func:`check_tensor_values`.
     """
-    _check_index_dtype(name, value)
+    value = check_index_dtype(name, value)
     if value.dim() != 2:
         raise ValueError(f"{name} must be 2-D (items, annotators), got shape {tuple(value.shape)}")
     if 0 <= missing < num_classes:
@@ -367,12 +371,13 @@ def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> 
 def check_class_indices(
     name: str, value: Any, shape: tuple[int, ...], num_classes: int
 ) -> torch.Tensor:
-    """Class indices: integer dtype, exactly ``shape``, all in [0, num_classes).
+    """Class indices: any integer dtype (returned as int64), exactly ``shape``, all in
+    [0, num_classes).
 
     Values are read on CPU tensors outside ``torch.compile`` only, like
     :func:`check_tensor_values`.
     """
-    _check_index_dtype(name, value)
+    value = check_index_dtype(name, value)
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
     if _readable(value):

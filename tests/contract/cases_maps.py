@@ -85,6 +85,7 @@ def softmax_case(name, op, log):
         baseline=torch_softmax(log),
         dim=True,
         empty=empty_rows,
+        masked_row="-inf" if log else "zeros",
         bad=[
             *BAD_X,
             Bad({"temperature": 0.0}, ValueError, "temperature"),

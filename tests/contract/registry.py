@@ -74,6 +74,13 @@ class Case:
     #                                      targets (default: args[0].shape[-1])
     keeps_dtype: bool = True  # a floating input of dtype d gives a floating output of dtype d
     prob_axis: int = 1  # the class axis of a probability target of more than one dimension
+    labels: dict = field(default_factory=dict)  # {position: argument name} of the args that
+    #   hold class indices: every integer dtype gives the int64 result, bool/float a TypeError
+    magnitude: tuple[int, ...] = ()  # positions of floating args (logits, features) that the
+    #   extreme-magnitude test scales to 1e19, 1e30, 3e38 (float32) and near float16/bfloat16's
+    #   maximum: the output must be finite and close to float64 wherever float64's is finite
+    masked_row: str | None = None  # what a row of all -inf in args[0] gives: "zeros" (a
+    #   probability map) or "-inf" (a log map), the other rows unchanged, no NaN gradient
 
 
 REGISTRY: dict[str, Case] = {}

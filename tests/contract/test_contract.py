@@ -6,7 +6,8 @@ dtype runs, keeps its dtype, and low precision stays close to float64 (no worse 
 own op where a baseline exists); (c) reductions agree; (d) ignore_index; (e) one-hot
 probability targets equal class indices; (f) non-contiguous inputs and a non-last ``dim``;
 (g) empty inputs; (h) ``torch.compile`` on CPU equals eager; (i) gradcheck; (j) bad
-arguments raise and name the argument.
+arguments raise and name the argument; (k) class indices of every integer dtype; (l)
+extreme magnitudes; (m) a fully masked row.
 """
 
 from __future__ import annotations
@@ -475,3 +476,114 @@ def test_bad_arguments_name_the_argument(case: Case):
             args[i] = value
         with pytest.raises(bad.error, match=re.escape(bad.name)):
             case.op(*args, **{**sample.kwargs, **bad.kwargs})
+
+
+# ------------------------------------------------------- (k) integer dtypes of labels
+
+INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+@cases("labels", lambda c: bool(c.labels))
+def test_integer_label_dtypes(case: Case):
+    """Class indices of any integer dtype give the int64 result; bool and float a TypeError
+    naming the argument."""
+    sample = case.samples(torch.float32)[0]
+    expected = call(case, sample)
+    tested = []
+    for dtype in INDEX_DTYPES:
+        info, run = torch.iinfo(dtype), sample
+        for i in case.labels:
+            t = sample.args[i]
+            assert not t.is_floating_point() and t.dtype != torch.bool, f"args[{i}] not indices"
+            if t.numel() and (int(t.min()) < info.min or int(t.max()) > info.max):
+                break  # the values do not fit this dtype (e.g. a negative ignore_index)
+            run = replace_arg(run, i, t.to(dtype))
+        else:
+            assert_close(call(case, run), expected, **EXACT, what=f"labels as {dtype}")
+            tested.append(dtype)
+    assert torch.int32 in tested, "int32 labels must be tested"
+    for i, name in case.labels.items():
+        t = sample.args[i]
+        for wrong in (t.to(torch.float32), t != 0):
+            with pytest.raises(TypeError, match=re.escape(name)):
+                call(case, replace_arg(sample, i, wrong))
+
+
+# --------------------------------------------------------- (l) extreme magnitudes
+
+EXTREMES = (
+    (torch.float32, 1e19),
+    (torch.float32, 1e30),
+    (torch.float32, 3e38),
+    (torch.float16, 6e4),
+    (torch.bfloat16, 3e38),
+)
+
+
+def scaled_to(sample: Sample, positions, magnitude: float, dtype: torch.dtype) -> Sample:
+    """``sample`` with the floating args at ``positions`` scaled so that their largest entry
+    has absolute value ``magnitude`` (scaled in float64, then rounded to ``dtype``)."""
+    args = list(sample.args)
+    for i in positions:
+        x = args[i].detach().to(torch.float64)
+        finite = x[torch.isfinite(x)].abs()
+        if finite.numel() and finite.max() > 0:
+            args[i] = (x * (magnitude / finite.max())).to(dtype)
+    return Sample(tuple(args), dict(sample.kwargs), sample.grad)
+
+
+@pytest.mark.parametrize(
+    "dtype,magnitude", EXTREMES, ids=[f"{d}-{m:g}".replace("torch.", "") for d, m in EXTREMES]
+)
+@cases("magnitude", lambda c: bool(c.magnitude))
+def test_extreme_magnitudes(case: Case, dtype: torch.dtype, magnitude: float):
+    """Finite inputs anywhere in the dtype's range: the output is finite and close to float64
+    wherever float64's is finite and representable in ``dtype``, and no gradient is NaN where
+    float64's is finite."""
+    if dtype not in case.dtypes:
+        pytest.skip(f"{case.name} does not take {dtype}")
+    top = torch.finfo(dtype).max
+    for k, sample in enumerate(case.samples(dtype)):
+        run, leaves = with_leaves(scaled_to(sample, case.magnitude, magnitude, dtype))
+        got = main_of(case, call(case, run))
+        got_grads = grads(got, leaves)
+        wide, wide_leaves = with_leaves(as_float64(run))
+        expected = main_of(case, call(case, wide))
+        expected_grads = grads(expected, wide_leaves)
+        got, expected = got.detach().to(torch.float64), expected.detach()
+        shown = torch.isfinite(expected) & (expected.abs() <= top)
+        assert torch.isfinite(got[shown]).all(), f"sample {k}: inf/NaN where float64 is finite"
+        t = tol(case, dtype)
+        err = (got - expected)[shown].abs()
+        limit = t["atol"] + t["rtol"] * expected[shown].abs()
+        assert bool((err <= limit).all()), f"sample {k}: error {err.max():.3g} beyond {t}"
+        for g, h in zip(got_grads, expected_grads):
+            assert not torch.isnan(g[torch.isfinite(h)]).any(), f"sample {k}: NaN gradient"
+
+
+# --------------------------------------------------------- (m) a fully masked row
+
+
+@cases("masked_row", lambda c: c.masked_row is not None)
+def test_fully_masked_row(case: Case):
+    """A row of all -inf gives zeros (a probability map) or -inf (a log map); the other rows
+    are unchanged and no gradient is NaN (the masked row's is zero)."""
+    fill = {"zeros": 0.0, "-inf": -float("inf")}[case.masked_row]
+    for dtype in (torch.float64, torch.float32):
+        sample = next(
+            s
+            for s in case.samples(dtype)
+            if s.args[0].ndim >= 2 and s.kwargs.get("dim", -1) in (-1, s.args[0].ndim - 1)
+        )
+        x = sample.args[0].detach().clone()
+        x.reshape(-1, x.shape[-1])[0] = -float("inf")
+        expected = main_of(case, call(case, sample)).detach()
+        run, leaves = with_leaves(replace_arg(sample, 0, x))
+        out = main_of(case, call(case, run))
+        rows = out.detach().reshape(-1, out.shape[-1])
+        assert torch.all(rows[0] == fill), f"{dtype}: the masked row gives {rows[0]}"
+        torch.testing.assert_close(rows[1:], expected.reshape(-1, out.shape[-1])[1:], **EXACT)
+        for position, g in zip(sample.grad, grads(out, leaves)):
+            assert not torch.isnan(g).any(), f"{dtype}: NaN gradient"
+            if position == 0:
+                assert torch.all(g.reshape(-1, x.shape[-1])[0] == 0), "masked row has grad"
