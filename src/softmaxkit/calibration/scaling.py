@@ -96,8 +96,7 @@ def _check_fit(
         raise ValueError(
             f"logits must have num_classes={num_classes} columns, got shape {tuple(logits.shape)}"
         )
-    V.check_class_indices("target", target, (logits.shape[0],), logits.shape[1])
-    assert isinstance(target, torch.Tensor)
+    target = V.check_class_indices("target", target, (logits.shape[0],), logits.shape[1])
     if target.device != logits.device:
         raise ValueError(
             f"target must be on the logits' device {logits.device}, got {target.device}"
@@ -364,6 +363,10 @@ class _AffineScaler(_Scaler, ABC):
         """The regulariser added to the mean NLL (none by default)."""
         return None
 
+    def _forward_map(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """:meth:`_map` as :meth:`forward` applies it (where it may guard the float range)."""
+        return self._map(z, w, b)
+
     def _fit(self, logits: torch.Tensor, target: torch.Tensor, max_iter: int) -> _AffineScaler:
         x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
         w = self._identity(x.device).requires_grad_(True)
@@ -387,7 +390,7 @@ class _AffineScaler(_Scaler, ABC):
         ``logits @ W.T + b`` for matrix scaling); fp16/bf16 computed in float32."""
         x = self._check_forward(logits, self.num_classes)
         z = upcast(x)
-        return self._map(z, self.weight.to(z.dtype), self.bias.to(z.dtype)).to(x.dtype)
+        return self._forward_map(z, self.weight.to(z.dtype), self.bias.to(z.dtype)).to(x.dtype)
 
 
 class VectorScaling(_AffineScaler):
@@ -461,6 +464,11 @@ class MatrixScaling(_AffineScaler):
     100-class grid). Tune them by cross-validation for your data. Fitted with L-BFGS +
     strong-Wolfe line search in float64 from the identity map.
 
+    The calibrated logits are computed as :math:`s\,(W (z / s)) + b` with :math:`s` the
+    row's largest :math:`|z_k|`, so that logits near the dtype's maximum do not overflow
+    inside the matrix product (:math:`z_1 + z_2 - z_3` at ``3e38`` each is ``3e38``, not
+    ``inf``).
+
     Args:
         num_classes: C >= 1.
         l2: :math:`\lambda >= 0`, weight of the off-diagonal penalty. Default 1e-2.
@@ -505,6 +513,15 @@ class MatrixScaling(_AffineScaler):
 
     def _identity(self, device: torch.device) -> torch.Tensor:
         return torch.eye(self.num_classes, dtype=torch.float64, device=device)
+
+    def _forward_map(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``s * ((z / s) @ W.T) + b`` with ``s`` the row's largest ``|z|`` (a constant for
+        autograd, so the gradient is exactly ``W``'s): the products and partial sums of
+        the matmul stay within ``s * max|W| * C`` of the scaled row, so logits anywhere in
+        the float range give a finite result wherever the true one is representable."""
+        s = z.detach().abs().amax(dim=-1, keepdim=True)
+        s = torch.where(s > 0, s, torch.ones((), dtype=s.dtype, device=s.device))
+        return s * ((z / s) @ w.T) + b
 
     def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor]:
         """ODIR: ``l2 / (C (C - 1))`` times the squared off-diagonal of ``W`` plus
