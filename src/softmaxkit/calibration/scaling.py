@@ -464,10 +464,11 @@ class MatrixScaling(_AffineScaler):
     100-class grid). Tune them by cross-validation for your data. Fitted with L-BFGS +
     strong-Wolfe line search in float64 from the identity map.
 
-    The calibrated logits are computed as :math:`s\,(W (z / s)) + b` with :math:`s` the
-    row's largest :math:`|z_k|`, so that logits near the dtype's maximum do not overflow
-    inside the matrix product (:math:`z_1 + z_2 - z_3` at ``3e38`` each is ``3e38``, not
-    ``inf``).
+    The calibrated logits are computed as :math:`r\,(W (z / r)) + b` with :math:`r` a
+    power of two near :math:`\sqrt{\max_k |z_k|}` of the row, so that logits near the
+    dtype's maximum overflow neither inside the matrix product (:math:`z_1 + z_2 - z_3` at
+    ``3e38`` each is ``3e38``, not ``inf``) nor in its gradient; at ordinary magnitudes
+    the result is bit for bit that of :math:`W z + b`.
 
     Args:
         num_classes: C >= 1.
@@ -515,13 +516,18 @@ class MatrixScaling(_AffineScaler):
         return torch.eye(self.num_classes, dtype=torch.float64, device=device)
 
     def _forward_map(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``s * ((z / s) @ W.T) + b`` with ``s`` the row's largest ``|z|`` (a constant for
-        autograd, so the gradient is exactly ``W``'s): the products and partial sums of
-        the matmul stay within ``s * max|W| * C`` of the scaled row, so logits anywhere in
-        the float range give a finite result wherever the true one is representable."""
-        s = z.detach().abs().amax(dim=-1, keepdim=True)
-        s = torch.where(s > 0, s, torch.ones((), dtype=s.dtype, device=s.device))
-        return s * ((z / s) @ w.T) + b
+        """``((z / r) @ W.T) * r + b`` with ``r`` the power of two nearest below
+        ``sqrt(max_k |z_k|)`` of the row (a constant for autograd).
+
+        The products and partial sums of the matrix product then stay near ``sqrt`` of the
+        row's scale, and so does every intermediate of the backward (``g * r``, then
+        ``@ W``, then ``/ r``): logits near the dtype's maximum give a finite result and a
+        finite gradient wherever the true ones are. Powers of two scale exactly, so at
+        ordinary magnitudes the result is the plain ``z @ W.T + b`` to the bit.
+        """
+        _, exponent = torch.frexp(z.detach().abs().amax(dim=-1, keepdim=True))
+        r = torch.ldexp(torch.ones(exponent.shape, dtype=z.dtype, device=z.device), exponent // 2)
+        return (z / r) @ w.T * r + b
 
     def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor]:
         """ODIR: ``l2 / (C (C - 1))`` times the squared off-diagonal of ``W`` plus

@@ -239,9 +239,7 @@ def _check_result(
     shape ``(n,)``, in ``[0, num_classes)``; values read on CPU outside ``torch.compile``."""
     q = V.check_floating("result.confusion", result.confusion)
     if q.ndim != 1:
-        raise ValueError(
-            f"result.confusion must have shape (items,), got shape {tuple(q.shape)}"
-        )
+        raise ValueError(f"result.confusion must have shape (items,), got shape {tuple(q.shape)}")
     V.check_tensor_values("result.confusion", q, low=0.0, high=1.0)
     picked = []
     for field in ("top1", "top2"):
