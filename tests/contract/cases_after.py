@@ -135,6 +135,9 @@ def metric_case(name, op, reference, extra, **fields) -> Case:
         keeps_dtype=False,  # documented: float32 for float16/bfloat16/float32 inputs
         target_arg=1,
         labels={1: "target"},
+        # no magnitude: the samples include probabilities (from_logits=False), which the
+        # extreme-magnitude test would scale out of [0, 1]; the metrics from logits near the
+        # float maximum are tested in tests/calibration/test_metrics.py
         **fields,
     )
 
@@ -222,6 +225,7 @@ BAD_PLOT = [
     Bad({"n_bins": 0}, ValueError, "n_bins"),
     Bad({"from_logits": 1}, TypeError, "from_logits"),
 ]
+# no magnitude on the plots: their samples are the metrics' (probabilities among them)
 PLOT_RELIABILITY = Case(
     name="softmaxkit.calibration.plot_reliability_diagram",
     op=bar_heights(C.plot_reliability_diagram),
@@ -283,6 +287,7 @@ POSSIBILITY = Case(
     samples=possibility_samples,
     reference=possibility_ref,
     dim=True,
+    # no magnitude: the input is probabilities in [0, 1]
     empty=lambda: Sample((probs(0, 5),), grad=(0,)),
     bad=[
         Bad({"method": "pignistic"}, ValueError, "method"),

@@ -212,7 +212,7 @@ class TemperatureScaling(_Scaler):
         Args:
             logits: ``(N, C)`` float logits of held-out data, N >= 1 (``-inf`` entries
                 allowed except at the target class; no NaN / ``+inf``).
-            target: ``(N,)`` integer class indices.
+            target: ``(N,)`` class indices of any integer dtype (converted to int64 once).
             max_iter: L-BFGS iterations. Default 100.
             bounds: ``(T_lo, T_hi)`` with ``0 < T_lo < T_hi``, the range of the bracketing
                 search and of the accepted result. Default ``(1e-2, 1e2)``.
@@ -281,7 +281,9 @@ class TemperatureScaling(_Scaler):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits / T`` for logits of any shape ``(..., C)``; fp16/bf16 computed in float32
-        and returned in the input dtype."""
+        and returned in the input dtype. An entry whose ``z / T`` lies beyond the dtype's
+        range (``T < 1`` near its maximum) rounds to ``+-inf`` as IEEE division does: no
+        finite logit represents it (compute in float64 to keep such logits)."""
         x = self._check_forward(logits, None)
         z = upcast(x)
         return (z / self.temperature.to(z.dtype)).to(x.dtype)
@@ -426,7 +428,7 @@ class VectorScaling(_AffineScaler):
 
         Args:
             logits: ``(N, C)`` finite float logits of held-out data, N >= 1.
-            target: ``(N,)`` integer class indices.
+            target: ``(N,)`` class indices of any integer dtype (converted to int64 once).
             max_iter: L-BFGS iterations. Default 200.
 
         Returns:
