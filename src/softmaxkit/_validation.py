@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -36,6 +39,12 @@ def _readable(value: torch.Tensor) -> bool:
     ``torch.compile`` (elsewhere reading them would synchronise the device or break the
     graph; an out-of-range index is then caught by the device-side check that reads it)."""
     return value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling()
+
+
+def readable(value: torch.Tensor) -> bool:
+    """Whether a check outside this module may read ``value``'s entries (see
+    :func:`_readable`): the one rule for value checks written beside their callers."""
+    return _readable(value)
 
 
 _Check = TypeVar("_Check", bound=Callable[..., torch.Tensor])
@@ -396,15 +405,47 @@ def check_logit_rows(name: str, value: torch.Tensor) -> torch.Tensor:
     """
     v = value.detach()
     low, high = torch.aminmax(v)  # one pass; NaN propagates into both
-    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
-        return value
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        _raise_bad_logit_rows(name, v)
+    return value
+
+
+@_reads_values
+def check_logit_input(name: str, value: torch.Tensor, flag: str, atol: float) -> torch.Tensor:
+    """Logits (..., C) as :func:`check_logit_rows`, and a ``UserWarning`` when they look like
+    probabilities: ``C >= 2``, every entry in [0, 1] and every row summing to 1 within
+    ``atol``. Softmaxing probabilities again flattens them (``softmax([0.9, 0.1])`` is
+    ``[0.69, 0.31]``), so the warning names the ``flag`` (e.g. ``from_logits``) to set False.
+
+    The warning is attributed to the first caller outside softmaxkit, so Python's default
+    warning filter shows it once per call site. The row sums are formed only when the
+    one-pass min / max (shared with the NaN / +inf check) already lies in [0, 1], so
+    ordinary logits pay nothing extra. Read on CPU tensors outside ``torch.compile`` only,
+    like :func:`check_tensor_values`.
+    """
+    v = value.detach()
+    low, high = torch.aminmax(v)  # one pass; NaN propagates into both
+    if not (bool(torch.isfinite(low)) and bool(torch.isfinite(high))):
+        _raise_bad_logit_rows(name, v)
+    if v.shape[-1] >= 2 and bool(low >= 0) and bool(high <= 1):
+        err = (v.to(torch.float64).sum(dim=-1) - 1.0).abs()
+        if bool((err <= atol).all()):
+            warn_outside(
+                f"{name} looks like probabilities (every entry in [0, 1], every row summing to "
+                f"1), but {flag}=True treats it as logits and applies a softmax again; pass "
+                f"{flag}=False if these are probabilities"
+            )
+    return value
+
+
+def _raise_bad_logit_rows(name: str, v: torch.Tensor) -> None:
+    """The error of :func:`check_logit_rows` for logits whose min or max is not finite."""
     if bool(torch.isnan(v).any()):
         raise ValueError(f"{name} must not contain NaN, got {int(torch.isnan(v).sum())} NaN(s)")
     if bool((v == math.inf).any()):
         raise ValueError(f"{name} must not contain +inf (softmax is undefined there), got +inf")
     if bool((v == -math.inf).all(dim=-1).any()):
         raise ValueError(f"{name} must have a finite entry in every row, got a row of all -inf")
-    return value
 
 
 @_reads_values
@@ -422,3 +463,38 @@ def check_probability_rows(name: str, value: torch.Tensor, atol: float) -> torch
             f"got a row whose sum is off by {worst:g}"
         )
     return value
+
+
+def probability_atol(dtype: torch.dtype) -> float:
+    """How far from 1 a row of probabilities of ``dtype`` may sum: ``sqrt(eps)`` of the
+    dtype, at least ``1e-6`` (float32: 3.5e-4; float16: 0.031; bfloat16: 0.088)."""
+    return max(1e-6, math.sqrt(torch.finfo(dtype).eps))
+
+
+@_reads_values
+def check_finite(name: str, value: torch.Tensor) -> torch.Tensor:
+    """A tensor of finite entries (no NaN, no +-inf).
+
+    Read on CPU tensors outside ``torch.compile`` only, like :func:`check_tensor_values`.
+    """
+    bad = ~torch.isfinite(value.detach())
+    if bool(bad.any()):
+        first = value.detach()[bad].flatten()[0].item()
+        raise ValueError(
+            f"{name} must be finite, got {int(bad.sum())} non-finite value(s) (e.g. {first}) "
+            f"in a tensor of shape {tuple(value.shape)}"
+        )
+    return value
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_outside(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first frame outside softmaxkit (the user's call),
+    so Python's default filter shows it once per call site however deep the library
+    code that found the problem."""
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

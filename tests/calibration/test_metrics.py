@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -457,3 +458,116 @@ def test_compiles():
     z, y = _data(n=300, c=7, seed=10, dtype=torch.float32)
     for fn in (expected_calibration_error, brier_score, negative_log_likelihood):
         torch.testing.assert_close(torch.compile(fn)(z, y), fn(z, y))
+
+
+# ------------------------------------------------------------ issue 11: edges of the input
+
+METRICS = {
+    "ece": expected_calibration_error,
+    "ece_adaptive_l2": lambda x, y, **kw: expected_calibration_error(
+        x, y, binning="adaptive", norm="l2", **kw
+    ),
+    "classwise": classwise_calibration_error,
+    "classwise_adaptive": lambda x, y, **kw: classwise_calibration_error(
+        x, y, binning="adaptive", **kw
+    ),
+    "brier": lambda x, y, **kw: brier_score(x, y, reduction="none", **kw),
+    "nll": lambda x, y, **kw: negative_log_likelihood(x, y, reduction="none", **kw),
+    "curve": lambda x, y, **kw: reliability_curve(x, y, **kw).confidence,
+}
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+def test_integer_labels_of_every_dtype(name, dtype):
+    """int32 labels (torch.from_numpy of an int32 array) crashed nll and uint8 brier."""
+    fn = METRICS[name]
+    z, y = _data(n=60, c=5, seed=12)
+    for from_logits in (True, False):
+        x = z if from_logits else torch.softmax(z, -1)
+        expected = fn(x, y, from_logits=from_logits)
+        got = fn(x, y.to(dtype), from_logits=from_logits)
+        torch.testing.assert_close(got, expected, equal_nan=True)
+    with pytest.raises(TypeError, match="target must hold class indices"):
+        fn(z, y == 1)
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_probabilities_passed_as_logits_warn(name):
+    fn = METRICS[name]
+    z, y = _data(n=40, c=4, seed=13, dtype=torch.float32)
+    p = torch.softmax(z, -1)
+    with pytest.warns(UserWarning, match="from_logits=False") as record:
+        fn(p, y)
+    assert record[0].filename == __file__  # the user's call site, not the library's
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        with pytest.warns(UserWarning, match="looks like probabilities"):
+            fn(p.to(dtype), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fn(z, y)  # ordinary logits
+        fn(p, y, from_logits=False)  # probabilities, said so
+        fn(0.5 * p, y)  # in [0, 1], rows summing to 0.5: logits that happen to be small
+        fn(torch.rand(40, 4, generator=torch.Generator().manual_seed(0)), y)  # in [0, 1]
+        fn(torch.ones(40, 1), torch.zeros(40, dtype=torch.long))  # C = 1: no difference
+
+
+def test_probabilities_warning_once_per_call_site():
+    """Python's default filter shows the warning once per call site (line of user code)."""
+    z, y = _data(n=40, c=4, seed=14, dtype=torch.float32)
+    p = torch.softmax(z, -1)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            expected_calibration_error(p, y)  # one call site, called three times
+        brier_score(p, y)  # another call site
+    assert len(record) == 2
+    assert {r.lineno for r in record} == {
+        test_probabilities_warning_once_per_call_site.__code__.co_firstlineno + 7,
+        test_probabilities_warning_once_per_call_site.__code__.co_firstlineno + 8,
+    }
+
+
+@pytest.mark.parametrize(
+    "dtype,magnitude",
+    [
+        (torch.float32, 1e19),
+        (torch.float32, 1e30),
+        (torch.float32, 3e38),
+        (torch.float16, 6e4),
+        (torch.bfloat16, 3e38),
+    ],
+)
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_logits_anywhere_in_the_float_range(name, dtype, magnitude):
+    """As the contract's extreme-magnitude test (which the metric cases cannot take: their
+    probability samples cannot be scaled): the result from logits near the dtype's
+    maximum is finite and matches float64 on the same (rounded) logits."""
+    fn = METRICS[name]
+    z, y = _data(n=48, c=5, seed=15)
+    x = (z * (magnitude / z.abs().max())).to(dtype)
+    got, expected = fn(x, y).double(), fn(x.double(), y)
+    shown = torch.isfinite(expected) & (expected.abs() <= torch.finfo(dtype).max)
+    assert torch.isfinite(got[shown]).all()
+    torch.testing.assert_close(got[shown], expected[shown], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("binning", BINNINGS)
+@pytest.mark.parametrize("from_logits", [True, False])
+def test_noncontiguous_input_gives_no_performance_warning(binning, from_logits):
+    """A strided input is made contiguous once before torch.bucketize (which would copy it
+    itself, with a "non-contiguous" performance warning) and gives the same result."""
+    z, y = _data(n=50, c=4, seed=16)
+    x = z if from_logits else torch.softmax(z, -1)
+    strided = torch.stack([x, torch.zeros_like(x)], -1)[..., 0]
+    assert not strided.is_contiguous()
+    warn_always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # torch shows the bucketize warning once per process
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for fn in (classwise_calibration_error, expected_calibration_error):
+                got = fn(strided, y, from_logits=from_logits, binning=binning)
+                assert got == fn(x, y, from_logits=from_logits, binning=binning)
+    finally:
+        torch.set_warn_always(warn_always)

@@ -281,3 +281,32 @@ def test_row_blocks_give_the_same_fit(monkeypatch):
     blocked = [TemperatureScaling().fit(z, y), VectorScaling(6).fit(z, y)]
     assert blocked[0].temperature.item() == pytest.approx(whole[0].temperature.item(), abs=1e-7)
     torch.testing.assert_close(blocked[1].weight, whole[1].weight, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+@pytest.mark.parametrize("cls", [TemperatureScaling, VectorScaling, MatrixScaling])
+def test_fit_takes_labels_of_every_integer_dtype(cls, dtype):
+    """int32 labels crashed vector / matrix scaling, uint8 labels temperature scaling."""
+    z, y = _synthetic(n=200, c=4, seed=3)
+    make = (lambda: cls()) if cls is TemperatureScaling else (lambda: cls(4))
+    expected = make().fit(z, y)(z)
+    torch.testing.assert_close(make().fit(z, y.to(dtype))(z), expected)
+    with pytest.raises(TypeError, match="target must hold class indices"):
+        make().fit(z, y > 1)
+
+
+def test_matrix_scaling_does_not_overflow_near_the_float_maximum():
+    """W z with entries near float32's maximum: the products and partial sums of the
+    matrix product overflowed (3e38 + 3e38 - 3e38 = inf) though the result is 3e38."""
+    ms = MatrixScaling(3)
+    weight = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    ms.load_state_dict({"weight": weight, "bias": torch.zeros(3), "fitted": torch.tensor(True)})
+    for dtype in (torch.float32, torch.bfloat16):
+        z = torch.tensor([[3e38, 3e38, -3e38], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0]], dtype=dtype)
+        z.requires_grad_(True)
+        out = ms(z)
+        want = z.detach().double() @ weight.double().T
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.detach().double(), want, rtol=1e-2, atol=1e-6)
+        (grad,) = torch.autograd.grad(out.sum(), z)
+        torch.testing.assert_close(grad.double(), weight.sum(0).double().expand(3, 3))

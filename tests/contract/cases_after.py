@@ -134,6 +134,10 @@ def metric_case(name, op, reference, extra, **fields) -> Case:
         gradcheck=False,
         keeps_dtype=False,  # documented: float32 for float16/bfloat16/float32 inputs
         target_arg=1,
+        labels={1: "target"},
+        # no magnitude: the samples include probabilities (from_logits=False), which the
+        # extreme-magnitude test would scale out of [0, 1]; the metrics from logits near the
+        # float maximum are tested in tests/calibration/test_metrics.py
         **fields,
     )
 
@@ -221,6 +225,7 @@ BAD_PLOT = [
     Bad({"n_bins": 0}, ValueError, "n_bins"),
     Bad({"from_logits": 1}, TypeError, "from_logits"),
 ]
+# no magnitude on the plots: their samples are the metrics' (probabilities among them)
 PLOT_RELIABILITY = Case(
     name="softmaxkit.calibration.plot_reliability_diagram",
     op=bar_heights(C.plot_reliability_diagram),
@@ -231,6 +236,7 @@ PLOT_RELIABILITY = Case(
     keeps_dtype=False,
     empty=lambda: Sample((randn(0, 4), labels(0, classes=4))),
     bad=BAD_PLOT + [Bad({"binning": "quantile"}, ValueError, "binning")],
+    labels={1: "target"},
     skip=PLOT_SKIP,
 )
 PLOT_HISTOGRAM = Case(
@@ -243,6 +249,7 @@ PLOT_HISTOGRAM = Case(
     keeps_dtype=False,
     empty=lambda: Sample((randn(0, 4), labels(0, classes=4))),
     bad=BAD_PLOT,
+    labels={1: "target"},
     skip=PLOT_SKIP,
 )
 
@@ -280,6 +287,7 @@ POSSIBILITY = Case(
     samples=possibility_samples,
     reference=possibility_ref,
     dim=True,
+    # no magnitude: the input is probabilities in [0, 1]
     empty=lambda: Sample((probs(0, 5),), grad=(0,)),
     bad=[
         Bad({"method": "pignistic"}, ValueError, "method"),
@@ -387,6 +395,12 @@ def fitted(cls, options: dict, fit, target, **fit_kwargs):
     return _FITTED[key]
 
 
+def centred(out: torch.Tensor) -> torch.Tensor:
+    """``out`` minus its row mean, taken as ``sum(out / C)`` so that logits near the dtype's
+    maximum do not overflow in the sum (the extreme-magnitude test)."""
+    return out - (out / out.shape[-1]).sum(-1, keepdim=True)
+
+
 def temperature_op(fit, target, logits, **fit_kwargs):
     return fitted(C.TemperatureScaling, {}, fit, target, **fit_kwargs)(logits)
 
@@ -398,7 +412,7 @@ def temperature_ref(fit, target, logits, max_iter=100, bounds=(1e-2, 1e2)):
 def vector_op(fit, target, logits, num_classes=None, **fit_kwargs):
     c = fit.shape[-1] if num_classes is None else num_classes
     out = fitted(C.VectorScaling, {"num_classes": c}, fit, target, **fit_kwargs)(logits)
-    return out - out.mean(-1, keepdim=True)  # the bias is defined up to a constant
+    return centred(out)  # the bias is defined up to a constant
 
 
 def vector_ref(fit, target, logits, num_classes=None, max_iter=200):
@@ -409,7 +423,7 @@ def matrix_op(fit, target, logits, num_classes=None, l2=1e-2, bias_l2=1e-2, **fi
     c = fit.shape[-1] if num_classes is None else num_classes
     options = {"num_classes": c, "l2": l2, "bias_l2": bias_l2}
     out = fitted(C.MatrixScaling, options, fit, target, **fit_kwargs)(logits)
-    return out - out.mean(-1, keepdim=True)  # a flat direction of a weak penalty: see ref
+    return centred(out)  # a flat direction of a weak penalty: see ref
 
 
 def matrix_ref(fit, target, logits, num_classes=None, l2=1e-2, bias_l2=1e-2, max_iter=500):
@@ -434,6 +448,8 @@ TEMPERATURE = Case(
     compile=False,
     empty=scaling_empty(4),
     tol=FIT_TOL,
+    labels={1: "target"},
+    magnitude=(0, 2),
     bad=bad_fit(48)
     + [
         Bad({"bounds": 3.0}, TypeError, "bounds"),
@@ -450,6 +466,8 @@ VECTOR = Case(
     compile=False,
     empty=scaling_empty(4),
     tol=FIT_TOL,
+    labels={1: "target"},
+    magnitude=(0, 2),
     bad=bad_fit(30)
     + [
         Bad({"num_classes": 0}, ValueError, "num_classes"),
@@ -465,6 +483,8 @@ MATRIX = Case(
     compile=False,
     empty=scaling_empty(4, l2=1.0, bias_l2=0.5),
     tol=FIT_TOL,
+    labels={1: "target"},
+    magnitude=(0, 2),
     bad=bad_fit(30)
     + [
         Bad({"num_classes": 0}, ValueError, "num_classes"),
@@ -544,7 +564,11 @@ CA_CALIBRATOR = Case(
         Bad({"batch_size": 0}, ValueError, "batch_size"),
         Bad({}, ValueError, "view_logits", args={0: randn(10, 5)}),
         Bad({}, TypeError, "target", args={1: labels(10, classes=5).double()}),
+        Bad({"balanced": 1}, TypeError, "balanced"),
     ],
+    labels={1: "target"},
+    # no magnitude: z / T(x) with T down to t_min leaves the float range near 3e38, and the
+    # gradient through T is then inf times a saturated (exactly zero) softmax Jacobian
     skip={"compile": FIT_NOT_COMPILED},
 )
 
@@ -588,6 +612,8 @@ CA_LOSS = Case(
     reductions=("mean", "sum", "none"),
     ignore_index=True,
     target_arg=1,
+    labels={1: "target"},
+    magnitude=(0,),
     empty=lambda: Sample((randn(0, 4), labels(0, classes=4)), grad=(0,)),
     bad=[
         Bad({"reduction": "avg"}, ValueError, "reduction"),
@@ -628,6 +654,7 @@ CA_FEATURES = Case(
     keeps_dtype=False,  # documented: float32 for half inputs
     compile=False,
     skip={"compile": COMPILED_BY.format("probability_to_possibility")},
+    magnitude=(0,),
     empty=lambda: Sample((views(torch.float64, n=0),), grad=(0,)),
     bad=[
         Bad({"top_k": 0}, ValueError, "top_k"),
@@ -1195,6 +1222,7 @@ def crowd_case(name, op, reference, extra=None, **fields) -> Case:
         gradcheck=False,
         empty=lambda: Sample((torch.zeros(0, 4, dtype=torch.long), 3)),
         bad=BAD_CROWD + fields.pop("bad", []),
+        labels={0: "annotations"},
         skip={**CROWD_SKIP, **fields.pop("skip", {})},
         **fields,
     )
@@ -1288,6 +1316,7 @@ METHODS = Case(
     compile=False,
     gradcheck=False,
     tol={torch.float64: {"atol": 5e-3, "rtol": 0.0}},  # glad (see its case)
+    labels={0: "annotations"},
     skip={
         "dtypes": SOFT_LABELS_SKIP,
         "noncontiguous": SOFT_LABELS_SKIP,
@@ -1338,7 +1367,9 @@ AGGREGATE = Case(
         Bad({"seed": 1.5}, TypeError, "seed"),
         Bad({"weights": [1.0]}, ValueError, "weights"),
         Bad({}, ValueError, "num_classes", args={1: 0}),
+        Bad({}, TypeError, "annotations", args={0: crowd() >= 0}),
     ],
+    labels={0: "annotations"},
     skip=CROWD_SKIP,
 )
 
@@ -1376,7 +1407,11 @@ AVERAGE = Case(
         Bad({}, ValueError, "distributions[1]", args={1: probs(4, 2)}),
         Bad({}, TypeError, "distributions[0]", args={0: torch.ones(4, 3, dtype=torch.long)}),
         Bad({}, ValueError, "distributions[2]", args={2: torch.full((4, 3), math.nan)}),
+        Bad({}, ValueError, "distributions[1]", args={1: torch.full((4, 3), math.inf)}),
+        Bad({}, ValueError, "distributions[0]", args={0: torch.full((4, 3), -math.inf)}),
+        Bad({"weights": torch.tensor([1.0, math.inf, 1.0])}, ValueError, "weights"),
     ],
+    magnitude=(0, 1, 2),
 )
 
 
@@ -1425,6 +1460,7 @@ TOP_TWO = Case(
         Bad({"confusion": torch.full((20,), 1.5)}, ValueError, "confusion"),
         Bad({"dtype": torch.int64}, ValueError, "dtype"),
     ],
+    labels={0: "annotations"},
     skip={
         "compile": NOT_COMPILED,
         "gradcheck": INT_INPUT,
@@ -1462,6 +1498,7 @@ TT_SOFT = Case(
         Bad({}, TypeError, "num_classes", args={3: 4.0}),
         Bad({}, TypeError, "result.confusion", args={2: torch.ones(7, dtype=torch.long)}),
     ],
+    labels={0: "top1", 1: "top2"},
     skip={"compile": NOT_COMPILED},
 )
 
@@ -1470,20 +1507,19 @@ TOP_TWO_RESULT = dataclasses.replace(
     # the fields of a hand-built result, as top_two_soft_labels consumes them
     op=tt_soft_op,
     samples=tt_soft_samples,
+    labels={0: "top1", 1: "top2"},
     bad=[
         Bad({}, TypeError, "top1", args={0: torch.zeros(7)}),
+        Bad({}, TypeError, "top2", args={1: torch.ones(7, dtype=torch.bool)}),
         Bad({}, ValueError, "top1", args={0: torch.zeros(3, dtype=torch.long)}),
+        Bad({}, ValueError, "top2", args={1: torch.zeros(9, dtype=torch.long)}),
         Bad({}, ValueError, "top1", args={0: -torch.ones(7, dtype=torch.long)}),
+        Bad({}, ValueError, "top2", args={1: torch.full((7,), 4)}),
         Bad({}, ValueError, "confusion", args={2: torch.full((7, 1), 0.7)}),
+        Bad({}, ValueError, "confusion", args={2: torch.full((7,), 1.5)}),
     ],
 )
-TOP_TWO_RESULT.skip["bad"] = (
-    "BUG: top_two_soft_labels does not check the fields of the TopTwoResult it is given: "
-    "a float top1 raises a raw RuntimeError from Tensor.scatter_ ('Expected dtype "
-    "int32/int64 for index'), a negative index a raw 'index -1 is out of bounds' "
-    "RuntimeError; a top1 shorter than confusion (a longer one: raw RuntimeError) and a "
-    "(N, 1) confusion are accepted silently"
-)
+TOP_TWO_RESULT.skip.pop("bad")
 
 register(
     STANDARD,
@@ -1557,6 +1593,7 @@ COLLAPSE_FRACTION = Case(
     keeps_dtype=False,  # documented: a 0-d float32 fraction
     empty=lambda: Sample((randn(0, 5),)),
     bad=BAD_COLLAPSE,
+    magnitude=(0,),
     skip={
         "compile": NOT_COMPILED,
         "gradcheck": "a count of rows under no_grad: not differentiable by contract",
@@ -1616,16 +1653,15 @@ COLLAPSE = Case(
         Bad({}, ValueError, "target", args={1: torch.zeros(7, dtype=torch.long)}),
         Bad({}, ValueError, "target", args={1: torch.zeros(8, 4)}),
         Bad({}, TypeError, "target", args={1: [0] * 8}),
+        Bad({}, TypeError, "target", args={1: torch.zeros(8)}),
+        Bad({}, TypeError, "target", args={1: torch.zeros(8, dtype=torch.bool)}),
     ],
     skip={
         "compile": NOT_COMPILED,
         "gradcheck": "a count of rows under no_grad: not differentiable by contract",
-        "prob_targets": "BUG: with a probability target the default loss is "
-        "F.cross_entropy(probabilities), whose 0 * log_softmax(-inf) = NaN on a masked (-inf) "
-        "class, so a collapsed, correct row with a masked class is not counted in "
-        "zero_loss_fraction (one-hot target 0.5 vs index target 0.625 on the sample); the "
-        "docstring says -inf entries contribute 0",
     },
+    labels={1: "target"},
+    magnitude=(0,),
 )
 
 
@@ -1635,14 +1671,29 @@ def strided_copy(t: torch.Tensor) -> torch.Tensor:
     return out.copy_(t.detach())
 
 
-def perpgrad_op(w, g, *, rescale=True, base_optimizer_cls=torch.optim.SGD, **base_kwargs):
+def perpgrad_op(
+    w,
+    g,
+    *,
+    rescale=True,
+    base_optimizer_cls=torch.optim.SGD,
+    params=None,
+    set_to_none=None,
+    **base_kwargs,
+):
     """One step of PerpGrad around a plain optimizer on one parameter ``w`` with gradient
-    ``g``: returns (the projected gradient, the updated parameter)."""
+    ``g``: returns (the projected gradient, the updated parameter). ``params`` replaces the
+    parameter list given to PerpGrad (for the argument checks); ``set_to_none`` calls
+    ``zero_grad`` after the step."""
     param = torch.nn.Parameter(strided_copy(w))
     param.grad = strided_copy(g)
-    opt = D.PerpGrad([param], base_optimizer_cls, rescale=rescale, **{"lr": 1.0, **base_kwargs})
+    given = [param] if params is None else params
+    opt = D.PerpGrad(given, base_optimizer_cls, rescale=rescale, **{"lr": 1.0, **base_kwargs})
     opt.step()
-    return param.grad.detach().clone(), param.detach().clone()
+    out = param.grad.detach().clone(), param.detach().clone()
+    if set_to_none is not None:
+        opt.zero_grad(set_to_none=set_to_none)
+    return out
 
 
 def perpgrad_reference(w, g, *, rescale=True, base_optimizer_cls=torch.optim.SGD, lr=1.0):
@@ -1680,6 +1731,14 @@ PERPGRAD = Case(
         Bad({"base_optimizer_cls": torch.optim.LBFGS}, ValueError, "base_optimizer_cls"),
         Bad({"base_optimizer_cls": int}, TypeError, "base_optimizer_cls"),
         Bad({"rescale": 1}, TypeError, "rescale"),
+        Bad({"lr": -1.0}, ValueError, "lr"),
+        Bad({"lr": "0.1"}, TypeError, "lr"),
+        Bad({"lr": torch.ones(2)}, ValueError, "lr"),
+        Bad({"set_to_none": 0}, TypeError, "set_to_none"),
+        Bad({"params": []}, ValueError, "params"),
+        Bad({"params": 3}, TypeError, "params"),
+        Bad({"params": torch.ones(3)}, TypeError, "params"),
+        Bad({"params": [3.0]}, TypeError, "params[0]"),
     ],
     skip={
         "compile": "an optimizer wrapper: its step runs under no_grad, outside a traced graph",

@@ -277,3 +277,42 @@ def test_errors_name_the_argument():
         softmax_collapse(
             x, torch.zeros(3, dtype=torch.long), loss_fn=lambda z, t, reduction: z.sum()
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+def test_integer_targets_of_every_dtype(dtype):
+    """int32 targets (torch.from_numpy of an int32 array) crashed the default loss."""
+    x = _logits(16, 5, 20.0, seed=3)
+    target = x.argmax(-1)
+    target[::3] = 1
+    expected = softmax_collapse(x, target)
+    got = softmax_collapse(x, target.to(dtype))
+    assert torch.equal(got.zero_loss_fraction, expected.zero_loss_fraction)
+    assert torch.equal(got.collapsed, expected.collapsed)
+
+
+def test_float_or_bool_class_indices_are_a_type_error():
+    """A floating target of the class-index shape is class indices of the wrong dtype (a
+    probability target has the logits' shape)."""
+    x = torch.randn(3, 4)
+    with pytest.raises(TypeError, match=r"target must hold class indices \(an integer dtype\)"):
+        softmax_collapse(x, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(TypeError, match="target must hold class indices"):
+        softmax_collapse(x, torch.tensor([True, False, True]))
+
+
+def test_probability_target_with_a_masked_class():
+    """0 * log p = 0 on a masked (-inf) class of probability 0: a collapsed, correct row
+    with a masked class has loss exactly 0, as with the class-index target (and as the
+    docstring says -inf entries contribute nothing); F.cross_entropy gave NaN there."""
+    x = torch.tensor([[40.0, 0.0, -math.inf], [40.0, 0.0, 1.0], [1.0, 0.0, -math.inf]])
+    index = torch.tensor([0, 0, 0])
+    probs = F.one_hot(index, 3).double()
+    by_index = softmax_collapse(x, index)
+    by_probs = softmax_collapse(x, probs)
+    assert by_probs.zero_loss_fraction.item() == pytest.approx(2 / 3)
+    assert torch.equal(by_probs.zero_loss_fraction, by_index.zero_loss_fraction)
+    # a soft target that puts mass on a masked class has an infinite loss, not a NaN one
+    soft = torch.tensor([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    lost = softmax_collapse(x, soft, dtype=torch.float64)
+    assert lost.zero_loss_fraction.item() == pytest.approx(1 / 3)

@@ -324,7 +324,36 @@ def test_errors_name_the_argument():
         PerpGrad(params, torch.optim.LBFGS)
     with pytest.raises(TypeError, match="rescale must be a bool, got 1"):
         PerpGrad(params, rescale=1)
-    with pytest.raises(ValueError, match="Invalid learning rate"):  # the inner optimizer's own
+    with pytest.raises(ValueError, match=r"lr must be in \[0, inf\], got -1"):
         PerpGrad(params, lr=-1.0)
-    with pytest.raises(ValueError, match="empty parameter list"):
+    with pytest.raises(ValueError, match="params must hold at least one parameter"):
         PerpGrad([])
+
+
+def test_params_and_lr_errors_name_them():
+    """Not torch's optimizer messages ("Invalid learning rate", "'int' object is not
+    iterable", "'<' not supported between 'str' and 'float'")."""
+    params = list(_mlp().parameters())
+    with pytest.raises(TypeError, match="lr must be a real number, got '0.1'"):
+        PerpGrad(params, lr="0.1")
+    with pytest.raises(ValueError, match="lr must be a number or a one-element tensor"):
+        PerpGrad(params, lr=torch.ones(2))
+    with pytest.raises(ValueError, match=r"lr must have all values in \[0, inf\)"):
+        PerpGrad(params, lr=torch.tensor(-0.5))
+    with pytest.raises(ValueError, match=r"params\[1\]\['lr'\] must be in \[0, inf\]"):
+        PerpGrad([{"params": params[:1]}, {"params": params[1:], "lr": -1.0}])
+    with pytest.raises(ValueError, match=r"params\[0\] is a parameter group without"):
+        PerpGrad([{"lr": 0.1}])
+    with pytest.raises(TypeError, match="params must be an iterable of tensors"):
+        PerpGrad(3)
+    with pytest.raises(TypeError, match="params must be an iterable of tensors"):
+        PerpGrad(params[0])
+    with pytest.raises(TypeError, match="params must be an ordered iterable"):
+        PerpGrad(set(params))
+    with pytest.raises(TypeError, match=r"params\[1\] must be a tensor"):
+        PerpGrad([params[0], 3.0])
+    opt = PerpGrad(p for p in params)  # a generator is read once, as torch does
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+    opt = PerpGrad(params, lr=torch.tensor(0.01))  # a tensor lr, as torch accepts
+    with pytest.raises(TypeError, match="set_to_none must be a bool, got 0"):
+        opt.zero_grad(set_to_none=0)

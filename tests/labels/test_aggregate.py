@@ -505,7 +505,7 @@ def test_average_errors():
         ValueError, match=r"distributions\[1\] must have the shape .*\(1, 2\).*\(2,\)"
     ):
         average_soft_labels([p, torch.tensor([1.0, 0.0])])
-    with pytest.raises(ValueError, match=r"distributions\[0\] must not contain NaN"):
+    with pytest.raises(ValueError, match=r"distributions\[0\] must be finite.*nan"):
         average_soft_labels([torch.tensor([[math.nan, 1.0]]), p])
     with pytest.raises(ValueError, match=r"one weight per distribution \(2\), got shape \(3,\)"):
         average_soft_labels([p, p], weights=[1.0, 1.0, 1.0])
@@ -513,7 +513,48 @@ def test_average_errors():
         average_soft_labels([p, p], weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="weights must not all be zero"):
         average_soft_labels([p, p], weights=[0.0, 0.0])
-    with pytest.raises(ValueError, match=r"weights must have all values in \[0, inf\]"):
+    with pytest.raises(ValueError, match=r"weights must have all values in \[0, inf\)"):
         average_soft_labels([p, p], weights=torch.tensor([1.0, -2.0]))
     with pytest.raises(ValueError, match="weights\\[0\\] must be finite"):
         average_soft_labels([p, p], weights=[math.inf, 1.0])
+
+
+def test_average_rejects_inf_as_it_rejects_nan():
+    p = torch.tensor([[1.0, 0.0]])
+    with pytest.raises(ValueError, match=r"distributions\[1\] must be finite.*inf"):
+        average_soft_labels([p, torch.tensor([[math.inf, 0.0]])])
+    with pytest.raises(ValueError, match=r"distributions\[0\] must be finite.*-inf"):
+        average_soft_labels([torch.tensor([[-math.inf, 1.0]]), p], weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match=r"weights must have all values in \[0, inf\)"):
+        average_soft_labels([p, p], weights=torch.tensor([1.0, math.inf]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_average_does_not_overflow(dtype):
+    """The mean of values near the dtype's maximum is finite (the sum would overflow)."""
+    top = torch.finfo(dtype).max
+    p = torch.tensor([[0.9 * top, 0.5, -0.8 * top]], dtype=dtype)
+    q = torch.tensor([[0.7 * top, 0.25, -0.9 * top]], dtype=dtype)
+    for weights in (None, [1.0, 3.0, 0.0], torch.tensor([2.0, 2.0, 1.0])):
+        got = average_soft_labels([p, q, p], weights)
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)
+        want = np.average(np.stack([p.double(), q.double(), p.double()]), axis=0, weights=w)
+        assert torch.isfinite(got).all()
+        np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-2)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32])
+def test_annotations_of_every_integer_dtype(name, dtype):
+    a = torch.tensor([[0, 0, 1, -1], [1, 1, 1, 2], [2, -1, 2, 2], [0, 1, 0, 0]])
+    options = {"n_restarts": 2, "n_iter": 5} if name == "mace" else {}
+    expected = METHODS[name](a, 3, **options)
+    torch.testing.assert_close(METHODS[name](a.to(dtype), 3, **options), expected)
+    unsigned = torch.where(a < 0, 255, a).to(torch.uint8)  # uint8 with missing=255
+    expected = METHODS[name](torch.where(a < 0, 255, a), 3, missing=255, **options)
+    torch.testing.assert_close(METHODS[name](unsigned, 3, missing=255, **options), expected)
+    with pytest.raises(TypeError, match="annotations must hold class indices"):
+        METHODS[name](a >= 0, 3, **options)
+    if name != "mace":  # aggregate_soft_labels validates and converts once, then each method
+        got = aggregate_soft_labels(a.to(dtype), 3, methods=(name, "standard"))
+        torch.testing.assert_close(got, aggregate_soft_labels(a, 3, methods=(name, "standard")))

@@ -278,3 +278,42 @@ def test_errors():
             TopTwoResult(torch.tensor([2]), torch.tensor([0]), torch.tensor([0.6]), r.reliability),
             2,
         )
+
+
+def _result(top1, top2, confusion):
+    return TopTwoResult(top1, top2, confusion, torch.full((2,), 0.9))
+
+
+def test_soft_labels_check_the_result_fields():
+    """A hand-built TopTwoResult is checked field by field (no raw scatter errors, nothing
+    accepted silently)."""
+    top1, top2, q = torch.tensor([2, 0, 1]), torch.tensor([0, 1, 2]), torch.tensor([0.6, 0.7, 0.9])
+    with pytest.raises(TypeError, match=r"result.top1 must hold class indices \(an integer"):
+        top_two_soft_labels(_result(top1.float(), top2, q), 3)
+    with pytest.raises(TypeError, match="result.top2 must hold class indices"):
+        top_two_soft_labels(_result(top1, top2 > 0, q), 3)
+    with pytest.raises(ValueError, match="result.top1 must hold class indices >= 0, got -1"):
+        top_two_soft_labels(_result(torch.tensor([2, -1, 1]), top2, q), 3)
+    with pytest.raises(ValueError, match=r"result.top2 must have result.confusion's shape"):
+        top_two_soft_labels(_result(top1, top2[:2], q), 3)
+    with pytest.raises(ValueError, match=r"result.top1 must have result.confusion's shape"):
+        top_two_soft_labels(_result(torch.tensor([2, 0, 1, 1]), top2, q), 3)
+    with pytest.raises(ValueError, match=r"result.confusion must have shape \(items,\)"):
+        top_two_soft_labels(_result(top1, top2, q.view(3, 1)), 3)
+    with pytest.raises(ValueError, match=r"result.confusion must have all values in \[0, 1\]"):
+        top_two_soft_labels(_result(top1, top2, torch.tensor([0.6, 1.5, 0.9])), 3)
+    with pytest.raises(ValueError, match=r"num_classes must exceed .* result.top2 \(3\)"):
+        top_two_soft_labels(_result(top1, torch.tensor([0, 3, 2]), q), 3)
+    expected = top_two_soft_labels(_result(top1, top2, q), 3)
+    for dtype in (torch.int8, torch.int16, torch.int32, torch.uint8):
+        got = top_two_soft_labels(_result(top1.to(dtype), top2.to(dtype), q), 3)
+        assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32])
+def test_annotations_of_every_integer_dtype(dtype):
+    a = torch.tensor([[0, 0, 1, 0, 1], [2, 2, 2, 1, 1], [1, 1, 0, 1, -1], [2, 0, 2, 2, 0]])
+    expected = top_two_answers(a, 3)
+    got = top_two_answers(a.to(dtype), 3)
+    for field, want in zip(got, expected):
+        assert torch.equal(field, want)

@@ -116,7 +116,7 @@ def correctness_aware_loss(
         raise ValueError("logits must have at least 1 dimension (the class axis), got a 0-d tensor")
     if logits.shape[class_dim] == 0:
         raise ValueError("logits must have at least one class, got 0 classes")
-    V.check_class_target(target, logits, class_dim, ignore_index)
+    target = V.check_class_target(target, logits, class_dim, ignore_index)
     V.check_tensor_values("logits", logits, high=float("inf"), high_open=True)
     return _ca_loss(logits, target, class_dim, balanced, reduction, ignore_index)
 
@@ -400,7 +400,7 @@ class CorrectnessAwareCalibrator(nn.Module):
                 reproducible fit.
         """
         x = self._check(view_logits)
-        V.check_class_target(target, x[:, 0], 1, IGNORE_INDEX)
+        target = V.check_class_target(target, x[:, 0], 1, IGNORE_INDEX)
         V.check_number("lr", lr, low=0.0, low_open=True)
         V.check_int("epochs", epochs, low=0)
         V.check_int("batch_size", batch_size, low=1)

@@ -2,7 +2,14 @@ r"""Calibration metrics: ECE family, class-wise ECE, Brier score, NLL, reliabili
 
 Every metric takes ``input`` of shape ``(N, C)``: logits by default, probabilities with
 ``from_logits=False`` (entries in [0, 1], rows summing to 1 within ``sqrt(eps)`` of the
-input dtype, at least ``1e-6``), and ``target`` of shape ``(N,)``: integer class indices.
+input dtype, at least ``1e-6``), and ``target`` of shape ``(N,)``: class indices of any
+integer dtype (int8 ... int64, uint8; bool and floating labels raise ``TypeError``).
+
+**Probabilities passed as logits.** With the default ``from_logits=True``, an input whose
+entries all lie in [0, 1] with every row summing to 1 (within the tolerance above, C >= 2)
+is almost surely probabilities, which a second softmax would flatten: the metrics then
+warn (``UserWarning``, once per call site under Python's default filter) and compute on
+the input as logits, as asked. Checked on CPU tensors outside ``torch.compile``.
 
 **Dtypes.** float16/bfloat16 inputs are computed in float32; every metric returns a
 float32 tensor for float16/bfloat16/float32 inputs and float64 for float64 inputs. This
@@ -61,11 +68,14 @@ class ReliabilityCurve(NamedTuple):
     count: torch.Tensor
 
 
-def _prob_atol(dtype: torch.dtype) -> float:
-    return max(1e-6, math.sqrt(torch.finfo(dtype).eps))
+def _check_inputs(
+    input: object, target: object, from_logits: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked ``(input, target)``; ``target`` as int64 whatever its integer dtype.
 
-
-def _check_inputs(input: object, target: object, from_logits: object) -> torch.Tensor:
+    Logits that look like probabilities (``from_logits=True`` with every entry in [0, 1]
+    and rows summing to 1) give a ``UserWarning`` naming ``from_logits=False``.
+    """
     V.check_floating("input", input)
     assert isinstance(input, torch.Tensor)
     V.check_bool("from_logits", from_logits)
@@ -73,17 +83,17 @@ def _check_inputs(input: object, target: object, from_logits: object) -> torch.T
         raise ValueError(f"input must have shape (N, C), got shape {tuple(input.shape)}")
     if input.shape[1] < 1:
         raise ValueError(f"input must have at least one class (C >= 1), got C = {input.shape[1]}")
-    V.check_class_indices("target", target, (input.shape[0],), input.shape[1])
-    assert isinstance(target, torch.Tensor)
+    target = V.check_class_indices("target", target, (input.shape[0],), input.shape[1])
     if target.device != input.device:
         raise ValueError(
             f"target must be on the input's device {input.device}, got {target.device}"
         )
+    atol = V.probability_atol(input.dtype)
     if from_logits:
-        V.check_logit_rows("input", input)
+        V.check_logit_input("input", input, "from_logits", atol)
     else:
-        V.check_probability_rows("input", input, _prob_atol(input.dtype))
-    return input
+        V.check_probability_rows("input", input, atol)
+    return input, target
 
 
 def _check_binning(n_bins: object, binning: object) -> None:
@@ -150,7 +160,9 @@ def _uniform_bins(values: torch.Tensor, n_bins: int) -> tuple[torch.Tensor, torc
     instead of forming the extra bin torchmetrics allocates for it.
     """
     edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=values.dtype, device=values.device)
-    idx = torch.bucketize(values, edges, right=True) - 1
+    # bucketize copies a strided input itself, with a performance warning: copy it here
+    # (a no-op for the contiguous blocks the metrics usually pass)
+    idx = torch.bucketize(values.contiguous(), edges, right=True) - 1
     return edges, idx.clamp_(0, n_bins - 1)
 
 
@@ -283,7 +295,7 @@ def expected_calibration_error(
         >>> expected_calibration_error(p, y, n_bins=5, from_logits=False)
         tensor(0.3500)
     """
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     _check_binning(n_bins, binning)
     V.check_choice("norm", norm, NORMS)
     _, count, conf_sum, hit_sum = _top_label_bins(input, target, n_bins, binning, from_logits)
@@ -329,7 +341,7 @@ def reliability_curve(
         >>> curve.accuracy
         tensor([   nan,    nan,    nan, 1.0000, 0.5000])
     """
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     _check_binning(n_bins, binning)
     edges, count, conf_sum, hit_sum = _top_label_bins(input, target, n_bins, binning, from_logits)
     dtype = compute_dtype(input)
@@ -381,7 +393,7 @@ def classwise_calibration_error(
         >>> classwise_calibration_error(p, torch.tensor([0, 1, 0, 0]), n_bins=5, from_logits=False)
         tensor(0.3500)
     """
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     _check_binning(n_bins, binning)
     V.check_choice("norm", norm, NORMS)
     n, c = input.shape
@@ -438,7 +450,7 @@ def brier_score(
         >>> brier_score(p, torch.tensor([0, 1]), from_logits=False, reduction="none")
         tensor([0.0200, 0.9800])
     """
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     V.check_reduction(reduction)
 
     def block_brier(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -482,7 +494,7 @@ def negative_log_likelihood(
         >>> negative_log_likelihood(torch.tensor([[0.0, 0.0]]), torch.tensor([1]))
         tensor(0.6931)
     """
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     V.check_reduction(reduction)
 
     def block_nll(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -154,7 +154,7 @@ def plot_confidence_histogram(
         'Confidence'
     """
     _check_title(title)
-    _check_inputs(input, target, from_logits)
+    input, target = _check_inputs(input, target, from_logits)
     V.check_int("n_bins", n_bins, low=1)
     fig, axes = _figure_and_axes(ax, "plot_confidence_histogram")
     conf, pred = _top_label(input, from_logits)

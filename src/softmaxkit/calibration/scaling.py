@@ -96,8 +96,7 @@ def _check_fit(
         raise ValueError(
             f"logits must have num_classes={num_classes} columns, got shape {tuple(logits.shape)}"
         )
-    V.check_class_indices("target", target, (logits.shape[0],), logits.shape[1])
-    assert isinstance(target, torch.Tensor)
+    target = V.check_class_indices("target", target, (logits.shape[0],), logits.shape[1])
     if target.device != logits.device:
         raise ValueError(
             f"target must be on the logits' device {logits.device}, got {target.device}"
@@ -213,7 +212,7 @@ class TemperatureScaling(_Scaler):
         Args:
             logits: ``(N, C)`` float logits of held-out data, N >= 1 (``-inf`` entries
                 allowed except at the target class; no NaN / ``+inf``).
-            target: ``(N,)`` integer class indices.
+            target: ``(N,)`` class indices of any integer dtype (converted to int64 once).
             max_iter: L-BFGS iterations. Default 100.
             bounds: ``(T_lo, T_hi)`` with ``0 < T_lo < T_hi``, the range of the bracketing
                 search and of the accepted result. Default ``(1e-2, 1e2)``.
@@ -282,7 +281,9 @@ class TemperatureScaling(_Scaler):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits / T`` for logits of any shape ``(..., C)``; fp16/bf16 computed in float32
-        and returned in the input dtype."""
+        and returned in the input dtype. An entry whose ``z / T`` lies beyond the dtype's
+        range (``T < 1`` near its maximum) rounds to ``+-inf`` as IEEE division does: no
+        finite logit represents it (compute in float64 to keep such logits)."""
         x = self._check_forward(logits, None)
         z = upcast(x)
         return (z / self.temperature.to(z.dtype)).to(x.dtype)
@@ -364,6 +365,10 @@ class _AffineScaler(_Scaler, ABC):
         """The regulariser added to the mean NLL (none by default)."""
         return None
 
+    def _forward_map(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """:meth:`_map` as :meth:`forward` applies it (where it may guard the float range)."""
+        return self._map(z, w, b)
+
     def _fit(self, logits: torch.Tensor, target: torch.Tensor, max_iter: int) -> _AffineScaler:
         x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
         w = self._identity(x.device).requires_grad_(True)
@@ -387,7 +392,7 @@ class _AffineScaler(_Scaler, ABC):
         ``logits @ W.T + b`` for matrix scaling); fp16/bf16 computed in float32."""
         x = self._check_forward(logits, self.num_classes)
         z = upcast(x)
-        return self._map(z, self.weight.to(z.dtype), self.bias.to(z.dtype)).to(x.dtype)
+        return self._forward_map(z, self.weight.to(z.dtype), self.bias.to(z.dtype)).to(x.dtype)
 
 
 class VectorScaling(_AffineScaler):
@@ -423,7 +428,7 @@ class VectorScaling(_AffineScaler):
 
         Args:
             logits: ``(N, C)`` finite float logits of held-out data, N >= 1.
-            target: ``(N,)`` integer class indices.
+            target: ``(N,)`` class indices of any integer dtype (converted to int64 once).
             max_iter: L-BFGS iterations. Default 200.
 
         Returns:
@@ -460,6 +465,12 @@ class MatrixScaling(_AffineScaler):
     :math:`\lambda = \mu = 10^{-2}`, are a mild choice of ours (the bottom of the paper's
     100-class grid). Tune them by cross-validation for your data. Fitted with L-BFGS +
     strong-Wolfe line search in float64 from the identity map.
+
+    The calibrated logits are computed as :math:`r\,(W (z / r)) + b` with :math:`r` a
+    power of two near :math:`\sqrt{\max_k |z_k|}` of the row, so that logits near the
+    dtype's maximum overflow neither inside the matrix product (:math:`z_1 + z_2 - z_3` at
+    ``3e38`` each is ``3e38``, not ``inf``) nor in its gradient; at ordinary magnitudes
+    the result is bit for bit that of :math:`W z + b`.
 
     Args:
         num_classes: C >= 1.
@@ -505,6 +516,20 @@ class MatrixScaling(_AffineScaler):
 
     def _identity(self, device: torch.device) -> torch.Tensor:
         return torch.eye(self.num_classes, dtype=torch.float64, device=device)
+
+    def _forward_map(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``((z / r) @ W.T) * r + b`` with ``r`` the power of two nearest below
+        ``sqrt(max_k |z_k|)`` of the row (a constant for autograd).
+
+        The products and partial sums of the matrix product then stay near ``sqrt`` of the
+        row's scale, and so does every intermediate of the backward (``g * r``, then
+        ``@ W``, then ``/ r``): logits near the dtype's maximum give a finite result and a
+        finite gradient wherever the true ones are. Powers of two scale exactly, so at
+        ordinary magnitudes the result is the plain ``z @ W.T + b`` to the bit.
+        """
+        _, exponent = torch.frexp(z.detach().abs().amax(dim=-1, keepdim=True))
+        r = torch.ldexp(torch.ones(exponent.shape, dtype=z.dtype, device=z.device), exponent // 2)
+        return (z / r) @ w.T * r + b
 
     def _penalty(self, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor]:
         """ODIR: ``l2 / (C (C - 1))`` times the squared off-diagonal of ``W`` plus

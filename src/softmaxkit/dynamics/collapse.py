@@ -148,10 +148,13 @@ def softmax_collapse(
 
     Args:
         logits: floating tensor ``(..., C, ...)``, classes on ``dim``. Detached.
-        target: optional. For the default loss, class indices with the logits' shape
-            minus ``dim`` (entries equal to -100 are ignored: excluded from
-            ``zero_loss_fraction``), or class probabilities with the logits' shape.
-            With a custom ``loss_fn`` it is passed through unchecked.
+        target: optional. For the default loss, class indices of any integer dtype with
+            the logits' shape minus ``dim`` (entries equal to -100 are ignored: excluded
+            from ``zero_loss_fraction``; a floating or bool tensor of that shape is a
+            ``TypeError``), or class probabilities with the logits' shape (the loss is
+            :math:`-\sum_k t_k \log p_k` with :math:`0 \cdot \log p_k = 0`, so a masked
+            ``-inf`` class of probability 0 adds nothing). With a custom ``loss_fn`` it is
+            passed through unchecked.
         dim: the class axis. Default ``-1``.
         dtype: softmax precision, default ``torch.float32`` (official default).
         loss_fn: per-sample loss called as ``loss_fn(logits, target, reduction="none")``
@@ -202,6 +205,13 @@ def _default_losses(
     logits: torch.Tensor, target: torch.Tensor, class_dim: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-row cross-entropy in ``dtype`` and the mask of rows that count."""
+    index_shape = logits.shape[:class_dim] + logits.shape[class_dim + 1 :]
+    if target.is_floating_point() and target.shape == index_shape:
+        raise TypeError(
+            f"target must hold class indices (an integer dtype) of shape {tuple(index_shape)} "
+            f"or class probabilities of the logits' shape {tuple(logits.shape)}, got "
+            f"{target.dtype} of the class-index shape"
+        )
     if target.is_floating_point():
         if target.shape != logits.shape:
             raise ValueError(
@@ -210,7 +220,7 @@ def _default_losses(
             )
         keep = None
     else:
-        V.check_class_target(target, logits, class_dim, IGNORE_INDEX)
+        target = V.check_class_target(target, logits, class_dim, IGNORE_INDEX)
         keep = target != IGNORE_INDEX
     x = logits.detach().to(dtype)
     if x.shape[class_dim] == 0 or x.numel() == 0:
@@ -224,6 +234,11 @@ def _default_losses(
     else:
         tgt = target
     if tgt.is_floating_point():
+        # -sum_k t_k log p_k with 0 * log p_k = 0 (a masked class of probability 0 adds
+        # nothing; F.cross_entropy would give 0 * -inf = NaN there)
         tgt = tgt.to(dtype)
+        log_p = torch.log_softmax(x, dim=1 if x.ndim > 1 else 0)
+        terms = torch.where(tgt != 0, tgt * log_p, torch.zeros((), dtype=dtype, device=x.device))
+        return -terms.sum(dim=1 if x.ndim > 1 else 0), keep
     losses = F.cross_entropy(x, tgt, reduction="none", ignore_index=IGNORE_INDEX)
     return losses, keep

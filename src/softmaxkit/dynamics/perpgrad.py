@@ -59,6 +59,53 @@ def _perpendicular_(param: torch.Tensor, grad: torch.Tensor, rescale: bool) -> N
     grad.copy_(perp.view(grad.shape))
 
 
+def _check_lr(name: str, lr: object) -> None:
+    """A learning rate >= 0: a real number, or a one-element floating tensor as torch
+    accepts (its value read on CPU outside ``torch.compile``)."""
+    if isinstance(lr, torch.Tensor):
+        V.check_floating(name, lr)
+        if lr.numel() != 1:
+            raise ValueError(
+                f"{name} must be a number or a one-element tensor, got shape {tuple(lr.shape)}"
+            )
+        V.check_tensor_values(name, lr, low=0.0, high=float("inf"), high_open=True)
+    else:
+        V.check_number(name, lr, low=0.0)
+
+
+def _check_params(params: object) -> list[Any]:
+    """``params`` as a list: tensors, ``(name, tensor)`` pairs or parameter-group dicts
+    (each with a ``"params"`` entry), at least one; a group's ``lr`` is checked too."""
+    if isinstance(params, (torch.Tensor, dict, str)) or not isinstance(params, Iterable):
+        raise TypeError(
+            "params must be an iterable of tensors or parameter-group dicts (e.g. "
+            f"model.parameters()), got {type(params).__name__}"
+        )
+    if isinstance(params, (set, frozenset)):
+        raise TypeError(
+            "params must be an ordered iterable (a list, a tuple, model.parameters()), got a "
+            "set, whose order changes between runs"
+        )
+    items = list(params)
+    if not items:
+        raise ValueError("params must hold at least one parameter, got an empty iterable")
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            if "params" not in item:
+                raise ValueError(f"params[{i}] is a parameter group without a 'params' entry")
+            if "lr" in item:
+                _check_lr(f"params[{i}]['lr']", item["lr"])
+        elif not (
+            isinstance(item, torch.Tensor)
+            or (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor))
+        ):
+            raise TypeError(
+                f"params[{i}] must be a tensor, a (name, tensor) pair or a parameter-group "
+                f"dict, got {type(item).__name__}"
+            )
+    return items
+
+
 class PerpGrad(torch.optim.Optimizer):
     r"""⊥Grad ("ortho-grad"): an optimizer wrapper that removes the gradient along the weights.
 
@@ -106,7 +153,10 @@ class PerpGrad(torch.optim.Optimizer):
             (official code); ``False`` is the paper's formula.
         **base_kwargs: passed to ``base_optimizer_cls`` (``lr``, ``betas``, ...); what is
             not given takes the inner optimizer's torch defaults (note AdamW's
-            ``weight_decay=0.01``; the paper uses 0).
+            ``weight_decay=0.01``; the paper uses 0). ``params`` (non-empty: tensors,
+            ``(name, tensor)`` pairs or group dicts) and ``lr`` (>= 0, here or in a group)
+            are checked here, with errors naming them; the other options are checked by
+            the inner optimizer.
 
     Notes:
         * ``step`` overwrites each ``.grad`` with the projected gradient (as the official
@@ -162,6 +212,9 @@ class PerpGrad(torch.optim.Optimizer):
             why="its step re-evaluates the closure, which would undo the projection",
         )
         V.check_bool("rescale", rescale)
+        params = _check_params(params)
+        if "lr" in base_kwargs:
+            _check_lr("lr", base_kwargs["lr"])
         # torch.optim.Optimizer sets up its hooks and bookkeeping here; the placeholder
         # group it builds lives in the scratch dict and is dropped below.
         super().__init__([torch.empty(0)], {})
@@ -193,6 +246,7 @@ class PerpGrad(torch.optim.Optimizer):
             inner.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        V.check_bool("set_to_none", set_to_none)
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:

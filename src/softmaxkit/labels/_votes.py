@@ -38,10 +38,10 @@ def votes(
     """Check the arguments every method shares, then one-hot the given answers."""
     V.check_int("num_classes", num_classes, low=min_classes)
     V.check_int("missing", missing)
-    V.check_annotations("annotations", annotations, num_classes, missing)
+    annotations = V.check_annotations("annotations", annotations, num_classes, missing)
     V.check_floating_dtype("dtype", dtype)
     work = compute_dtype(dtype)
     observed = annotations != missing
-    answers = torch.where(observed, annotations, torch.zeros_like(annotations)).long()
+    answers = torch.where(observed, annotations, torch.zeros_like(annotations))
     onehot = F.one_hot(answers, num_classes).to(work) * observed.unsqueeze(-1).to(work)
     return Votes(onehot, observed, work, answers)

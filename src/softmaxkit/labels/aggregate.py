@@ -16,7 +16,8 @@ Every method here is a native torch transcription (no crowdkit dependency) with
 crowdkit's defaults (crowdkit ``aggregation/classification/*.py``, read for this port).
 
 The common arguments of every method: ``annotations`` is an ``(items, annotators)``
-integer tensor of class indices in ``[0, num_classes)`` (``num_classes = K >= 1``), with
+tensor of class indices in ``[0, num_classes)`` (``num_classes = K >= 1``) of any integer
+dtype (int8 ... int64, uint8; bool and floating annotations raise ``TypeError``), with
 ``missing`` (default ``-1``, outside ``[0, K)``) where an annotator did not label an
 item; ``dtype`` is the floating output dtype. Each method returns an ``(items, K)``
 tensor of soft labels or posteriors (rows sum to 1) in ``dtype`` (default float32;
@@ -597,9 +598,14 @@ def average_soft_labels(
     weights by default). Inputs of one shape ``(..., K)``; the result has the dtype that
     the inputs promote to (float16/bfloat16 are averaged in float32).
 
+    Computed as :math:`\sum_j (w_j / \sum_i w_i)\, y^{(j)}` (``y / n`` summed without
+    weights), so no partial sum leaves the inputs' range: finite inputs anywhere in the
+    dtype's range give a finite average.
+
     Args:
-        distributions: non-empty sequence of floating tensors of the same shape.
-        weights: optional non-negative weights, one per distribution, not all zero.
+        distributions: non-empty sequence of floating tensors of the same shape, finite
+            (NaN and +-inf raise ``ValueError`` naming the entry, checked on CPU tensors).
+        weights: optional finite non-negative weights, one per distribution, not all zero.
 
     Returns:
         The weighted average (rows still sum to 1 when the inputs' rows do).
@@ -621,7 +627,7 @@ def average_soft_labels(
         raise ValueError("distributions must hold at least one tensor, got an empty sequence")
     for j, d in enumerate(distributions):
         V.check_floating(f"distributions[{j}]", d)
-        V.check_no_nan(f"distributions[{j}]", d)
+        V.check_finite(f"distributions[{j}]", d)
         if d.shape != distributions[0].shape:
             raise ValueError(
                 f"distributions[{j}] must have the shape of distributions[0] "
@@ -632,8 +638,8 @@ def average_soft_labels(
         out_dtype = torch.promote_types(out_dtype, d.dtype)
     work = compute_dtype(out_dtype)
     stacked = torch.stack([d.to(work) for d in distributions])
-    if weights is None:
-        return stacked.mean(dim=0).to(out_dtype)
+    if weights is None:  # sum_j y_j / n: every partial sum within max |y|, no overflow
+        return (stacked / len(distributions)).sum(dim=0).to(out_dtype)
     if isinstance(weights, torch.Tensor):
         V.check_floating("weights", weights)
         w = weights.to(device=stacked.device, dtype=work)
@@ -648,11 +654,12 @@ def average_soft_labels(
             f"weights must hold one weight per distribution ({len(distributions)}), "
             f"got shape {tuple(w.shape)}"
         )
-    V.check_tensor_values("weights", w, low=0.0)
+    V.check_tensor_values("weights", w, low=0.0, high=math.inf, high_open=True)
     if w.device.type == "cpu" and not bool(w.sum() > 0):
         raise ValueError("weights must not all be zero")
-    w = w.view(-1, *([1] * (stacked.dim() - 1)))
-    return ((stacked * w).sum(0) / w.sum()).to(out_dtype)
+    # normalised first: a convex combination never leaves [min y, max y], so no overflow
+    w = (w / w.sum()).view(-1, *([1] * (stacked.dim() - 1)))
+    return (stacked * w).sum(0).to(out_dtype)
 
 
 def aggregate_soft_labels(
@@ -692,6 +699,10 @@ def aggregate_soft_labels(
     for name in methods:
         V.check_choice("methods", name, tuple(METHODS))
     V.check_int("seed", seed)
+    V.check_int("num_classes", num_classes, low=1)
+    V.check_int("missing", missing)
+    # validated and converted to int64 once; each method's own check then finds int64
+    annotations = V.check_annotations("annotations", annotations, num_classes, missing)
     outputs = []
     for name in methods:
         options = {"seed": seed} if name == "mace" else {}

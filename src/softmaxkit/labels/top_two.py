@@ -204,7 +204,11 @@ def top_two_soft_labels(result: TopTwoResult, num_classes: int) -> torch.Tensor:
     targets could not be checked here).
 
     Args:
-        result: a :class:`TopTwoResult`.
+        result: a :class:`TopTwoResult`; its fields are checked: ``confusion`` a floating
+            ``(items,)`` tensor in [0, 1], ``top1`` and ``top2`` class indices of any
+            integer dtype and the same shape, in ``[0, K)`` (``TypeError`` for floating or
+            bool indices, ``ValueError`` naming the field otherwise; values are read on CPU
+            tensors outside ``torch.compile``). ``reliability`` is not read.
         num_classes: number of classes ``K`` (more than the largest index in ``result``).
 
     Returns:
@@ -219,16 +223,45 @@ def top_two_soft_labels(result: TopTwoResult, num_classes: int) -> torch.Tensor:
     if not isinstance(result, TopTwoResult):
         raise TypeError(f"result must be a TopTwoResult, got {type(result).__name__}")
     V.check_int("num_classes", num_classes, low=2)
-    q = V.check_floating("result.confusion", result.confusion)
+    q, top1, top2 = _check_result(result, num_classes)
     n = q.shape[0]
-    if n > 0 and result.top1.device.type == "cpu":
-        biggest = int(torch.maximum(result.top1.max(), result.top2.max()))
-        if biggest >= num_classes:
-            raise ValueError(
-                f"num_classes must exceed the largest class index in result ({biggest}), "
-                f"got {num_classes}"
-            )
     out = torch.zeros(n, num_classes, dtype=q.dtype, device=q.device)
-    out.scatter_(1, result.top1.view(-1, 1), q.view(-1, 1))
-    out.scatter_add_(1, result.top2.view(-1, 1), (1 - q).view(-1, 1))
+    out.scatter_(1, top1.view(-1, 1), q.view(-1, 1))
+    out.scatter_add_(1, top2.view(-1, 1), (1 - q).view(-1, 1))
     return out
+
+
+def _check_result(
+    result: TopTwoResult, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fields :func:`top_two_soft_labels` reads: ``confusion`` floating ``(n,)`` in
+    [0, 1]; ``top1`` and ``top2`` class indices of any integer dtype (returned as int64),
+    shape ``(n,)``, in ``[0, num_classes)``; values read on CPU outside ``torch.compile``."""
+    q = V.check_floating("result.confusion", result.confusion)
+    if q.ndim != 1:
+        raise ValueError(f"result.confusion must have shape (items,), got shape {tuple(q.shape)}")
+    V.check_tensor_values("result.confusion", q, low=0.0, high=1.0)
+    picked = []
+    for field in ("top1", "top2"):
+        name = f"result.{field}"
+        index = V.check_index_dtype(name, getattr(result, field))
+        if index.shape != q.shape:
+            raise ValueError(
+                f"{name} must have result.confusion's shape {tuple(q.shape)} (one class per "
+                f"item), got shape {tuple(index.shape)}"
+            )
+        if index.device != q.device:
+            raise ValueError(
+                f"{name} must be on result.confusion's device {q.device}, got {index.device}"
+            )
+        if V.readable(index):
+            lo, hi = (int(v) for v in torch.aminmax(index))
+            if lo < 0:
+                raise ValueError(f"{name} must hold class indices >= 0, got {lo}")
+            if hi >= num_classes:
+                raise ValueError(
+                    f"num_classes must exceed the largest class index in {name} ({hi}), "
+                    f"got num_classes={num_classes}"
+                )
+        picked.append(index)
+    return q, picked[0], picked[1]
