@@ -22,7 +22,13 @@ import torch
 from softmaxkit import _validation as V
 from softmaxkit._ops.blocks import BLOCK_ELEMENTS, upcast
 from softmaxkit._ops.optim import lbfgs
-from softmaxkit.ood._detector import FeatureDetector, class_counts
+from softmaxkit.ood._detector import (
+    COVARIANCE_ESTIMATORS,
+    FeatureDetector,
+    class_counts,
+    fit_covariance,
+    power_of_two_above,
+)
 
 __all__ = ["Mahalanobis", "MahalanobisEnsemble", "logistic_regression", "NOISE_MAGNITUDES"]
 
@@ -82,8 +88,13 @@ class Mahalanobis(FeatureDetector):
     _pool = True  # (N, C, *spatial) features are averaged over space
     _finite_queries = False  # scored features may be infinite (not NaN)
 
-    def __init__(self, *, eps: float = 0.0) -> None:
+    #: frames between the user's ``fit`` call and the covariance fit's warning
+    _warn_stacklevel = 5
+
+    def __init__(self, *, eps: float = 0.0, covariance: str = "empirical") -> None:
         self.eps = V.check_number("eps", eps, low=0.0)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
+        self.shrinkage: float | None = None
         self.means: torch.Tensor | None = None
         self.covariance: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
@@ -105,10 +116,10 @@ class Mahalanobis(FeatureDetector):
         n = x.shape[0]
         V.check_nonempty("features", x, "sample")
         if num_classes is None:
-            V.check_class_indices("target", target, (n,), 2**62)
+            target = V.check_class_indices("target", target, (n,), 2**62)
             num_classes = int(target.max()) + 1
         V.check_int("num_classes", num_classes, low=1)
-        V.check_class_indices("target", target, (n,), num_classes)
+        target = V.check_class_indices("target", target, (n,), num_classes)
         x = x.to(torch.float64)
         target = target.to(x.device)
         counts, missing = class_counts(target, num_classes)
@@ -117,15 +128,23 @@ class Mahalanobis(FeatureDetector):
                 f"target must hold every class in [0, {num_classes - 1}] at least once, "
                 f"got no sample of class {missing}"
             )
+        # class sums of x / 2^k (exact), so that they cannot overflow
+        unit = power_of_two_above(float(x.abs().amax()))
         means = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device)
-        means.index_add_(0, target, x).div_(counts.unsqueeze(1))
-        centred = x - means[target]
-        cov = centred.T @ centred / n
-        if self.eps > 0:
-            cov = cov + self.eps * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-        precision = torch.linalg.pinv(cov, hermitian=True)
-        precision = (precision + precision.T) / 2
-        self.means, self.covariance, self.precision = means, cov, precision
+        means = means.index_add_(0, target, x / unit).div_(counts.unsqueeze(1)) * unit
+        d = x.shape[1]
+        fit = fit_covariance(
+            x - means[target],
+            estimator=self.covariance_estimator,
+            ridge=self.eps,
+            who="Mahalanobis.fit",
+            full_rank_needs=f"at least num_classes + d = {num_classes + d} samples",
+            remedy="covariance='ledoit_wolf' or a ridge eps > 0",
+            stacklevel=self._warn_stacklevel,
+        )
+        self.means, self.covariance, self.precision = means, fit.covariance, fit.precision
+        self.shrinkage = fit.shrinkage
+        self._gaussian = fit
         self._cache = {}
 
     def _width(self) -> int | None:
@@ -140,23 +159,27 @@ class Mahalanobis(FeatureDetector):
         return self.means
 
     def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """(centre m, W, W^T(mu_c - m) as (C, r), their squared norms) in ``dtype``."""
+        """(-m, W, W^T(mu_c - m) as (C, r), their squared norms, 1 / scale) in ``dtype``,
+        all in the fit's scaled units ``x / scale`` (exact: a power of two), so that
+        ``x / scale - m`` cannot overflow where the distance is finite. The centre ``m``
+        (the mean of the class means) is rounded to ``dtype`` first and the class centres
+        are projected from that rounded ``m`` in float64: a large common offset of the
+        features then costs no accuracy (``x - m`` is exact near ``m``)."""
         key = (dtype, device)
         if key not in self._cache:
-            means, precision = self._fitted(), self.precision
-            evals, evecs = torch.linalg.eigh(precision)
-            w = evecs * evals.clamp(min=0).sqrt()  # precision = W W^T
-            centre = means.mean(0)
-            proj = (means - centre) @ w
-            parts = (centre, w, proj, proj.square().sum(1))
-            self._cache[key] = tuple(p.to(device=device, dtype=dtype) for p in parts)
+            means, fit = self._fitted() / self._gaussian.scale, self._gaussian
+            centre = means.mean(0).to(dtype).to(torch.float64)
+            proj = (means - centre) @ fit.factor
+            parts = (-centre, fit.factor, proj, proj.square().sum(1))
+            cached = tuple(p.to(device=device, dtype=dtype) for p in parts)
+            self._cache[key] = (*cached, 1.0 / fit.scale)
         return self._cache[key]
 
     def _whiten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``g = W^T (x - m)`` (rows, r), the class centres ``W^T (mu_c - m)`` and their
-        squared norms; ``(x - mu_c)^T Sigma^-1 (x - mu_c) = |g - proj_c|^2``."""
-        centre, w, proj, proj_sq = self._factors(x.dtype, x.device)
-        return (x - centre) @ w, proj, proj_sq
+        """``g = W^T (x / scale - m)`` (rows, r), the class centres ``W^T (mu_c - m)`` and
+        their squared norms; ``(x - mu_c)^T Sigma^-1 (x - mu_c) = |g - proj_c|^2``."""
+        neg_centre, w, proj, proj_sq, inv_scale = self._factors(x.dtype, x.device)
+        return torch.add(neg_centre, x, alpha=inv_scale) @ w, proj, proj_sq
 
     def _sq_distances(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, C) squared Mahalanobis distances of (rows, d) ``x``, expanded as

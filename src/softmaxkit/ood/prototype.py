@@ -30,10 +30,12 @@ import torch
 from softmaxkit import _validation as V
 from softmaxkit._ops.blocks import compute_dtype, upcast
 from softmaxkit.ood._detector import (
+    COVARIANCE_ESTIMATORS,
     FeatureDetector,
     FeatureScore,
     check_features,
     class_counts,
+    fit_covariance,
     normalize_rows,
 )
 
@@ -161,29 +163,51 @@ class SSDScore(FeatureDetector):
         True
     """
 
-    def __init__(self, *, official_centering: bool = False) -> None:
+    #: frames between the user's ``fit`` call and the covariance fit's warning
+    _warn_stacklevel = 5
+
+    def __init__(self, *, official_centering: bool = False, covariance: str = "empirical") -> None:
         self.official_centering = V.check_bool("official_centering", official_centering)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
+        self.shrinkage: float | None = None
 
     @staticmethod
     def _unit(x: torch.Tensor) -> torch.Tensor:
-        return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-10)
+        """``x / (||x|| + 1e-10)`` per row, computed on the rows divided by their
+        (detached) largest absolute entry ``p``, as ``(x/p) / (||x/p|| + 1e-10/p)``: the
+        same function, with no overflow of the norm at any finite magnitude."""
+        peak = x.detach().abs().amax(1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+        xs = x / peak
+        return xs / (torch.linalg.vector_norm(xs, dim=1, keepdim=True) + 1e-10 / peak)
 
     def fit(self, features: torch.Tensor) -> SSDScore:
-        """Fit the mean, std and precision on training features (N, d), N >= 1."""
+        """Fit the mean, std and precision on training features (N, d). A zero covariance
+        (one sample, or identical rows) raises ``ValueError``; a singular one (fewer than
+        d + 1 samples, constant or collinear features) warns (``UserWarning``): the
+        pseudo-inverse then ignores the missing directions."""
         return self._fit(features, None)
 
     def _fit_checked(self, x: torch.Tensor, labels: None) -> None:
         V.check_nonempty("features", x, "sample")
         u = self._unit(x.detach().to(torch.float64))
-        self.mean = u.mean(0)
-        self.std = u.std(0, correction=0)
-        z = (u - self.mean) / (self.std + 1e-10)
-        zc = z - z.mean(0)
-        cov = zc.T @ zc / z.shape[0]
-        self.precision = torch.linalg.pinv(cov, hermitian=True)
+        mean = u.mean(0)
+        std = u.std(0, correction=0)
+        z = (u - mean) / (std + 1e-10)
+        d = z.shape[1]
+        fit = fit_covariance(
+            z - z.mean(0),
+            estimator=self.covariance_estimator,
+            ridge=0.0,
+            who="SSDScore.fit",
+            full_rank_needs=f"at least d + 1 = {d + 1} samples",
+            remedy="covariance='ledoit_wolf'",
+            stacklevel=self._warn_stacklevel,
+        )
+        self.mean, self.std, self.precision = mean, std, fit.precision
+        self.shrinkage = fit.shrinkage
 
     def _width(self) -> int | None:
         return None if self.precision is None else self.precision.shape[0]
