@@ -52,7 +52,13 @@ def check_features(
                 f"shape {tuple(features.shape)}"
             )
         if features.ndim > 2:
-            features = features.flatten(2).mean(2)
+            flat = features.flatten(2)
+            pooled = flat.mean(2)
+            if not bool(torch.isfinite(pooled).all()):
+                # a spatial sum beyond the dtype's range (or a non-finite entry): average
+                # the terms divided first, which cannot overflow where the mean is finite
+                pooled = (flat / flat.shape[2]).sum(2)
+            features = pooled
     elif features.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D (samples, features) tensor, got shape {tuple(features.shape)}"
@@ -136,13 +142,14 @@ class GaussianFit(NamedTuple):
     """A fitted covariance, kept in the scaled units ``x / scale`` (``scale`` a power of
     two, so the scaling is exact): ``covariance`` and ``precision`` are the true (unscaled)
     float64 matrices (they overflow to inf / underflow to 0 only where the true values
-    are not float64 numbers, beyond about 1e154); ``factor`` W (d, r) with
-    ``pinv(Sigma / scale^2) = W W^T`` is what scoring uses, on ``x / scale``, so that
-    scores are exact at any finite magnitude; ``rank`` r; ``shrinkage`` the Ledoit-Wolf
-    intensity (0.0 for the empirical estimate)."""
+    are not float64 numbers, beyond about 1e154); ``scaled_precision`` =
+    ``pinv(Sigma / scale^2) = W W^T`` and its ``factor`` W (d, r) are what scoring uses,
+    on ``x / scale``, so that scores are exact at any finite magnitude; ``rank`` r;
+    ``shrinkage`` the Ledoit-Wolf intensity (0.0 for the empirical estimate)."""
 
     covariance: torch.Tensor
     precision: torch.Tensor
+    scaled_precision: torch.Tensor
     factor: torch.Tensor
     scale: float
     rank: int
@@ -217,6 +224,7 @@ def fit_covariance(
     return GaussianFit(
         covariance=cov * scale * scale,
         precision=precision / scale / scale,
+        scaled_precision=precision,
         factor=factor,
         scale=scale,
         rank=rank,

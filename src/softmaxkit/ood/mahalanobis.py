@@ -321,7 +321,8 @@ def logistic_regression(
 
     Args:
         x: (N, F) floating features.
-        y: (N,) labels in {0, 1} (any dtype; bool allowed).
+        y: (N,) labels, each exactly 0 or 1 (any dtype; bool allowed); any other value
+            (0.5, 2, NaN) is a ``ValueError``.
         C: inverse regularisation strength > 0 (default 1.0, sklearn's).
         max_iter: L-BFGS iterations (default 500).
 
@@ -343,7 +344,11 @@ def logistic_regression(
     V.check_tensor("y", y)
     if tuple(y.shape) != (x.shape[0],):
         raise ValueError(f"y must have shape {(x.shape[0],)}, got {tuple(y.shape)}")
-    V.check_tensor_values("y", y.to(torch.float64), low=0.0, high=1.0)
+    if y.dtype != torch.bool:
+        wrong = (y != 0) & (y != 1)
+        if bool(wrong.any()):
+            bad = y[wrong][0].item()
+            raise ValueError(f"y must hold the labels 0 and 1 only, got {bad}")
     c = V.check_number("C", C, low=0.0, low_open=True)
     V.check_int("max_iter", max_iter, low=1)
     xd = x.detach().to(torch.float64)
@@ -464,8 +469,32 @@ class MahalanobisEnsemble:
     def fit_regression_scores(
         self, scores_in: torch.Tensor, scores_out: torch.Tensor
     ) -> MahalanobisEnsemble:
-        """Fit the layer weights on precomputed (N, L) layer scores, e.g. of pre-processed
-        inputs from :meth:`layer_scores_inputs`."""
+        """Fit the layer weights on precomputed layer scores, e.g. of pre-processed inputs
+        from :meth:`layer_scores_inputs`: ``scores_in`` (N, L) of ID samples (label 1) and
+        ``scores_out`` (M, L) of OOD samples (label 0), floating, finite, N, M >= 1, with
+        one column per layer (as many as fitted layers, when fitted)."""
+        width = len(self.detectors) or None
+        for name, t in (("scores_in", scores_in), ("scores_out", scores_out)):
+            V.check_floating(name, t)
+            if t.ndim != 2:
+                raise ValueError(
+                    f"{name} must be a 2-D (samples, layers) tensor, got shape {tuple(t.shape)}"
+                )
+            V.check_nonempty(name, t, "sample")
+            if width is None:
+                width = t.shape[1]
+            elif t.shape[1] != width:
+                raise ValueError(
+                    f"{name} must have {width} columns (one per layer"
+                    f"{', as fitted' if self.detectors else ', as scores_in'}), got shape "
+                    f"{tuple(t.shape)}"
+                )
+            _check_finite(name, t)
+        if scores_in.device != scores_out.device:
+            raise ValueError(
+                f"scores_in and scores_out must be on the same device, got {scores_in.device} "
+                f"and {scores_out.device}"
+            )
         x = torch.cat([scores_in, scores_out]).to(torch.float64)
         y = torch.cat([torch.ones(scores_in.shape[0]), torch.zeros(scores_out.shape[0])])
         self.weight, self.bias = logistic_regression(x, y.to(x.device), C=self.C)

@@ -91,11 +91,13 @@ class PrototypeScore(FeatureScore):
             V.check_int("num_classes", num_classes, low=1, high=n_protos)
             labels = torch.arange(n_protos, device=p.device) % num_classes
         else:
+            labels = prototype_labels
             if num_classes is None:
-                V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), 2**62)
-                num_classes = int(prototype_labels.max()) + 1
-            V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), num_classes)
-            labels = prototype_labels.to(p.device)
+                labels = V.check_class_indices("prototype_labels", labels, (n_protos,), 2**62)
+                num_classes = int(labels.max()) + 1
+            V.check_int("num_classes", num_classes, low=1)
+            labels = V.check_class_indices("prototype_labels", labels, (n_protos,), num_classes)
+            labels = labels.to(p.device)
         counts, missing = class_counts(labels, num_classes)
         if missing is not None:
             raise ValueError(
@@ -208,20 +210,31 @@ class SSDScore(FeatureDetector):
         )
         self.mean, self.std, self.precision = mean, std, fit.precision
         self.shrinkage = fit.shrinkage
+        # scoring works in the fit's units z / scale (a power of two: exact), where the
+        # precision is a float64 number even when the true one over- or underflows
+        self._scaled = (mean / fit.scale, (std + 1e-10) * fit.scale, fit.scaled_precision)
 
     def _width(self) -> int | None:
         return None if self.precision is None else self.precision.shape[0]
 
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """float64 for every input dtype, as the fit (and the official NumPy code): the
+        standardised unit vectors of a concentrated cluster (features sharing a large
+        offset) vary little along the mean direction, so ``Sigma``'s condition number
+        exceeds float32's precision (about 1e8 at an offset of 1e4 times the spread) and
+        a float32 score would be off by more than its own size."""
+        return torch.float64
+
     def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std, precision = (
-            t.to(device=x.device, dtype=x.dtype) for t in (self.mean, self.std, self.precision)
+        mean, mean_s, denom, precision = (
+            t.to(device=x.device, dtype=x.dtype) for t in (self.mean, *self._scaled)
         )
-        z = (self._unit(x) - mean) / (std + 1e-10)
+        z = (self._unit(x) - mean) / denom  # z / scale
         if self.official_centering:
-            z = z - mean
+            z = z - mean_s
         return -((z @ precision) * z).sum(1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """``-z^T pinv(Sigma) z``, shape (N,); float64 features in float64, others in
-        float32, returned in ``features``' dtype."""
+        """``-z^T pinv(Sigma) z``, shape (N,), computed in float64 (see
+        :meth:`_compute_dtype`) and returned in ``features``' dtype."""
         return super().score(features)
