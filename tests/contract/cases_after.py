@@ -872,8 +872,8 @@ MAHALANOBIS = Case(
 )
 
 
-def ensemble_op(train, target, val_in, val_out, query, *, eps=0.0, C=1.0):
-    ens = O.MahalanobisEnsemble(eps=eps, C=C).fit(list(train), target)
+def ensemble_op(train, target, val_in, val_out, query, *, eps=0.0, C=1.0, covariance="empirical"):
+    ens = O.MahalanobisEnsemble(eps=eps, C=C, covariance=covariance).fit(list(train), target)
     return ens.fit_regression(list(val_in), list(val_out)).score(list(query))
 
 
@@ -911,6 +911,7 @@ ENSEMBLE = Case(
     bad=[
         Bad({"C": 0.0}, ValueError, "C"),
         Bad({"eps": -1.0}, ValueError, "eps"),
+        Bad({"covariance": "diagonal"}, ValueError, "covariance"),
         Bad({}, ValueError, "features", args={4: randn(2, 6, 4)}),
         Bad({}, ValueError, "features", args={4: randn(3, 6, 3)}),
     ],

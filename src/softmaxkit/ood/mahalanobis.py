@@ -52,9 +52,20 @@ class Mahalanobis(FeatureDetector):
     maximum-likelihood covariance
     ``Sigma = 1/N sum_c sum_{i: y_i = c} (f_i - mu_c)(f_i - mu_c)^T``
     (divided by N, as sklearn's ``EmpiricalCovariance`` that the official code uses),
-    in float64, and its pseudo-inverse (``torch.linalg.pinv(hermitian=True)``, as sklearn's
-    ``pinvh``); ``eps > 0`` adds ``eps * I`` to ``Sigma`` first (pytorch-ood's default is
-    1e-6; the official code adds nothing).
+    in float64, and its pseudo-inverse (eigenvalues at or below ``d * eps_float64 *
+    lambda_max`` dropped: ``torch.linalg.pinv(hermitian=True)``'s cut-off; sklearn's
+    ``pinvh`` in the official code). ``covariance="ledoit_wolf"`` shrinks ``Sigma``
+    towards ``tr(Sigma)/d * I`` by Ledoit & Wolf's (2004) closed-form intensity (as
+    sklearn's ``LedoitWolf`` on the class-centred features; not in the paper, which uses
+    the empirical estimate, the default). ``eps > 0`` then adds ``eps * I`` (pytorch-ood's
+    default is 1e-6; the official code adds nothing).
+
+    Degenerate fits say so (the paper's estimate is singular with fewer than
+    ``num_classes + d`` samples, or with dead / collinear features): a zero covariance
+    (e.g. one sample per class), which would make every score 0, raises ``ValueError``;
+    a singular one (rank r < d) warns (``UserWarning``): the pseudo-inverse then scores
+    no deviation in the d - r missing directions. Shrinkage or a ridge gives a full-rank
+    estimate.
 
     Score: ``M(f) = max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)``, higher = more
     in-distribution. Computed in row chunks from ``Sigma^-1 = W W^T``: with
@@ -63,16 +74,24 @@ class Mahalanobis(FeatureDetector):
     is then recomputed directly as ``|g - p_c|^2`` (no cancellation), so no (N, C, d)
     tensor is formed and float32 is as accurate as the direct per-class formula. float64
     features are scored in float64; others in float32 and returned in their dtype
-    (float16 overflows to -inf beyond -65504).
+    (float16 overflows to -inf beyond -65504). Everything is computed on ``f / s``, with
+    ``s`` the power of two above the largest class-centred deviation (an exact scaling),
+    so the fit and the score are exact at any finite magnitude (float64 features of 1e200,
+    whose covariance 1e400 is not a float64 number; float32 up to 3.4e38); and ``m`` is
+    rounded to the scoring dtype before ``p_c`` is formed from it, so features sharing a
+    large offset lose no accuracy in float32.
 
     Features of shape (N, C, *spatial) are averaged over the spatial axes first, as the
     paper does for every layer.
 
     Args:
         eps: ridge added to the covariance before the pseudo-inverse (default 0.0).
+        covariance: ``"empirical"`` (default, the paper's) or ``"ledoit_wolf"``.
 
     Attributes (after :meth:`fit`): ``means`` (C, d), ``covariance`` (d, d) and
-    ``precision`` (d, d), all float64.
+    ``precision`` (d, d), all float64 (the true matrices: beyond about 1e154 they over- or
+    underflow, while scoring, which uses the scaled ones, stays exact), and
+    ``shrinkage``, the Ledoit-Wolf intensity in [0, 1] (0.0 for ``"empirical"``).
 
     Example:
         >>> import torch
@@ -105,8 +124,9 @@ class Mahalanobis(FeatureDetector):
         self, features: torch.Tensor, target: torch.Tensor, *, num_classes: int | None = None
     ) -> Mahalanobis:
         """Fit the class means and tied covariance on ``features`` (N, d) with labels
-        ``target`` (N,) in [0, num_classes) (default: ``target.max() + 1``); every class
-        needs at least one sample."""
+        ``target`` (N,), class indices of any integer dtype in [0, num_classes) (default:
+        ``target.max() + 1``); every class needs at least one sample. A zero covariance
+        raises ``ValueError``, a singular one warns (see the class docstring)."""
         return self._fit(features, target, num_classes=num_classes)
 
     def _fit_checked(
@@ -395,6 +415,8 @@ class MahalanobisEnsemble:
     Args:
         eps: covariance ridge of each layer's :class:`Mahalanobis` (default 0.0).
         C: inverse L2 strength of the regression (default 1.0).
+        covariance: each layer's covariance estimator, ``"empirical"`` (default, the
+            paper's) or ``"ledoit_wolf"`` (see :class:`Mahalanobis`).
 
     Attributes: ``detectors`` (one per layer), ``weight`` (L,) and ``bias`` (float64, after
     a regression fit), ``noise_magnitude`` and ``validation_fpr`` (after
@@ -412,9 +434,10 @@ class MahalanobisEnsemble:
         True
     """
 
-    def __init__(self, *, eps: float = 0.0, C: float = 1.0) -> None:
+    def __init__(self, *, eps: float = 0.0, C: float = 1.0, covariance: str = "empirical") -> None:
         self.eps = V.check_number("eps", eps, low=0.0)
         self.C = V.check_number("C", C, low=0.0, low_open=True)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
         self.detectors: list[Mahalanobis] = []
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
@@ -444,9 +467,12 @@ class MahalanobisEnsemble:
         (N, d_l) or (N, C_l, *spatial) tensors) with labels ``target`` (N,)."""
         self.detectors = []
         layers = self._check_layers("features", features)
-        self.detectors = [
-            Mahalanobis(eps=self.eps).fit(f, target, num_classes=num_classes) for f in layers
-        ]
+        detectors = []
+        for f in layers:
+            det = Mahalanobis(eps=self.eps, covariance=self.covariance_estimator)
+            det._warn_stacklevel = 6  # the warning points at the ensemble's fit call
+            detectors.append(det.fit(f, target, num_classes=num_classes))
+        self.detectors = detectors
         self.weight = self.bias = None
         return self
 

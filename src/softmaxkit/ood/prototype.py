@@ -147,14 +147,24 @@ class SSDScore(FeatureDetector):
 
     ``official_centering=True`` reproduces a quirk of the official code, which scores
     ``z - m`` (the *un-standardised* mean subtracted a second time) and so reproduces the
-    published numbers; the default centres once. Fitted in float64 (``pinv`` with
-    ``hermitian=True``; the official ``np.linalg.pinv`` cuts off at a smaller relative
-    singular value, which only matters for near-singular covariances). Use penultimate
+    published numbers; the default centres once. Fitted and scored in float64 for every
+    input dtype, as the official NumPy code (the pseudo-inverse drops eigenvalues at or
+    below ``d * eps_float64 * lambda_max``, ``torch.linalg.pinv(hermitian=True)``'s
+    cut-off; the official ``np.linalg.pinv`` cuts off at a smaller relative singular
+    value, which only matters for near-singular covariances); the result is returned in
+    the features' dtype. ``covariance="ledoit_wolf"`` shrinks ``Sigma`` towards
+    ``tr(Sigma)/d * I`` (Ledoit & Wolf 2004; not in the official code). Use penultimate
     (encoder) features, not the projection head's.
+
+    Degenerate fits say so: a zero covariance (one sample, or identical rows: every score
+    would be 0) raises ``ValueError``; a singular one (fewer than d + 1 samples, constant
+    or collinear features) warns (``UserWarning``). The row norm is taken of the rows
+    divided by their largest entry, so any finite magnitude is scored exactly.
 
     Args:
         official_centering: subtract the raw training mean again before scoring
             (default False).
+        covariance: ``"empirical"`` (default, the official code's) or ``"ledoit_wolf"``.
 
     Example:
         >>> import torch
