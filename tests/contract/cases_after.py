@@ -713,6 +713,7 @@ def score_case(name, op, row_fn, **fields) -> Case:
 def energy_samples(dtype):
     out = score_samples(dtype)
     out[1] = Sample(out[1].args + (2.5,), out[1].kwargs, grad=(0,))
+    out.append(Sample((randn(6, 5, dtype=dtype, seed=66, scale=3.0), 0.3), grad=(0,)))
     return out
 
 
