@@ -701,3 +701,32 @@ def test_a_degenerate_feature_fit_is_skipped_with_its_reason():
     part = R.ood_scores(data, ood, fit, ev, knn_k=1)
     assert "covariance of the features is zero" in part["skipped"]["mahalanobis"]
     assert list(part["scores"]) == ["msp", "max_logit", "energy", "knn"]
+
+
+def test_score_warnings_go_to_the_report_not_the_terminal(monkeypatch):
+    """A feature score that warns (the paper's empirical covariance of features with a dead
+    unit is singular) is still reported; its warning is kept in the JSON, not printed."""
+    import warnings
+
+    from softmaxkit import ood as O
+    from softmaxkit.cli import report_scores as S
+
+    empirical = S.OODScore(
+        "Mahalanobis (empirical)",
+        True,
+        S._of_features(lambda s: O.Mahalanobis().fit(s.features_fit, s.labels_fit)),
+    )
+    monkeypatch.setitem(S.OOD_SCORES, "mahalanobis", empirical)
+    monkeypatch.setitem(S.SCORE_LABELS, "mahalanobis", empirical.label)
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(60, 4, generator=g)
+    features[:, 3] = 0.0  # a dead unit
+    data = R.Data(torch.randn(60, 3, generator=g), torch.arange(60) % 3, features, "x")
+    ood = R.Data(torch.randn(9, 3, generator=g), None, torch.randn(9, 4, generator=g), "y")
+    fit, ev = R.split_halves(60, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        part = R.ood_scores(data, ood, fit, ev, knn_k=3)
+    assert "mahalanobis" in part["scores"]
+    (message,) = part["warnings"]["mahalanobis"]
+    assert "singular (rank 3 of 4" in message

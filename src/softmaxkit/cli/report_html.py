@@ -251,6 +251,9 @@ def render_html(report: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> 
         out.append("</table>")
         for name, reason in ood["skipped"].items():
             out.append(f'<p class="note">{e(SCORE_LABELS[name])}: skipped ({e(reason)}).</p>')
+        for name, messages in ood.get("warnings", {}).items():
+            for message in messages:
+                out.append(f'<p class="note">{e(SCORE_LABELS[name])}: warning: {e(message)}</p>')
         if "ood_scores" in plots:
             out.append(_figure(*plots["ood_scores"]))
     out.append("</body></html>")
