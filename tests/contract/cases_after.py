@@ -771,6 +771,7 @@ def ood_metric_case(name, op, reference, **fields) -> Case:
         compile=False,
         gradcheck=False,
         keeps_dtype=False,  # documented: 0-d float64
+        magnitude=(0, 1),  # compared in float64: any finite scores
         bad=BAD_OOD_METRIC + fields.pop("bad", []),
         skip=OOD_METRIC_SKIP,
         **fields,
@@ -977,6 +978,7 @@ NOISE = Case(
     compile=False,
     gradcheck=False,
     labels={1: "target"},
+    magnitude=(0, 2),  # x - eps * sign(grad): finite at any finite features
     bad=[
         Bad({}, ValueError, "noise_magnitude", args={3: -0.01}),
         Bad({}, ValueError, "model output", args={2: randn(6, 4)}),
