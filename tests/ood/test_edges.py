@@ -160,6 +160,18 @@ def test_far_from_one_features_give_the_scale_free_score(scale):
     assert torch.isfinite(got).all()
 
 
+def test_features_whose_deviations_overflow_float64_are_a_clear_error():
+    f, y = _clusters()
+    f[:, 0] = -1.7e308
+    f[0, 0] = 1.7e308  # finite, but 3.4e308 from its class mean
+    with pytest.raises(ValueError, match="Mahalanobis.fit: the features' deviations"):
+        Mahalanobis().fit(f, y)
+    f[0, 0] = -1e308  # 7e307 from its class mean: computable (the other features are
+    with pytest.warns(UserWarning, match="rank 1 of 6"):  # below its precision: rank 1)
+        det = Mahalanobis().fit(f, y)
+    assert torch.isfinite(det.score(f)).all()
+
+
 @pytest.mark.parametrize("offset", [300.0, 1e4])
 def test_float32_with_a_large_common_offset(offset):
     """float32 features sharing an offset score as the same float32 values in float64

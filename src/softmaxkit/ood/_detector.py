@@ -108,11 +108,12 @@ COVARIANCE_ESTIMATORS = ("empirical", "ledoit_wolf")
 
 
 def power_of_two_above(value: float) -> float:
-    """The smallest power of two >= ``value`` > 0 (1.0 for 0): dividing by it is exact."""
+    """The smallest power of two >= ``value`` > 0 (1.0 for 0; at most 2^1023, the largest
+    float64 power of two): dividing by it is exact."""
     if value <= 0.0:
         return 1.0
     mantissa, exponent = math.frexp(value)
-    return math.ldexp(1.0, exponent - 1 if mantissa == 0.5 else exponent)
+    return math.ldexp(1.0, min(exponent - 1 if mantissa == 0.5 else exponent, 1023))
 
 
 def ledoit_wolf_shrink(cov: torch.Tensor, centred: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -181,6 +182,11 @@ def fit_covariance(
     """
     n, d = centred.shape
     peak = float(centred.abs().amax()) if centred.numel() else 0.0
+    if not math.isfinite(peak):
+        raise ValueError(
+            f"{who}: the features' deviations from their means are not finite float64 "
+            "numbers (features beyond about 9e307 in magnitude); scale the features down"
+        )
     scale = power_of_two_above(max(peak, math.sqrt(ridge)))
     xs = centred / scale
     cov = xs.T @ xs / n
@@ -199,7 +205,8 @@ def fit_covariance(
             f"({str(exc).splitlines()[0]})"
         ) from None
     top = float(evals[-1]) if d else 0.0
-    keep = evals > d * torch.finfo(torch.float64).eps * top if top > 0 else evals > math.inf
+    cutoff = d * torch.finfo(torch.float64).eps * top
+    keep = evals > cutoff if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
     rank = int(keep.sum())
     if rank == 0:
         raise ValueError(
