@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -167,7 +168,7 @@ def test_numbers_match_direct_calls(data, pt_report):
     ood = rep["ood"]
     assert ood["n_in"] == len(ev) and ood["n_out"] == N_OOD and ood["knn_k"] == 5
     assert ood["skipped"] == {}
-    maha = O.Mahalanobis().fit(f[fit], y[fit])
+    maha = O.Mahalanobis(covariance="ledoit_wolf").fit(f[fit], y[fit])
     knn = O.KNNScore(k=5).fit(f[fit])
     direct = {
         "msp": (O.msp_score(z[ev]), O.msp_score(zo)),
@@ -225,7 +226,10 @@ def test_csv_without_features_and_npz_without_ood(data, tmp_path, capsys):
     assert list(rep["ood"]["scores"]) == ["msp", "max_logit", "energy"]
     assert set(rep["ood"]["skipped"]) == {"mahalanobis", "knn"}
     assert "AUROC" in out and "Report:" in out
-    assert "Mahalanobis (tied covariance): skipped" in (tmp_path / "a" / "report.html").read_text()
+    assert (
+        "Mahalanobis (tied covariance, Ledoit-Wolf): skipped"
+        in (tmp_path / "a" / "report.html").read_text()
+    )
 
     argv = [str(write(tmp_path / "in.npz", small)), "--out", str(tmp_path / "b")]
     rc, out, err = run_report([*argv, "--seed", "5", "--n-bins", "4"], capsys)
@@ -414,6 +418,10 @@ def test_builtin_task(builtin):
     assert set(rep["ood"]["scores"]) == {"msp", "max_logit", "energy", "mahalanobis", "knn"}
     for name in ("msp", "max_logit", "energy", "knn"):
         assert rep["ood"]["scores"][name]["auroc"] > 0.85, name
+    # the hidden layer has dead units: the empirical covariance is singular (AUROC 0.715),
+    # the Ledoit-Wolf estimate is not (0.808)
+    assert rep["ood"]["scores"]["mahalanobis"]["auroc"] > 0.78
+    assert rep["ood"]["warnings"] == {}
     methods = rep["calibration"]["methods"]
     for method in methods.values():
         assert set(method["metrics"]) == METRICS
@@ -545,3 +553,180 @@ def test_demo_without_the_report(tmp_path, capsys):
     assert main([*argv, "--no-report"]) == 0
     assert "Report" not in capsys.readouterr().out
     assert (tmp_path / "curves.json").exists() and not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------------- atomic writes, escaping errors
+
+
+@pytest.fixture
+def small_files(data, tmp_path):
+    inp, ood = write(tmp_path / "in.pt", data["in"]), write(tmp_path / "ood.pt", data["ood"])
+    return [str(inp), "--ood", str(ood), "--knn-k", "5"], tmp_path / "out"
+
+
+def _previous_pair(out: Path) -> dict[str, str]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text('{"old": true}\n')
+    (out / "report.html").write_text("<p>old</p>\n")
+    return {name: (out / name).read_text() for name in ("report.json", "report.html")}
+
+
+def _files(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+def test_a_failing_html_write_leaves_the_previous_pair(small_files, monkeypatch, capsys):
+    from softmaxkit.cli import report_html
+
+    argv, out = small_files
+    before = _previous_pair(out)
+    real = report_html._write_temporary
+
+    def full_disk(final, text):
+        if final.name == "report.html":
+            raise OSError(28, "No space left on device")
+        return real(final, text)
+
+    monkeypatch.setattr(report_html, "_write_temporary", full_disk)
+    _assert_error([*argv, "--out", str(out)], "No space left on device", capsys)
+    assert _files(out) == before  # the old pair, and no temporary file
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+
+
+def test_a_failing_second_rename_restores_the_first(small_files, monkeypatch, capsys):
+    from softmaxkit.cli import report_html
+
+    argv, out = small_files
+    before = _previous_pair(out)
+    real = os.replace
+
+    def refuse_html(src, dst):
+        if Path(dst).name == "report.html" and str(src).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied")  # the rename, not the restore
+        return real(src, dst)
+
+    monkeypatch.setattr(report_html.os, "replace", refuse_html)
+    _assert_error([*argv, "--out", str(out)], "Permission denied", capsys)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+    assert _files(out) == before
+
+
+def test_a_failing_write_into_a_new_folder_leaves_nothing(small_files, monkeypatch, capsys):
+    from softmaxkit.cli import report_html
+
+    argv, out = small_files
+    real = report_html._write_temporary
+
+    def full_disk(final, text):
+        if final.name == "report.html":
+            raise OSError(28, "No space left on device")
+        return real(final, text)
+
+    monkeypatch.setattr(report_html, "_write_temporary", full_disk)
+    _assert_error([*argv, "--out", str(out)], "No space left on device", capsys)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("in_the_way", ["report.html", "report.json"])
+def test_a_directory_in_the_way(small_files, in_the_way, capsys):
+    argv, out = small_files
+    before = _previous_pair(out)
+    (out / in_the_way).unlink()
+    (out / in_the_way).mkdir()
+    _assert_error([*argv, "--out", str(out)], "is in the way", capsys)
+    del before[in_the_way]
+    assert _files(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+
+
+def test_success_replaces_the_pair(small_files, capsys):
+    argv, out = small_files
+    _previous_pair(out)
+    assert run_report([*argv, "--out", str(out)], capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+    assert "old" not in (out / "report.json").read_text()
+    assert "<p>old</p>" not in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (RuntimeError("fit diverged: L-BFGS produced non-finite parameters"), "fit diverged"),
+        (torch.linalg.LinAlgError("linalg.eigh: failed to converge"), "failed to converge"),
+        (ValueError("nll must be finite, got nan"), "must be finite"),
+        (ZeroDivisionError("float division by zero"), "division by zero"),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else None,
+)
+def test_errors_escaping_the_analysis_are_one_line(
+    small_files, error, message, monkeypatch, capsys
+):
+    from softmaxkit.cli import report_analysis
+
+    def fail(*args, **kwargs):
+        raise error
+
+    argv, out = small_files
+    before = _previous_pair(out)
+    monkeypatch.setattr(report_analysis, "fit_scalers", fail)
+    _assert_error([*argv, "--out", str(out)], message, capsys)
+    assert _files(out) == before
+
+
+def test_a_nan_reaching_json_is_one_line(small_files, monkeypatch, capsys):
+    from softmaxkit.cli import report_analysis
+
+    real = report_analysis.calibration_metrics
+
+    def nan_metric(*args, **kwargs):
+        return {**real(*args, **kwargs), "nll": np.float32("nan")}  # not a Python float
+
+    argv, out = small_files
+    before = _previous_pair(out)
+    monkeypatch.setattr(report_analysis, "calibration_metrics", nan_metric)
+    _assert_error([*argv, "--out", str(out)], "cannot write report.json", capsys)
+    assert _files(out) == before
+
+
+def test_a_degenerate_feature_fit_is_skipped_with_its_reason():
+    """One sample per class in the fit half: Mahalanobis's covariance is zero (every score
+    would be the same), so it is skipped, saying why; the other scores are computed."""
+    g = torch.Generator().manual_seed(2)
+    fit, ev = R.split_halves(8, seed=0)
+    labels = torch.zeros(8, dtype=torch.int64)
+    labels[fit] = torch.arange(4)
+    data = R.Data(torch.randn(8, 4, generator=g), labels, torch.randn(8, 3, generator=g), "x")
+    ood = R.Data(torch.randn(5, 4, generator=g), None, torch.randn(5, 3, generator=g), "y")
+    part = R.ood_scores(data, ood, fit, ev, knn_k=1)
+    assert "covariance of the features is zero" in part["skipped"]["mahalanobis"]
+    assert list(part["scores"]) == ["msp", "max_logit", "energy", "knn"]
+
+
+def test_score_warnings_go_to_the_report_not_the_terminal(monkeypatch):
+    """A feature score that warns (the paper's empirical covariance of features with a dead
+    unit is singular) is still reported; its warning is kept in the JSON, not printed."""
+    import warnings
+
+    from softmaxkit import ood as O
+    from softmaxkit.cli import report_scores as S
+
+    empirical = S.OODScore(
+        "Mahalanobis (empirical)",
+        True,
+        S._of_features(lambda s: O.Mahalanobis().fit(s.features_fit, s.labels_fit)),
+    )
+    monkeypatch.setitem(S.OOD_SCORES, "mahalanobis", empirical)
+    monkeypatch.setitem(S.SCORE_LABELS, "mahalanobis", empirical.label)
+    g = torch.Generator().manual_seed(3)
+    features = torch.randn(60, 4, generator=g)
+    features[:, 3] = 0.0  # a dead unit
+    data = R.Data(torch.randn(60, 3, generator=g), torch.arange(60) % 3, features, "x")
+    ood = R.Data(torch.randn(9, 3, generator=g), None, torch.randn(9, 4, generator=g), "y")
+    fit, ev = R.split_halves(60, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        part = R.ood_scores(data, ood, fit, ev, knn_k=3)
+    assert "mahalanobis" in part["scores"]
+    (message,) = part["warnings"]["mahalanobis"]
+    assert "singular (rank 3 of 4" in message

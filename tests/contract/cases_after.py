@@ -732,6 +732,7 @@ def score_case(name, op, row_fn, **fields) -> Case:
         dim=True,
         empty=lambda: Sample((randn(0, 5),), grad=(0,)),
         bad=BAD_SCORE + fields.pop("bad", []),
+        magnitude=(0,),  # finite scores at any finite logits
         **fields,
     )
 
@@ -739,6 +740,7 @@ def score_case(name, op, row_fn, **fields) -> Case:
 def energy_samples(dtype):
     out = score_samples(dtype)
     out[1] = Sample(out[1].args + (2.5,), out[1].kwargs, grad=(0,))
+    out.append(Sample((randn(6, 5, dtype=dtype, seed=66, scale=3.0), 0.3), grad=(0,)))
     return out
 
 
@@ -796,6 +798,7 @@ def ood_metric_case(name, op, reference, **fields) -> Case:
         compile=False,
         gradcheck=False,
         keeps_dtype=False,  # documented: 0-d float64
+        magnitude=(0, 1),  # compared in float64: any finite scores
         bad=BAD_OOD_METRIC + fields.pop("bad", []),
         skip=OOD_METRIC_SKIP,
         **fields,
@@ -839,14 +842,15 @@ def pooled(x: np.ndarray) -> np.ndarray:
     return x.reshape(x.shape[0], x.shape[1], -1).mean(2) if x.ndim > 2 else x
 
 
-def mahalanobis_op(train, target, query, *, eps=0.0, num_classes=None):
-    det = O.Mahalanobis(eps=eps).fit(train, target, num_classes=num_classes)
+def mahalanobis_op(train, target, query, *, eps=0.0, num_classes=None, covariance="empirical"):
+    det = O.Mahalanobis(eps=eps, covariance=covariance).fit(train, target, num_classes=num_classes)
     return det.score(query), det.class_scores(query)
 
 
-def mahalanobis_ref(train, target, query, *, eps=0.0, num_classes=None):
+def mahalanobis_ref(train, target, query, *, eps=0.0, num_classes=None, covariance="empirical"):
     t, y, q = pooled(np64(train)), ints(target), pooled(np64(query))
-    means, _, precision = ood_ref.mahalanobis_fit(t, y, int(y.max()) + 1, eps)
+    shrink = covariance == "ledoit_wolf"
+    means, _, precision = ood_ref.mahalanobis_fit(t, y, int(y.max()) + 1, eps, shrink)
     return (
         ood_ref.mahalanobis_score(q, means, precision),
         ood_ref.mahalanobis_class_scores(q, means, precision),
@@ -865,6 +869,11 @@ def mahalanobis_samples(dtype):
             {"eps": 0.1, "num_classes": 3},
             grad=(2,),
         ),
+        Sample(
+            (train, y, randn(7, 3, dtype=dtype, seed=72, scale=2.0)),
+            {"covariance": "ledoit_wolf"},
+            grad=(2,),
+        ),
     ]
 
 
@@ -876,8 +885,11 @@ MAHALANOBIS = Case(
     compile=False,
     empty=lambda: Sample((*clustered(torch.float64), randn(0, 3)), grad=(2,)),
     tol={torch.bfloat16: {"atol": 0.05, "rtol": 0.05}},
+    labels={1: "target"},
+    magnitude=(0, 2),  # the score is scale-free: finite at any finite features
     bad=[
         Bad({"eps": -1.0}, ValueError, "eps"),
+        Bad({"covariance": "shrunk"}, ValueError, "covariance"),
         Bad({"num_classes": 0}, ValueError, "num_classes"),
         Bad({"num_classes": 4}, ValueError, "target"),
         Bad({}, ValueError, "features", args={2: randn(7, 4)}),
@@ -889,8 +901,8 @@ MAHALANOBIS = Case(
 )
 
 
-def ensemble_op(train, target, val_in, val_out, query, *, eps=0.0, C=1.0):
-    ens = O.MahalanobisEnsemble(eps=eps, C=C).fit(list(train), target)
+def ensemble_op(train, target, val_in, val_out, query, *, eps=0.0, C=1.0, covariance="empirical"):
+    ens = O.MahalanobisEnsemble(eps=eps, C=C, covariance=covariance).fit(list(train), target)
     return ens.fit_regression(list(val_in), list(val_out)).score(list(query))
 
 
@@ -923,9 +935,12 @@ ENSEMBLE = Case(
         torch.float16: {"atol": 0.02, "rtol": 0.02},
         torch.bfloat16: {"atol": 0.15, "rtol": 0.1},
     },
+    labels={1: "target"},
+    magnitude=(0, 2, 3, 4),
     bad=[
         Bad({"C": 0.0}, ValueError, "C"),
         Bad({"eps": -1.0}, ValueError, "eps"),
+        Bad({"covariance": "diagonal"}, ValueError, "covariance"),
         Bad({}, ValueError, "features", args={4: randn(2, 6, 4)}),
         Bad({}, ValueError, "features", args={4: randn(3, 6, 3)}),
     ],
@@ -952,12 +967,14 @@ LOGISTIC = Case(
     gradcheck=False,
     keeps_dtype=False,  # documented: float64 weights
     tol={torch.float64: {"atol": 1e-7, "rtol": 1e-6}},
+    magnitude=(0,),
     bad=[
         Bad({"C": 0.0}, ValueError, "C"),
         Bad({"max_iter": 0}, ValueError, "max_iter"),
         Bad({}, ValueError, "x", args={0: randn(30)}),
         Bad({}, ValueError, "x", args={0: torch.full((30, 3), math.inf)}),
         Bad({}, ValueError, "y", args={1: torch.full((30,), 2)}),
+        Bad({}, ValueError, "y", args={1: torch.full((30,), 0.5)}),
         Bad({}, ValueError, "y", args={1: torch.zeros(29)}),
         Bad({}, TypeError, "y", args={1: [0, 1]}),
     ],
@@ -987,6 +1004,8 @@ NOISE = Case(
     reference=lambda t, y, x, m: after_ref.mahalanobis_preprocess(np64(t), ints(y), np64(x), m),
     compile=False,
     gradcheck=False,
+    labels={1: "target"},
+    magnitude=(0, 2),  # x - eps * sign(grad): finite at any finite features
     bad=[
         Bad({}, ValueError, "noise_magnitude", args={3: -0.01}),
         Bad({}, ValueError, "model output", args={2: randn(6, 4)}),
@@ -1020,6 +1039,7 @@ KNN = Case(
     compile=False,
     gradcheck=False,
     empty=lambda: Sample((randn(20, 4, seed=83), randn(0, 4))),
+    magnitude=(0, 1),  # on normalised features: finite at any finite features
     bad=[
         Bad({"k": 0}, ValueError, "k"),
         Bad({"k": 21}, ValueError, "features"),
@@ -1035,7 +1055,7 @@ KNN = Case(
 )
 
 
-def prototype_op(prototypes, query, *, num_classes=2, temperature=0.5, prototype_labels=None):
+def prototype_op(prototypes, query, prototype_labels=None, *, num_classes=2, temperature=0.5):
     score = O.PrototypeScore(
         prototypes,
         num_classes=num_classes,
@@ -1045,21 +1065,22 @@ def prototype_op(prototypes, query, *, num_classes=2, temperature=0.5, prototype
     return score.score(query), score.class_scores(query)
 
 
-def prototype_ref(prototypes, query, *, num_classes=2, temperature=0.5, prototype_labels=None):
+def prototype_ref(prototypes, query, prototype_labels=None, *, num_classes=2, temperature=0.5):
     p = np64(prototypes)
     lab = np.arange(len(p)) % num_classes if prototype_labels is None else ints(prototype_labels)
     return ood_ref.prototype_score(p, lab, np64(query), temperature)
 
 
 def prototype_samples(dtype):
+    """The first sample gives ``prototype_labels`` (positional: the labels test reads it)."""
     protos = randn(6, 4, dtype=dtype, seed=86)
     return [
-        Sample((protos, randn(5, 4, dtype=dtype, seed=87)), grad=(1,)),
         Sample(
-            (protos, randn(3, 4, dtype=dtype, seed=88)),
-            {"num_classes": None, "prototype_labels": torch.tensor([2, 0, 1, 1, 0, 2])},
+            (protos, randn(3, 4, dtype=dtype, seed=88), torch.tensor([2, 0, 1, 1, 0, 2])),
+            {"num_classes": None},
             grad=(1,),
         ),
+        Sample((protos, randn(5, 4, dtype=dtype, seed=87)), grad=(1,)),
     ]
 
 
@@ -1070,11 +1091,13 @@ PROTOTYPE = Case(
     reference=prototype_ref,
     compile=False,
     empty=lambda: Sample((randn(6, 4, seed=86), randn(0, 4)), grad=(1,)),
+    labels={2: "prototype_labels"},
+    magnitude=(0, 1),  # on normalised features: finite at any finite features
     bad=[
         Bad({"temperature": 0.0}, ValueError, "temperature"),
-        Bad({"num_classes": None}, ValueError, "num_classes"),
-        Bad({"num_classes": 7}, ValueError, "num_classes"),
-        Bad({"prototype_labels": torch.tensor([0, 0, 0, 2, 2, 2])}, ValueError, "prototype"),
+        Bad({"num_classes": None}, ValueError, "num_classes", args={2: None}),
+        Bad({"num_classes": 7}, ValueError, "num_classes", args={2: None}),
+        Bad({}, ValueError, "prototype", args={2: torch.tensor([0, 0, 0, 2, 2, 2])}),
         Bad({}, ValueError, "features", args={1: randn(3, 5)}),
         Bad({}, ValueError, "prototypes", args={0: randn(0, 4)}),
     ],
@@ -1082,8 +1105,9 @@ PROTOTYPE = Case(
 )
 
 
-def ssd_op(train, query, *, official_centering=False):
-    return O.SSDScore(official_centering=official_centering).fit(train).score(query)
+def ssd_op(train, query, *, official_centering=False, covariance="empirical"):
+    ssd = O.SSDScore(official_centering=official_centering, covariance=covariance)
+    return ssd.fit(train).score(query)
 
 
 def ssd_samples(dtype):
@@ -1091,6 +1115,9 @@ def ssd_samples(dtype):
     return [
         Sample((train, randn(5, 4, dtype=dtype, seed=90) + 2.0), grad=(1,)),
         Sample((train, randn(4, 4, dtype=dtype, seed=91)), {"official_centering": True}, grad=(1,)),
+        Sample(
+            (train, randn(4, 4, dtype=dtype, seed=92)), {"covariance": "ledoit_wolf"}, grad=(1,)
+        ),
     ]
 
 
@@ -1098,14 +1125,18 @@ SSD = Case(
     name="softmaxkit.ood.SSDScore",
     op=ssd_op,
     samples=ssd_samples,
-    reference=lambda train, query, official_centering=False: ood_ref.ssd_score(
-        np64(train), np64(query), official_centering
+    reference=lambda train, query, official_centering=False, covariance="empirical": (
+        ood_ref.ssd_score(np64(train), np64(query), official_centering, covariance == "ledoit_wolf")
     ),
     compile=False,
     tol={torch.float64: {"atol": 1e-8, "rtol": 1e-7}, torch.bfloat16: {"atol": 0.1, "rtol": 0.1}},
     empty=lambda: Sample((randn(30, 4, seed=89), randn(0, 4)), grad=(1,)),
+    magnitude=(0, 1),  # on normalised features: finite at any finite features
     bad=[
         Bad({"official_centering": 1}, TypeError, "official_centering"),
+        Bad({"official_centering": None}, TypeError, "official_centering"),
+        Bad({"covariance": "ledoit"}, ValueError, "covariance"),
+        Bad({}, ValueError, "features", args={0: randn(1, 4)}),
         Bad({}, ValueError, "features", args={1: randn(5, 3)}),
         Bad({}, ValueError, "features", args={0: randn(0, 4)}),
     ],

@@ -135,6 +135,17 @@ def test_extreme_finite_logits():
     )
 
 
+@pytest.mark.parametrize("temperature", [0.5, 1e-3, 1e-30])
+def test_energy_at_a_low_temperature_does_not_overflow(temperature):
+    """T < 1: z / T overflows float32 for z near its maximum, the score does not."""
+    x = torch.tensor([[3e38, 0.0, -3e38], [1e37, 1e37, 0.0]], dtype=torch.float32)
+    want = [3e38, 1e37 + temperature * math.log(2.0)]
+    got = energy_score(x.requires_grad_(True), temperature)
+    torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64))
+    (g,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(g, torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]]))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     arrays(

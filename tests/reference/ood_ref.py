@@ -80,16 +80,42 @@ def fpr_at_tpr(s_in, s_out, tpr: float = 0.95) -> float:
     raise AssertionError("unreachable: the lowest threshold accepts every ID score")
 
 
+# ----------------------------------------------------------------- Ledoit-Wolf
+def ledoit_wolf(centred) -> np.ndarray:
+    """Ledoit & Wolf (2004), "A well-conditioned estimator for large-dimensional covariance
+    matrices", Lemma 3.2 / Theorem 3.1 with the norm ``||A||^2 = tr(A A^T) / p``:
+    ``S = 1/n sum_k x_k x_k^T``, ``m = <S, I>``, ``d^2 = ||S - m I||^2``,
+    ``b^2 = min(1/n^2 sum_k ||x_k x_k^T - S||^2, d^2)``, ``a^2 = d^2 - b^2``, and
+    ``Sigma = (b^2 / d^2) m I + (a^2 / d^2) S``; one sample at a time."""
+    x = np.asarray(centred, float)
+    n, p = x.shape
+    eye = np.eye(p)
+
+    def sq_norm(a):
+        return float(np.trace(a @ a.T)) / p
+
+    s = sum(np.outer(v, v) for v in x) / n
+    m = float(np.trace(s)) / p
+    d2 = sq_norm(s - m * eye)
+    if d2 == 0.0:
+        return s
+    b2 = min(sum(sq_norm(np.outer(v, v) - s) for v in x) / n**2, d2)
+    return (b2 / d2) * m * eye + ((d2 - b2) / d2) * s
+
+
 # ----------------------------------------------------------------- Mahalanobis
-def mahalanobis_fit(features, labels, num_classes, eps=0.0):
+def mahalanobis_fit(features, labels, num_classes, eps=0.0, ledoit_wolf_shrinkage=False):
     f = np.asarray(features, float)
     labels = np.asarray(labels)
     means = np.stack([f[labels == c].mean(0) for c in range(num_classes)])
-    cov = np.zeros((f.shape[1], f.shape[1]))
-    for i in range(len(f)):
-        d = f[i] - means[labels[i]]
-        cov += np.outer(d, d)
-    cov /= len(f)
+    centred = np.stack([f[i] - means[labels[i]] for i in range(len(f))])
+    if ledoit_wolf_shrinkage:
+        cov = ledoit_wolf(centred)
+    else:
+        cov = np.zeros((f.shape[1], f.shape[1]))
+        for d in centred:
+            cov += np.outer(d, d)
+        cov /= len(f)
     cov += eps * np.eye(f.shape[1])
     return means, cov, np.linalg.pinv(cov, hermitian=True)
 
@@ -120,9 +146,10 @@ def knn_score(train, query, k) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ PALM
-def ssd_score(train, query, official_centering=False) -> np.ndarray:
+def ssd_score(train, query, official_centering=False, ledoit_wolf_shrinkage=False) -> np.ndarray:
     """The official ``eval_maha`` (SSD+), transcribed; ``official_centering`` keeps its
-    second subtraction of the raw mean."""
+    second subtraction of the raw mean; ``ledoit_wolf_shrinkage`` replaces the biased
+    covariance by :func:`ledoit_wolf` (not in the official code)."""
 
     def unit(x):
         x = np.asarray(x, float)
@@ -134,7 +161,10 @@ def ssd_score(train, query, official_centering=False) -> np.ndarray:
     zq = (fq - mean) / (std + 1e-10)
     if official_centering:
         zq = zq - mean
-    inv = np.linalg.pinv(np.cov(ztrain.T, bias=True))
+    if ledoit_wolf_shrinkage:
+        inv = np.linalg.pinv(ledoit_wolf(ztrain - ztrain.mean(0)))
+    else:
+        inv = np.linalg.pinv(np.cov(ztrain.T, bias=True))
     return np.array([-(z @ inv @ z) for z in zq])
 
 

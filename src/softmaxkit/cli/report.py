@@ -33,7 +33,9 @@ a single file with the PNG plots inlined as base64):
   parameters; reliability diagrams and confidence histograms of the second half before and
   after temperature scaling;
 * with ``--ood``: the scores MSP, max logit, energy (T = 1) and, when features are given,
-  Mahalanobis (class means and tied covariance fitted on the first half) and kNN
+  Mahalanobis (class means and tied covariance fitted on the first half, the covariance
+  shrunk by Ledoit-Wolf: the paper's plain estimate is singular whenever features are
+  dead or outnumber the samples) and kNN
   (bank = the first half; k = ``--knn-k``, by default the ratio k / bank of Sun et al.
   2022's CIFAR-10 setting, k = 50 for 50,000 images, i.e. ``max(1, round(bank / 1000))``;
   the ratio rule is ours), all "higher = more in-distribution"; in-distribution = the
@@ -56,8 +58,12 @@ in the report), :mod:`~softmaxkit.cli.report_analysis` computes the numbers and
 terminal summary; this module holds the command line.
 
 Exit status: 0 on success, 1 when an optional dependency (matplotlib; scikit-learn for
-the built-in task; ``pip install 'softmaxkit[report]'``) is missing, 2 on a usage error
-or a bad input file. Errors are one line on stderr: ``softmaxkit report: error: ...``.
+the built-in task; ``pip install 'softmaxkit[report]'``) is missing, 2 on a usage error,
+a bad input file, a report that cannot be written, or any error of the analysis (e.g. a
+scaler's fit that diverges). Errors are one line on stderr: ``softmaxkit report: error:
+...``. ``report.json`` and ``report.html`` are replaced together or not at all: both are
+written to temporary files in DIR and renamed into place only when both were written, so
+a failed run leaves the previous pair as it was and no temporary file behind.
 """
 
 from __future__ import annotations
@@ -70,7 +76,7 @@ from typing import Any, TextIO
 from softmaxkit import _validation as V
 from softmaxkit.cli.report_analysis import DEFAULT_N_BINS, analyse, ood_scores, split_halves
 from softmaxkit.cli.report_html import METRIC_LABELS, make_plots, summary_text, write_report
-from softmaxkit.cli.report_inputs import Data, ReportError, check_ood, load_input
+from softmaxkit.cli.report_inputs import Data, ReportError, check_ood, first_line, load_input
 from softmaxkit.cli.report_scores import OOD_SCORES, default_knn_k
 from softmaxkit.cli.report_task import _threads, builtin_task
 
@@ -235,6 +241,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return EXIT_MISSING_DEPENDENCY
     except ReportError as exc:
         print(f"{PROG}: error: {exc}", file=err)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - whatever escapes the analysis is one line
+        # (a scaler's "fit diverged", a linear-algebra failure, a NaN where a number is
+        # needed, ...); nothing was written, so the previous report is intact
+        print(f"{PROG}: error: the analysis failed: {first_line(exc)}", file=err)
         return EXIT_BAD_INPUT
     print(summary_text(report), file=out)
     print(f"\nReport: {html_path}\nNumbers: {json_path}", file=out)

@@ -9,6 +9,7 @@ AUPR-out and FPR at 95% TPR.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -135,16 +136,21 @@ def ood_scores(
         )
     no_features = "no features in the input" if data.features is None else "no OOD features"
     scores: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    notes: dict[str, list[str]] = {}
     for name, score in OOD_SCORES.items():
         if score.needs_features and inputs.features_fit is None:
             skipped[name] = no_features
             continue
         try:
-            scores[name] = score.compute(inputs)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                scores[name] = score.compute(inputs)
         except ValueError as exc:  # a feature score that cannot be fitted on the fit half
             if not score.needs_features:
                 raise
             skipped[name] = str(exc).splitlines()[0]
+        if caught:  # e.g. a singular covariance: in the report, not on the terminal
+            notes[name] = list(dict.fromkeys(str(w.message) for w in caught))
     table = {}
     with torch.no_grad():
         for name, (s_in, s_out) in scores.items():
@@ -163,6 +169,7 @@ def ood_scores(
         "knn_k": k,
         "scores": table,
         "skipped": skipped,
+        "warnings": notes,
         "_raw": {name: (s[0].detach(), s[1].detach()) for name, s in scores.items()},
     }
 

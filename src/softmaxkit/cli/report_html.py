@@ -13,6 +13,9 @@ import html
 import io
 import json
 import math
+import os
+import secrets
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -248,6 +251,9 @@ def render_html(report: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> 
         out.append("</table>")
         for name, reason in ood["skipped"].items():
             out.append(f'<p class="note">{e(SCORE_LABELS[name])}: skipped ({e(reason)}).</p>')
+        for name, messages in ood.get("warnings", {}).items():
+            for message in messages:
+                out.append(f'<p class="note">{e(SCORE_LABELS[name])}: warning: {e(message)}</p>')
         if "ood_scores" in plots:
             out.append(_figure(*plots["ood_scores"]))
     out.append("</body></html>")
@@ -262,19 +268,91 @@ def _figure(caption: str, png: bytes) -> str:
     )
 
 
+def _open_fresh(final: Path, suffix: str) -> tuple[int, Path]:
+    """A new file beside ``final`` (the same folder, so that renames are atomic), named
+    ``.report.json.<random><suffix>``, created exclusively with the umask's permissions
+    (as ``Path.write_text`` would create ``final``)."""
+    while True:
+        path = final.with_name(f".{final.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _write_temporary(final: Path, text: str) -> Path:
+    """``text`` in a new temporary file beside ``final``."""
+    fd, path = _open_fresh(final, ".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _replace_together(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each temporary file onto its final path, all or none: a final path that is
+    a directory (or anything but a file) stops everything before the first rename, and
+    if a rename still fails, the files already replaced get their old content back (kept
+    as copies until every rename succeeded)."""
+    for _, final in pairs:
+        if final.exists() and not final.is_file():
+            raise IsADirectoryError(f"{str(final)!r} is in the way (not a file)")
+    backups: list[tuple[Path, Path | None]] = []
+    try:
+        for tmp, final in pairs:
+            backup = None
+            if final.exists():
+                fd, backup = _open_fresh(final, ".old")
+                os.close(fd)
+                try:
+                    shutil.copy2(final, backup)
+                except BaseException:
+                    backup.unlink(missing_ok=True)
+                    raise
+            backups.append((final, backup))
+            os.replace(tmp, final)
+    except BaseException:
+        for final, backup in reversed(backups):
+            if backup is None:
+                final.unlink(missing_ok=True)
+            else:
+                os.replace(backup, final)  # should this fail, the copy stays beside it
+        raise
+    for _, backup in backups:
+        if backup is not None:
+            backup.unlink(missing_ok=True)
+
+
 def write_report(
     report: dict[str, Any], plots: dict[str, tuple[str, bytes]], directory: Path
 ) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.html`` into ``directory`` (created if needed)."""
+    """Write ``report.json`` and ``report.html`` into ``directory`` (created if needed),
+    atomically as a pair: both are rendered, written to temporary files in ``directory``
+    and renamed into place only when both were written; on any failure the previous pair
+    (if any) is left as it was and no temporary file remains. Raises :class:`ReportError`
+    (one line) when the report cannot be written or is not strict JSON."""
+    json_path, html_path = directory / "report.json", directory / "report.html"
+    try:
+        json_text = json.dumps(_json_ready(report), indent=1, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ReportError(f"cannot write report.json: {first_line(exc)}") from None
+    html_text = render_html(report, plots)
+    temporary: list[Path] = []
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        json_path, html_path = directory / "report.json", directory / "report.html"
-        json_path.write_text(json.dumps(_json_ready(report), indent=1, allow_nan=False) + "\n")
-        html_path.write_text(render_html(report, plots), encoding="utf-8")
+        for final, text in ((json_path, json_text), (html_path, html_text)):
+            temporary.append(_write_temporary(final, text))
+        _replace_together(list(zip(temporary, (json_path, html_path))))
     except OSError as exc:
         raise ReportError(
             f"cannot write the report to {str(directory)!r}: {first_line(exc)}"
         ) from None
+    finally:
+        for path in temporary:
+            path.unlink(missing_ok=True)  # a renamed one is gone already
     return json_path, html_path
 
 

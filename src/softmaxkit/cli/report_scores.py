@@ -8,7 +8,8 @@ is "higher = more in-distribution" (the sign of :mod:`softmaxkit.ood`).
 
 Feature scores are fitted on the fit half of the input (features and labels) and score
 the evaluation half (in) and the OOD input (out); one that cannot be fitted (a
-``ValueError``, e.g. a class absent from the fit half) is reported as skipped.
+``ValueError``, e.g. a class absent from the fit half) is reported as skipped, and the
+warnings a score gives (e.g. a singular covariance) are kept in the report.
 """
 
 from __future__ import annotations
@@ -77,10 +78,15 @@ OOD_SCORES: dict[str, OODScore] = {
     "msp": OODScore("MSP (max softmax probability)", False, _of_logits(O.msp_score)),
     "max_logit": OODScore("max logit", False, _of_logits(O.max_logit_score)),
     "energy": OODScore("energy (T = 1)", False, _of_logits(O.energy_score)),
+    # Ledoit-Wolf shrinkage, not the paper's empirical covariance: the fit half is small
+    # and features are often dead (ReLU) or outnumber it, which makes the empirical
+    # covariance singular (the built-in task: rank 111 of 128, AUROC 0.715 -> 0.808)
     "mahalanobis": OODScore(
-        "Mahalanobis (tied covariance)",
+        "Mahalanobis (tied covariance, Ledoit-Wolf)",
         True,
-        _of_features(lambda s: O.Mahalanobis().fit(s.features_fit, s.labels_fit)),
+        _of_features(
+            lambda s: O.Mahalanobis(covariance="ledoit_wolf").fit(s.features_fit, s.labels_fit)
+        ),
     ),
     "knn": OODScore(
         "kNN (normalised features)",

@@ -19,7 +19,10 @@ Every feature detector of :mod:`softmaxkit.ood` (:class:`~softmaxkit.ood.Mahalan
 
 from __future__ import annotations
 
+import math
+import warnings
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 
@@ -49,7 +52,13 @@ def check_features(
                 f"shape {tuple(features.shape)}"
             )
         if features.ndim > 2:
-            features = features.flatten(2).mean(2)
+            flat = features.flatten(2)
+            pooled = flat.mean(2)
+            if not bool(torch.isfinite(pooled).all()):
+                # a spatial sum beyond the dtype's range (or a non-finite entry): average
+                # the terms divided first, which cannot overflow where the mean is finite
+                pooled = (flat / flat.shape[2]).sum(2)
+            features = pooled
     elif features.ndim != 2:
         raise ValueError(
             f"{name} must be a 2-D (samples, features) tensor, got shape {tuple(features.shape)}"
@@ -76,10 +85,158 @@ def class_counts(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, 
     return counts, missing
 
 
+def scale_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows divided by their (detached) largest absolute entry, a zero row left zero: the
+    same direction, with every entry in [-1, 1], so that squares and norms of the result
+    neither overflow nor underflow (``torch.linalg.vector_norm`` does not scale: a float32
+    row of 3e38 has norm inf, one of 1e-30 norm 0)."""
+    peak = x.detach().abs().amax(1, keepdim=True)
+    return x / peak.clamp(min=torch.finfo(x.dtype).tiny)
+
+
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """Rows divided by their L2 norm (a zero row stays zero)."""
+    """Rows divided by their L2 norm (a zero row stays zero), computed on the rows scaled
+    to a largest entry of 1 (:func:`scale_rows`): exact at any finite magnitude."""
+    x = scale_rows(x)
     norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return x / norm.clamp(min=torch.finfo(x.dtype).tiny)
+
+
+# ------------------------------------------------------------ Gaussian covariance fits
+#: the covariance estimators of the Gaussian detectors (Mahalanobis, SSD+)
+COVARIANCE_ESTIMATORS = ("empirical", "ledoit_wolf")
+
+
+def power_of_two_above(value: float) -> float:
+    """The smallest power of two >= ``value`` > 0 (1.0 for 0; at most 2^1023, the largest
+    float64 power of two): dividing by it is exact."""
+    if value <= 0.0:
+        return 1.0
+    mantissa, exponent = math.frexp(value)
+    return math.ldexp(1.0, min(exponent - 1 if mantissa == 0.5 else exponent, 1023))
+
+
+def ledoit_wolf_shrink(cov: torch.Tensor, centred: torch.Tensor) -> tuple[torch.Tensor, float]:
+    r"""Ledoit & Wolf's (2004) shrinkage of the MLE covariance ``S = X^T X / n`` of the
+    centred samples ``X`` (n, p) towards the scaled identity ``mu I``, ``mu = tr(S) / p``:
+
+        Sigma = (1 - rho) S + rho mu I,   rho = min(b2, d2) / d2,
+        d2 = ||S - mu I||_F^2 / p,   b2 = (1/n sum_k ||x_k||^4 - ||S||_F^2) / (n p)
+
+    (the closed form of "A well-conditioned estimator for large-dimensional covariance
+    matrices", J. Multivariate Anal. 2004, as scikit-learn's ``ledoit_wolf_shrinkage``
+    computes it; ``rho = 0`` when ``S = mu I``). ``sum_k ||x_k||^4`` takes one pass over
+    ``X``; everything else comes from ``S``. Returns ``(Sigma, rho)``."""
+    n, p = centred.shape
+    trace = torch.diagonal(cov).sum()
+    mu = trace / p
+    frob = cov.square().sum()
+    d2 = (frob - 2 * mu * trace + p * mu * mu) / p
+    b2 = (centred.square().sum(1).square().sum() / n - frob) / (n * p)
+    d2_, b2_ = float(d2), float(b2)
+    rho = 0.0 if d2_ <= 0.0 else min(max(b2_, 0.0), d2_) / d2_
+    eye = torch.eye(p, dtype=cov.dtype, device=cov.device)
+    return (1.0 - rho) * cov + (rho * mu) * eye, rho
+
+
+class GaussianFit(NamedTuple):
+    """A fitted covariance, kept in the scaled units ``x / scale`` (``scale`` a power of
+    two, so the scaling is exact): ``covariance`` and ``precision`` are the true (unscaled)
+    float64 matrices (they overflow to inf / underflow to 0 only where the true values
+    are not float64 numbers, beyond about 1e154); ``scaled_precision`` =
+    ``pinv(Sigma / scale^2) = W W^T`` and its ``factor`` W (d, r) are what scoring uses,
+    on ``x / scale``, so that scores are exact at any finite magnitude; ``rank`` r;
+    ``shrinkage`` the Ledoit-Wolf intensity (0.0 for the empirical estimate)."""
+
+    covariance: torch.Tensor
+    precision: torch.Tensor
+    scaled_precision: torch.Tensor
+    factor: torch.Tensor
+    scale: float
+    rank: int
+    shrinkage: float
+
+
+def fit_covariance(
+    centred: torch.Tensor,
+    *,
+    estimator: str,
+    ridge: float,
+    who: str,
+    full_rank_needs: str,
+    remedy: str,
+    stacklevel: int,
+) -> GaussianFit:
+    """The covariance of the float64 ``centred`` samples (n, d) and its pseudo-inverse.
+
+    ``Sigma = X^T X / n`` (the MLE), shrunk by :func:`ledoit_wolf_shrink` for
+    ``estimator="ledoit_wolf"``, plus ``ridge * I``; computed on ``X / scale`` with
+    ``scale`` the power of two above ``max(|X|, sqrt(ridge))``, so that no square
+    overflows. The pseudo-inverse drops the eigenvalues at or below
+    ``d * eps_float64 * lambda_max`` (``torch.linalg.pinv``'s default cut-off).
+
+    Degenerate fits say so: a zero covariance (every score would be the same constant)
+    raises ``ValueError``; a singular one (rank r < d: the score ignores d - r directions)
+    warns (``UserWarning``), naming what a full-rank estimate needs (``full_rank_needs``)
+    and the detector's ``remedy``.
+    """
+    n, d = centred.shape
+    peak = float(centred.abs().amax()) if centred.numel() else 0.0
+    if not math.isfinite(peak):
+        raise ValueError(
+            f"{who}: the features' deviations from their means are not finite float64 "
+            "numbers (features beyond about 9e307 in magnitude); scale the features down"
+        )
+    scale = power_of_two_above(max(peak, math.sqrt(ridge)))
+    xs = centred / scale
+    cov = xs.T @ xs / n
+    shrinkage = 0.0
+    if estimator == "ledoit_wolf":
+        cov, shrinkage = ledoit_wolf_shrink(cov, xs)
+    if ridge > 0:
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        cov = cov + (ridge / scale / scale) * eye
+    cov = (cov + cov.T) / 2
+    try:
+        evals, evecs = torch.linalg.eigh(cov)
+    except RuntimeError as exc:  # torch.linalg.LinAlgError: no convergence
+        raise ValueError(
+            f"{who}: the covariance of the features could not be decomposed "
+            f"({str(exc).splitlines()[0]})"
+        ) from None
+    top = float(evals[-1]) if d else 0.0
+    cutoff = d * torch.finfo(torch.float64).eps * top
+    keep = evals > cutoff if top > 0 else torch.zeros_like(evals, dtype=torch.bool)
+    rank = int(keep.sum())
+    if rank == 0:
+        raise ValueError(
+            f"{who}: the covariance of the features is zero (no sample differs from its mean: "
+            f"{n} sample(s)), so every score would be the same constant; a non-zero "
+            f"covariance needs more samples (a full-rank one needs {full_rank_needs})"
+            + ("" if "eps" not in remedy else ", or a ridge eps > 0")
+        )
+    if rank < d:
+        warnings.warn(
+            f"{who}: the covariance of the features is singular (rank {rank} of {d}, from "
+            f"{n} samples); the pseudo-inverse ignores {d - rank} direction(s), in which no "
+            f"deviation is scored. A full-rank estimate needs {full_rank_needs} and no "
+            f"constant or collinear features; {remedy} gives one",
+            UserWarning,
+            stacklevel=stacklevel,
+        )
+    vals, vecs = evals[keep], evecs[:, keep]
+    precision = (vecs / vals) @ vecs.T
+    precision = (precision + precision.T) / 2
+    factor = vecs / vals.sqrt()
+    return GaussianFit(
+        covariance=cov * scale * scale,
+        precision=precision / scale / scale,
+        scaled_precision=precision,
+        factor=factor,
+        scale=scale,
+        rank=rank,
+        shrinkage=shrinkage,
+    )
 
 
 class FeatureScore(ABC):

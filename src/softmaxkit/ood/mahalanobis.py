@@ -22,7 +22,13 @@ import torch
 from softmaxkit import _validation as V
 from softmaxkit._ops.blocks import BLOCK_ELEMENTS, upcast
 from softmaxkit._ops.optim import lbfgs
-from softmaxkit.ood._detector import FeatureDetector, class_counts
+from softmaxkit.ood._detector import (
+    COVARIANCE_ESTIMATORS,
+    FeatureDetector,
+    class_counts,
+    fit_covariance,
+    power_of_two_above,
+)
 
 __all__ = ["Mahalanobis", "MahalanobisEnsemble", "logistic_regression", "NOISE_MAGNITUDES"]
 
@@ -46,9 +52,20 @@ class Mahalanobis(FeatureDetector):
     maximum-likelihood covariance
     ``Sigma = 1/N sum_c sum_{i: y_i = c} (f_i - mu_c)(f_i - mu_c)^T``
     (divided by N, as sklearn's ``EmpiricalCovariance`` that the official code uses),
-    in float64, and its pseudo-inverse (``torch.linalg.pinv(hermitian=True)``, as sklearn's
-    ``pinvh``); ``eps > 0`` adds ``eps * I`` to ``Sigma`` first (pytorch-ood's default is
-    1e-6; the official code adds nothing).
+    in float64, and its pseudo-inverse (eigenvalues at or below ``d * eps_float64 *
+    lambda_max`` dropped: ``torch.linalg.pinv(hermitian=True)``'s cut-off; sklearn's
+    ``pinvh`` in the official code). ``covariance="ledoit_wolf"`` shrinks ``Sigma``
+    towards ``tr(Sigma)/d * I`` by Ledoit & Wolf's (2004) closed-form intensity (as
+    sklearn's ``LedoitWolf`` on the class-centred features; not in the paper, which uses
+    the empirical estimate, the default). ``eps > 0`` then adds ``eps * I`` (pytorch-ood's
+    default is 1e-6; the official code adds nothing).
+
+    Degenerate fits say so (the paper's estimate is singular with fewer than
+    ``num_classes + d`` samples, or with dead / collinear features): a zero covariance
+    (e.g. one sample per class), which would make every score 0, raises ``ValueError``;
+    a singular one (rank r < d) warns (``UserWarning``): the pseudo-inverse then scores
+    no deviation in the d - r missing directions. Shrinkage or a ridge gives a full-rank
+    estimate.
 
     Score: ``M(f) = max_c -(f - mu_c)^T Sigma^-1 (f - mu_c)``, higher = more
     in-distribution. Computed in row chunks from ``Sigma^-1 = W W^T``: with
@@ -57,16 +74,24 @@ class Mahalanobis(FeatureDetector):
     is then recomputed directly as ``|g - p_c|^2`` (no cancellation), so no (N, C, d)
     tensor is formed and float32 is as accurate as the direct per-class formula. float64
     features are scored in float64; others in float32 and returned in their dtype
-    (float16 overflows to -inf beyond -65504).
+    (float16 overflows to -inf beyond -65504). Everything is computed on ``f / s``, with
+    ``s`` the power of two above the largest class-centred deviation (an exact scaling),
+    so the fit and the score are exact at any finite magnitude (float64 features of 1e200,
+    whose covariance 1e400 is not a float64 number; float32 up to 3.4e38); and ``m`` is
+    rounded to the scoring dtype before ``p_c`` is formed from it, so features sharing a
+    large offset lose no accuracy in float32.
 
     Features of shape (N, C, *spatial) are averaged over the spatial axes first, as the
     paper does for every layer.
 
     Args:
         eps: ridge added to the covariance before the pseudo-inverse (default 0.0).
+        covariance: ``"empirical"`` (default, the paper's) or ``"ledoit_wolf"``.
 
     Attributes (after :meth:`fit`): ``means`` (C, d), ``covariance`` (d, d) and
-    ``precision`` (d, d), all float64.
+    ``precision`` (d, d), all float64 (the true matrices: beyond about 1e154 they over- or
+    underflow, while scoring, which uses the scaled ones, stays exact), and
+    ``shrinkage``, the Ledoit-Wolf intensity in [0, 1] (0.0 for ``"empirical"``).
 
     Example:
         >>> import torch
@@ -82,8 +107,13 @@ class Mahalanobis(FeatureDetector):
     _pool = True  # (N, C, *spatial) features are averaged over space
     _finite_queries = False  # scored features may be infinite (not NaN)
 
-    def __init__(self, *, eps: float = 0.0) -> None:
+    #: frames between the user's ``fit`` call and the covariance fit's warning
+    _warn_stacklevel = 5
+
+    def __init__(self, *, eps: float = 0.0, covariance: str = "empirical") -> None:
         self.eps = V.check_number("eps", eps, low=0.0)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
+        self.shrinkage: float | None = None
         self.means: torch.Tensor | None = None
         self.covariance: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
@@ -94,8 +124,9 @@ class Mahalanobis(FeatureDetector):
         self, features: torch.Tensor, target: torch.Tensor, *, num_classes: int | None = None
     ) -> Mahalanobis:
         """Fit the class means and tied covariance on ``features`` (N, d) with labels
-        ``target`` (N,) in [0, num_classes) (default: ``target.max() + 1``); every class
-        needs at least one sample."""
+        ``target`` (N,), class indices of any integer dtype in [0, num_classes) (default:
+        ``target.max() + 1``); every class needs at least one sample. A zero covariance
+        raises ``ValueError``, a singular one warns (see the class docstring)."""
         return self._fit(features, target, num_classes=num_classes)
 
     def _fit_checked(
@@ -105,10 +136,10 @@ class Mahalanobis(FeatureDetector):
         n = x.shape[0]
         V.check_nonempty("features", x, "sample")
         if num_classes is None:
-            V.check_class_indices("target", target, (n,), 2**62)
+            target = V.check_class_indices("target", target, (n,), 2**62)
             num_classes = int(target.max()) + 1
         V.check_int("num_classes", num_classes, low=1)
-        V.check_class_indices("target", target, (n,), num_classes)
+        target = V.check_class_indices("target", target, (n,), num_classes)
         x = x.to(torch.float64)
         target = target.to(x.device)
         counts, missing = class_counts(target, num_classes)
@@ -117,15 +148,23 @@ class Mahalanobis(FeatureDetector):
                 f"target must hold every class in [0, {num_classes - 1}] at least once, "
                 f"got no sample of class {missing}"
             )
+        # class sums of x / 2^k (exact), so that they cannot overflow
+        unit = power_of_two_above(float(x.abs().amax()))
         means = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device)
-        means.index_add_(0, target, x).div_(counts.unsqueeze(1))
-        centred = x - means[target]
-        cov = centred.T @ centred / n
-        if self.eps > 0:
-            cov = cov + self.eps * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-        precision = torch.linalg.pinv(cov, hermitian=True)
-        precision = (precision + precision.T) / 2
-        self.means, self.covariance, self.precision = means, cov, precision
+        means = means.index_add_(0, target, x / unit).div_(counts.unsqueeze(1)) * unit
+        d = x.shape[1]
+        fit = fit_covariance(
+            x - means[target],
+            estimator=self.covariance_estimator,
+            ridge=self.eps,
+            who="Mahalanobis.fit",
+            full_rank_needs=f"at least num_classes + d = {num_classes + d} samples",
+            remedy="covariance='ledoit_wolf' or a ridge eps > 0",
+            stacklevel=self._warn_stacklevel,
+        )
+        self.means, self.covariance, self.precision = means, fit.covariance, fit.precision
+        self.shrinkage = fit.shrinkage
+        self._gaussian = fit
         self._cache = {}
 
     def _width(self) -> int | None:
@@ -140,23 +179,27 @@ class Mahalanobis(FeatureDetector):
         return self.means
 
     def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """(centre m, W, W^T(mu_c - m) as (C, r), their squared norms) in ``dtype``."""
+        """(-m, W, W^T(mu_c - m) as (C, r), their squared norms, 1 / scale) in ``dtype``,
+        all in the fit's scaled units ``x / scale`` (exact: a power of two), so that
+        ``x / scale - m`` cannot overflow where the distance is finite. The centre ``m``
+        (the mean of the class means) is rounded to ``dtype`` first and the class centres
+        are projected from that rounded ``m`` in float64: a large common offset of the
+        features then costs no accuracy (``x - m`` is exact near ``m``)."""
         key = (dtype, device)
         if key not in self._cache:
-            means, precision = self._fitted(), self.precision
-            evals, evecs = torch.linalg.eigh(precision)
-            w = evecs * evals.clamp(min=0).sqrt()  # precision = W W^T
-            centre = means.mean(0)
-            proj = (means - centre) @ w
-            parts = (centre, w, proj, proj.square().sum(1))
-            self._cache[key] = tuple(p.to(device=device, dtype=dtype) for p in parts)
+            means, fit = self._fitted() / self._gaussian.scale, self._gaussian
+            centre = means.mean(0).to(dtype).to(torch.float64)
+            proj = (means - centre) @ fit.factor
+            parts = (-centre, fit.factor, proj, proj.square().sum(1))
+            cached = tuple(p.to(device=device, dtype=dtype) for p in parts)
+            self._cache[key] = (*cached, 1.0 / fit.scale)
         return self._cache[key]
 
     def _whiten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``g = W^T (x - m)`` (rows, r), the class centres ``W^T (mu_c - m)`` and their
-        squared norms; ``(x - mu_c)^T Sigma^-1 (x - mu_c) = |g - proj_c|^2``."""
-        centre, w, proj, proj_sq = self._factors(x.dtype, x.device)
-        return (x - centre) @ w, proj, proj_sq
+        """``g = W^T (x / scale - m)`` (rows, r), the class centres ``W^T (mu_c - m)`` and
+        their squared norms; ``(x - mu_c)^T Sigma^-1 (x - mu_c) = |g - proj_c|^2``."""
+        neg_centre, w, proj, proj_sq, inv_scale = self._factors(x.dtype, x.device)
+        return torch.add(neg_centre, x, alpha=inv_scale) @ w, proj, proj_sq
 
     def _sq_distances(self, x: torch.Tensor) -> torch.Tensor:
         """(rows, C) squared Mahalanobis distances of (rows, d) ``x``, expanded as
@@ -298,7 +341,8 @@ def logistic_regression(
 
     Args:
         x: (N, F) floating features.
-        y: (N,) labels in {0, 1} (any dtype; bool allowed).
+        y: (N,) labels, each exactly 0 or 1 (any dtype; bool allowed); any other value
+            (0.5, 2, NaN) is a ``ValueError``.
         C: inverse regularisation strength > 0 (default 1.0, sklearn's).
         max_iter: L-BFGS iterations (default 500).
 
@@ -320,7 +364,11 @@ def logistic_regression(
     V.check_tensor("y", y)
     if tuple(y.shape) != (x.shape[0],):
         raise ValueError(f"y must have shape {(x.shape[0],)}, got {tuple(y.shape)}")
-    V.check_tensor_values("y", y.to(torch.float64), low=0.0, high=1.0)
+    if y.dtype != torch.bool:
+        wrong = (y != 0) & (y != 1)
+        if bool(wrong.any()):
+            bad = y[wrong][0].item()
+            raise ValueError(f"y must hold the labels 0 and 1 only, got {bad}")
     c = V.check_number("C", C, low=0.0, low_open=True)
     V.check_int("max_iter", max_iter, low=1)
     xd = x.detach().to(torch.float64)
@@ -367,6 +415,8 @@ class MahalanobisEnsemble:
     Args:
         eps: covariance ridge of each layer's :class:`Mahalanobis` (default 0.0).
         C: inverse L2 strength of the regression (default 1.0).
+        covariance: each layer's covariance estimator, ``"empirical"`` (default, the
+            paper's) or ``"ledoit_wolf"`` (see :class:`Mahalanobis`).
 
     Attributes: ``detectors`` (one per layer), ``weight`` (L,) and ``bias`` (float64, after
     a regression fit), ``noise_magnitude`` and ``validation_fpr`` (after
@@ -384,9 +434,10 @@ class MahalanobisEnsemble:
         True
     """
 
-    def __init__(self, *, eps: float = 0.0, C: float = 1.0) -> None:
+    def __init__(self, *, eps: float = 0.0, C: float = 1.0, covariance: str = "empirical") -> None:
         self.eps = V.check_number("eps", eps, low=0.0)
         self.C = V.check_number("C", C, low=0.0, low_open=True)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
         self.detectors: list[Mahalanobis] = []
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
@@ -416,9 +467,12 @@ class MahalanobisEnsemble:
         (N, d_l) or (N, C_l, *spatial) tensors) with labels ``target`` (N,)."""
         self.detectors = []
         layers = self._check_layers("features", features)
-        self.detectors = [
-            Mahalanobis(eps=self.eps).fit(f, target, num_classes=num_classes) for f in layers
-        ]
+        detectors = []
+        for f in layers:
+            det = Mahalanobis(eps=self.eps, covariance=self.covariance_estimator)
+            det._warn_stacklevel = 6  # the warning points at the ensemble's fit call
+            detectors.append(det.fit(f, target, num_classes=num_classes))
+        self.detectors = detectors
         self.weight = self.bias = None
         return self
 
@@ -441,8 +495,32 @@ class MahalanobisEnsemble:
     def fit_regression_scores(
         self, scores_in: torch.Tensor, scores_out: torch.Tensor
     ) -> MahalanobisEnsemble:
-        """Fit the layer weights on precomputed (N, L) layer scores, e.g. of pre-processed
-        inputs from :meth:`layer_scores_inputs`."""
+        """Fit the layer weights on precomputed layer scores, e.g. of pre-processed inputs
+        from :meth:`layer_scores_inputs`: ``scores_in`` (N, L) of ID samples (label 1) and
+        ``scores_out`` (M, L) of OOD samples (label 0), floating, finite, N, M >= 1, with
+        one column per layer (as many as fitted layers, when fitted)."""
+        width = len(self.detectors) or None
+        for name, t in (("scores_in", scores_in), ("scores_out", scores_out)):
+            V.check_floating(name, t)
+            if t.ndim != 2:
+                raise ValueError(
+                    f"{name} must be a 2-D (samples, layers) tensor, got shape {tuple(t.shape)}"
+                )
+            V.check_nonempty(name, t, "sample")
+            if width is None:
+                width = t.shape[1]
+            elif t.shape[1] != width:
+                raise ValueError(
+                    f"{name} must have {width} columns (one per layer"
+                    f"{', as fitted' if self.detectors else ', as scores_in'}), got shape "
+                    f"{tuple(t.shape)}"
+                )
+            _check_finite(name, t)
+        if scores_in.device != scores_out.device:
+            raise ValueError(
+                f"scores_in and scores_out must be on the same device, got {scores_in.device} "
+                f"and {scores_out.device}"
+            )
         x = torch.cat([scores_in, scores_out]).to(torch.float64)
         y = torch.cat([torch.ones(scores_in.shape[0]), torch.zeros(scores_out.shape[0])])
         self.weight, self.bias = logistic_regression(x, y.to(x.device), C=self.C)

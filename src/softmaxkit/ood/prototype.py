@@ -30,10 +30,12 @@ import torch
 from softmaxkit import _validation as V
 from softmaxkit._ops.blocks import compute_dtype, upcast
 from softmaxkit.ood._detector import (
+    COVARIANCE_ESTIMATORS,
     FeatureDetector,
     FeatureScore,
     check_features,
     class_counts,
+    fit_covariance,
     normalize_rows,
 )
 
@@ -89,11 +91,13 @@ class PrototypeScore(FeatureScore):
             V.check_int("num_classes", num_classes, low=1, high=n_protos)
             labels = torch.arange(n_protos, device=p.device) % num_classes
         else:
+            labels = prototype_labels
             if num_classes is None:
-                V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), 2**62)
-                num_classes = int(prototype_labels.max()) + 1
-            V.check_class_indices("prototype_labels", prototype_labels, (n_protos,), num_classes)
-            labels = prototype_labels.to(p.device)
+                labels = V.check_class_indices("prototype_labels", labels, (n_protos,), 2**62)
+                num_classes = int(labels.max()) + 1
+            V.check_int("num_classes", num_classes, low=1)
+            labels = V.check_class_indices("prototype_labels", labels, (n_protos,), num_classes)
+            labels = labels.to(p.device)
         counts, missing = class_counts(labels, num_classes)
         if missing is not None:
             raise ValueError(
@@ -143,14 +147,24 @@ class SSDScore(FeatureDetector):
 
     ``official_centering=True`` reproduces a quirk of the official code, which scores
     ``z - m`` (the *un-standardised* mean subtracted a second time) and so reproduces the
-    published numbers; the default centres once. Fitted in float64 (``pinv`` with
-    ``hermitian=True``; the official ``np.linalg.pinv`` cuts off at a smaller relative
-    singular value, which only matters for near-singular covariances). Use penultimate
+    published numbers; the default centres once. Fitted and scored in float64 for every
+    input dtype, as the official NumPy code (the pseudo-inverse drops eigenvalues at or
+    below ``d * eps_float64 * lambda_max``, ``torch.linalg.pinv(hermitian=True)``'s
+    cut-off; the official ``np.linalg.pinv`` cuts off at a smaller relative singular
+    value, which only matters for near-singular covariances); the result is returned in
+    the features' dtype. ``covariance="ledoit_wolf"`` shrinks ``Sigma`` towards
+    ``tr(Sigma)/d * I`` (Ledoit & Wolf 2004; not in the official code). Use penultimate
     (encoder) features, not the projection head's.
+
+    Degenerate fits say so: a zero covariance (one sample, or identical rows: every score
+    would be 0) raises ``ValueError``; a singular one (fewer than d + 1 samples, constant
+    or collinear features) warns (``UserWarning``). The row norm is taken of the rows
+    divided by their largest entry, so any finite magnitude is scored exactly.
 
     Args:
         official_centering: subtract the raw training mean again before scoring
             (default False).
+        covariance: ``"empirical"`` (default, the official code's) or ``"ledoit_wolf"``.
 
     Example:
         >>> import torch
@@ -161,43 +175,76 @@ class SSDScore(FeatureDetector):
         True
     """
 
-    def __init__(self, *, official_centering: bool = False) -> None:
+    #: frames between the user's ``fit`` call and the covariance fit's warning
+    _warn_stacklevel = 5
+
+    def __init__(self, *, official_centering: bool = False, covariance: str = "empirical") -> None:
         self.official_centering = V.check_bool("official_centering", official_centering)
+        self.covariance_estimator = V.check_choice("covariance", covariance, COVARIANCE_ESTIMATORS)
         self.mean: torch.Tensor | None = None
         self.std: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
+        self.shrinkage: float | None = None
 
     @staticmethod
     def _unit(x: torch.Tensor) -> torch.Tensor:
-        return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-10)
+        """``x / (||x|| + 1e-10)`` per row, computed on the rows divided by their
+        (detached) largest absolute entry ``p``, as ``(x/p) / (||x/p|| + 1e-10/p)``: the
+        same function, with no overflow of the norm at any finite magnitude."""
+        peak = x.detach().abs().amax(1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+        xs = x / peak
+        return xs / (torch.linalg.vector_norm(xs, dim=1, keepdim=True) + 1e-10 / peak)
 
     def fit(self, features: torch.Tensor) -> SSDScore:
-        """Fit the mean, std and precision on training features (N, d), N >= 1."""
+        """Fit the mean, std and precision on training features (N, d). A zero covariance
+        (one sample, or identical rows) raises ``ValueError``; a singular one (fewer than
+        d + 1 samples, constant or collinear features) warns (``UserWarning``): the
+        pseudo-inverse then ignores the missing directions."""
         return self._fit(features, None)
 
     def _fit_checked(self, x: torch.Tensor, labels: None) -> None:
         V.check_nonempty("features", x, "sample")
         u = self._unit(x.detach().to(torch.float64))
-        self.mean = u.mean(0)
-        self.std = u.std(0, correction=0)
-        z = (u - self.mean) / (self.std + 1e-10)
-        zc = z - z.mean(0)
-        cov = zc.T @ zc / z.shape[0]
-        self.precision = torch.linalg.pinv(cov, hermitian=True)
+        mean = u.mean(0)
+        std = u.std(0, correction=0)
+        z = (u - mean) / (std + 1e-10)
+        d = z.shape[1]
+        fit = fit_covariance(
+            z - z.mean(0),
+            estimator=self.covariance_estimator,
+            ridge=0.0,
+            who="SSDScore.fit",
+            full_rank_needs=f"at least d + 1 = {d + 1} samples",
+            remedy="covariance='ledoit_wolf'",
+            stacklevel=self._warn_stacklevel,
+        )
+        self.mean, self.std, self.precision = mean, std, fit.precision
+        self.shrinkage = fit.shrinkage
+        # scoring works in the fit's units z / scale (a power of two: exact), where the
+        # precision is a float64 number even when the true one over- or underflows
+        self._scaled = (mean / fit.scale, (std + 1e-10) * fit.scale, fit.scaled_precision)
 
     def _width(self) -> int | None:
         return None if self.precision is None else self.precision.shape[0]
 
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        """float64 for every input dtype, as the fit (and the official NumPy code): the
+        standardised unit vectors of a concentrated cluster (features sharing a large
+        offset) vary little along the mean direction, so ``Sigma``'s condition number
+        exceeds float32's precision (about 1e8 at an offset of 1e4 times the spread) and
+        a float32 score would be off by more than its own size."""
+        return torch.float64
+
     def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std, precision = (
-            t.to(device=x.device, dtype=x.dtype) for t in (self.mean, self.std, self.precision)
+        mean, mean_s, denom, precision = (
+            t.to(device=x.device, dtype=x.dtype) for t in (self.mean, *self._scaled)
         )
-        z = (self._unit(x) - mean) / (std + 1e-10)
+        z = (self._unit(x) - mean) / denom  # z / scale
         if self.official_centering:
-            z = z - mean
+            z = z - mean_s
         return -((z @ precision) * z).sum(1)
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
-        """``-z^T pinv(Sigma) z``, shape (N,); float64 features in float64, others in
-        float32, returned in ``features``' dtype."""
+        """``-z^T pinv(Sigma) z``, shape (N,), computed in float64 (see
+        :meth:`_compute_dtype`) and returned in ``features``' dtype."""
         return super().score(features)

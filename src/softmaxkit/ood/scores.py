@@ -106,6 +106,9 @@ def energy_score(logits: torch.Tensor, temperature: float = 1.0, *, dim: int = -
     arXiv:2010.03759 (E(x; f) = -T log sum_k exp(f_k(x) / T); the paper scores with -E
     and T = 1). Higher = more in-distribution.
 
+    For T < 1 the row maximum m is taken out first, ``m + T logsumexp((z - m) / T)``,
+    so that ``z / T`` cannot overflow where the score is finite.
+
     Args:
         logits: floating tensor of any shape with classes along ``dim``.
         temperature: T > 0 (default 1.0, the paper's).
@@ -122,7 +125,11 @@ def energy_score(logits: torch.Tensor, temperature: float = 1.0, *, dim: int = -
     t = V.check_number("temperature", temperature, low=0.0, low_open=True)
     x, d = _prepare(logits, dim)
     n_posinf, all_neginf, safe = _split_infinite(x, d)
-    score = torch.logsumexp(safe / t, d) * t
+    if t >= 1.0:
+        score = torch.logsumexp(safe / t, d) * t
+    else:  # z / T could overflow: m + T logsumexp((z - m) / T), m the (detached) row max
+        top = safe.detach().amax(d, keepdim=True)
+        score = torch.logsumexp((safe - top) / t, d) * t + top.squeeze(d)
     score = torch.where(n_posinf > 0, torch.full_like(score, float("inf")), score)
     score = torch.where(all_neginf, torch.full_like(score, float("-inf")), score)
     return score.to(logits.dtype)
