@@ -47,9 +47,7 @@ def s_derivative_over(
     return out if scale is None else out.div_(scale)
 
 
-def scaled_total(
-    s: torch.Tensor, total: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def scaled_total(s: torch.Tensor, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(total', scale)`` with ``sum_k s_k = scale * total'`` per row of a (rows, n) block.
 
     ``total`` is the plain row sum ``s.sum(-1, keepdim=True)``. Where it overflowed (terms
