@@ -108,6 +108,7 @@ lce = Case(
         Bad({"reduction": "avg"}, ValueError, "reduction"),
         Bad({"softcap": -1.0}, ValueError, "softcap"),
         Bad({"chunk_size": 0}, ValueError, "chunk_size"),
+        Bad({"return_extras": 1}, TypeError, "return_extras"),
     ],
 )
 
@@ -248,8 +249,8 @@ def vq_samples(dtype):
     ]
 
 
-def vq_logits(hidden, codebook):
-    head = H.VQLogits(D, V, K, assignment=MAPPING, dtype=hidden.dtype)
+def vq_logits(hidden, codebook, **options):
+    head = H.VQLogits(D, V, K, assignment=MAPPING, dtype=hidden.dtype, **options)
     with torch.no_grad():
         head.codebook.copy_(codebook)
     return head(hidden)
@@ -265,6 +266,7 @@ register(
         magnitude=(0,),
         bad=[
             Bad({}, ValueError, "hidden", args={0: randn(N, D + 1)}),
+            Bad({"bias": 1}, TypeError, "bias"),
         ],
         skip={
             "compile": "module: its forward (a matmul and a gather) is a plain torch graph; "

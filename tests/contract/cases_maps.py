@@ -281,6 +281,7 @@ topk = Case(
         *BAD_X,
         Bad({}, ValueError, "k", args={1: 0}),
         Bad({"normalize": "nope"}, ValueError, "normalize"),
+        Bad({"return_indices": 1}, TypeError, "return_indices"),
     ],
 )
 register(
@@ -292,6 +293,7 @@ register(
             k, dim, normalize=normalize
         )(x),
         samples=lambda dtype: topk_samples(dtype)[:2],
+        bad=topk.bad[:-1],  # the module takes no return_indices
     ),
 )
 
@@ -336,6 +338,7 @@ gumbel_case = Case(
         Bad({}, TypeError, "logits", args={0: [[1.0, 2.0]]}),
         Bad({"dim": 2}, ValueError, "dim"),
         Bad({"tau": 0.0}, ValueError, "tau"),
+        Bad({"hard": 1}, TypeError, "hard"),
     ],
     skip={
         "dim": "the noise is drawn in the memory order of the tensor: a moved axis is another "

@@ -477,8 +477,7 @@ class VQLogits(nn.Module):
                 "linear_or_weight must be a (vocab_size, hidden_size) matrix, got shape "
                 f"{tuple(weight.shape)}"
             )
-        if bias is None:
-            bias = lin_bias is not None
+        bias = lin_bias is not None if bias is None else v.check_bool("bias", bias)
         vocab_size, hidden_size = weight.shape
         head = cls(
             hidden_size,
@@ -721,6 +720,7 @@ class VQLogits(nn.Module):
             >>> VQLogits.linear_num_parameters(768, 50257)
             38597376
         """
+        v.check_bool("bias", bias)
         return vocab_size * hidden_size + (vocab_size if bias else 0)
 
     def extra_repr(self) -> str:

@@ -112,8 +112,9 @@ def _z_scaled(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor |
     d, sigma, s = _z_stats(z, eps)
     # sigma^2 C = |d|^2: out of range where the norm is inf/NaN or its square underflowed
     bad = out_of_range((sigma.detach() * math.sqrt(z.shape[1])).square())
-    bad &= ~(sigma.detach() == 0)  # a constant row: d = 0 exactly, nothing to rescue
-    bad |= ~torch.isfinite(sigma.detach())
+    zero = sigma.detach() == 0
+    if maybe_any(zero):  # a constant row (d = 0 exactly) has nothing to rescue
+        bad &= ~zero | (d.detach().abs().amax(1, keepdim=True) > 0)
     if not maybe_any(bad):
         return z, eps, (d, sigma, s, None)
     c = row_scale(z, 1, bad)
