@@ -370,6 +370,7 @@ def entmax_case(name, op, ref):
         dim=True,
         empty=empty_rows,
         magnitude=(0,),
+        masked_row="zeros",
         bad=BAD_X,
     )
 
@@ -395,6 +396,7 @@ bisect = Case(
     dim=True,
     empty=empty_rows,
     magnitude=(0,),
+    masked_row="zeros",
     tol={torch.float64: {"atol": 1e-9, "rtol": 1e-7}},
     bad=[
         *BAD_X,

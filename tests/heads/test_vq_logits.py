@@ -401,6 +401,22 @@ def test_kmeans_errors():
             kmeans(torch.tensor([[bad, 0.0], [1.0, 2.0]]), 1)
 
 
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_kmeans_float32_with_a_common_offset_matches_float64(offset):
+    """|x|^2 - 2 x.c + |c|^2 cancels when the points share a large offset: the points are
+    clustered about their mean, so float32 finds float64's clustering."""
+    gen = g(31)
+    centres = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.0, 0.3]], dtype=torch.float64)
+    x = centres[torch.arange(60) % 3] + 0.02 * torch.randn(
+        60, 2, generator=gen, dtype=torch.float64
+    )
+    x = (x + offset).float().double()  # the same points in both dtypes
+    ref = kmeans(x, 3, generator=g(2))
+    got = kmeans(x.float(), 3, generator=g(2))
+    assert torch.equal(got.assignment, ref.assignment)
+    torch.testing.assert_close(got.centroids.double(), ref.centroids, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("scale", [1e-30, 1e19, 1e30, 3e38 / 16])
 def test_kmeans_at_extreme_magnitudes_is_the_scaled_clustering(dtype, scale):

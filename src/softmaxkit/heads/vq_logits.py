@@ -139,7 +139,10 @@ def kmeans(
       chosen centre) or ``"random"`` (K distinct points drawn uniformly). Draws use
       ``generator`` (a CPU ``torch.Generator``; ``None``: torch's global one), so a seeded
       generator makes the whole run reproducible.
-    * Distances are computed as ``|x|^2 - 2 x.c + |c|^2``, ``chunk_size`` points at a time.
+    * Distances are computed as ``|x|^2 - 2 x.c + |c|^2``, ``chunk_size`` points at a time,
+      on the points less their mean where that mean exceeds their spread (k-means is
+      translation-equivariant; the three terms would cancel in float32 when the points
+      share a large offset).
       Points whose squared norms would overflow or underflow (float32 beyond about
       ``1e17`` or below ``1e-17``) are clustered in units of a power of two near their
       largest entry, which is exact (k-means is scale-equivariant): any finite points give
@@ -189,6 +192,15 @@ def kmeans(
             "points", x, low=-math.inf, high=math.inf, low_open=True, high_open=True
         )
         x, unit = _power_of_two_scaled(x)
+        # translation-equivariant: points sharing an offset larger than their spread are
+        # clustered about their mean, so |x|^2 - 2 x.c + |c|^2 does not cancel (the centre
+        # is added back below); otherwise they are used as given
+        centre = x.mean(0)
+        centred = x - centre
+        if float(centre.abs().amax()) > float(centred.abs().amax()):
+            x = centred
+        else:
+            centre = None
         k = num_clusters
         if init == "random":
             chosen = torch.randperm(n, generator=generator)[:k].to(x.device)
@@ -233,6 +245,8 @@ def kmeans(
             dist, assignment = _nearest(x, centroids, chunk_size)
             inertia.append(float(dist.double().sum()))
     inertia = torch.tensor(inertia, dtype=torch.float64)
+    if centre is not None:
+        centroids = centroids + centre
     if unit != 1.0:  # back from the scaled units: exact (a power of two)
         centroids, inertia = centroids * unit, inertia * unit**2
     return KMeansResult(centroids, assignment, inertia)
