@@ -29,7 +29,14 @@ LOSSES = ("z_loss", "spherical_softmax", "taylor_softmax")
 
 
 def _row_terms(
-    loss: str, s1: torch.Tensor, c2: torch.Tensor, oc: torch.Tensor, dc: torch.Tensor, D: int, opts
+    loss: str,
+    s1: torch.Tensor,
+    c2: torch.Tensor,
+    oc: torch.Tensor,
+    dc: torch.Tensor,
+    *,
+    D: int,
+    opts,
 ) -> tuple[torch.Tensor, ...]:
     """Per-example loss, the scalars of grad_o = f1 o + f2 1 + f3 e_c, and g2 = f2 + f1 mu
     (the coefficient of 1 once o is written o - mu 1 + mu 1), from s1 = sum(o), the centred
@@ -367,7 +374,7 @@ class SphericalOutputLayer(nn.Module):
             c2 = (Ch * x).sum(1).clamp_min(0.0)  # sum_k (o_k - mu)^2
             oc = (Wc * x).sum(1)
             dc = ((Wc - self.wbar / D) * x).sum(1)  # o_c - mu from the centred row
-            value, f1, f2, f3, g2 = _row_terms(self.loss, s1, c2, oc, dc, D, self.opts)
+            value, f1, f2, f3, g2 = _row_terms(self.loss, s1, c2, oc, dc, D=D, opts=self.opts)
             f1, f2, f3, g2 = f1 / B, f2 / B, f3 / B, g2 / B  # mean reduction
             # f1 Q h + f2 wbar = f1 C h + (f2 + f1 mu) wbar
             grad_h = f1[:, None] * Ch + g2[:, None] * self.wbar + f3[:, None] * Wc
