@@ -120,6 +120,10 @@ def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
     get weight 0 and zero gradient (theirs give NaN gradients for the whole row), and
     half inputs are computed in float32.
 
+    A row whose sum :math:`\sum_j s(x_j)` overflows (e.g. ``[2e38, 2e38]`` in float32) is
+    normalised by its largest term first: the result is exact (``[0.5, 0.5]``) for any
+    finite input; other rows pay one check of their sums.
+
     Args:
         x: input of any shape, any floating dtype (float16/bfloat16 computed in
             float32, returned in the input dtype).

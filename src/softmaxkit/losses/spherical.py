@@ -209,6 +209,13 @@ def z_loss(
     row of equal outputs (e.g. from a zero-initialised output layer) gets a gradient of
     order :math:`1/\varepsilon`, so raise ``eps`` if that can happen.
 
+    The whole floating range: :math:`z_c` is unchanged when the outputs and
+    :math:`\varepsilon` are divided by the same :math:`c > 0`, so a row whose mean or
+    spread overflows (outputs beyond about :math:`10^{19}` in float32) or whose squared
+    spread underflows is evaluated on :math:`o / c` with :math:`\varepsilon / c`,
+    :math:`c = \max_k |o_k|` (the gradient divided by :math:`c`); other rows are computed
+    as before (one check of the row spreads).
+
     A probability target :math:`t` (or label smoothing) gives the expected loss
     :math:`\sum_k t_k\,\ell(o, k)`.
 
@@ -357,6 +364,13 @@ def spherical_softmax_loss(
     class" here: it makes that class the most likely one (the loss is then infinite or
     NaN).
 
+    No square of a logit is formed where it would overflow: the target's term is
+    :math:`2 \log \operatorname{hypot}(o_c, \sqrt{\varepsilon})` and a row whose
+    :math:`\sum_k o_k^2` overflows or underflows is summed over :math:`o / c`,
+    :math:`c = \max(\max_k |o_k|, \sqrt{\varepsilon})`, and its log taken as
+    :math:`2 \log c + \log \sum_k ((o_k / c)^2 + \varepsilon / c^2)`, so the loss is
+    finite and exact for any finite logits (other rows: one check of the row sums).
+
     A probability target :math:`t` (or label smoothing) gives the soft-target
     cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.
 
@@ -415,7 +429,10 @@ def taylor_softmax_loss(
     the spherical softmax it is not symmetric in the sign of :math:`o`. The loss depends on
     :math:`o` only through :math:`\sum_k o_k`, :math:`\sum_k o_k^2` and :math:`o_c`
     (spherical family). As for the spherical softmax, a ``-inf`` logit does not mean
-    "impossible class" (:math:`f(-\infty) = \infty`).
+    "impossible class" (:math:`f(-\infty) = \infty`). Since :math:`2 f(o) = (1 + o)^2 + 1`,
+    the target's term is :math:`2 \log \operatorname{hypot}(1 + o_c, 1)` and a row whose
+    total overflows is summed over :math:`(1 + o) / c` as for
+    :func:`spherical_softmax_loss`: finite and exact for any finite logits.
 
     A probability target :math:`t` (or label smoothing) gives the soft-target
     cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.

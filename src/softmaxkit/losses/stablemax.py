@@ -58,7 +58,10 @@ def stablemax_cross_entropy(
     is computed in row blocks from the saved logits, so the forward pass allocates
     nothing of size N x C and backward allocates only the gradient. A probability
     target :math:`t` (or label smoothing, which makes one) gives
-    :math:`\sum_k t_k \ell(x, k)`, as ``cross_entropy`` does for softmax.
+    :math:`\sum_k t_k \ell(x, k)`, as ``cross_entropy`` does for softmax. A row whose sum
+    :math:`\sum_j s(x_j)` overflows (logits near the float maximum) is summed as
+    :math:`m \sum_j s(x_j) / m` with :math:`m` its largest term, so the loss stays finite
+    and exact.
 
     Paper: L. Prieto, M. Barsbey, P. Mediano, T. Birdal, "Grokking at the Edge of
     Numerical Stability", ICLR 2025, arXiv:2501.04697. The authors' code always
