@@ -66,9 +66,13 @@ def _two_log_over(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     return torch.where(r >= torch.finfo(r.dtype).tiny, r.log(), h.log() - c.log()).mul_(2)
 
 
-def _over_total(u: torch.Tensor, c: torch.Tensor | None, inner: torch.Tensor) -> torch.Tensor:
-    """u / (c^2 inner) without forming c^2 (which may overflow)."""
-    return u / inner if c is None else (u / c).div_(inner).div_(c)
+def _over_total(
+    u: torch.Tensor, c: torch.Tensor | None, inner: torch.Tensor, *, own: bool = False
+) -> torch.Tensor:
+    """u / (c^2 inner) without forming c^2 (which may overflow); in place on ``u`` when the
+    caller owns it (``own``)."""
+    out = (u.div_(inner) if own else u / inner) if c is None else (u / c).div_(inner)
+    return out if c is None else out.div_(c)
 
 
 def _hypot(u: torch.Tensor, root: float) -> torch.Tensor:
@@ -327,7 +331,7 @@ class _TaylorNLL(RowLoss):
         # dl/do_j = f'(o_j) / sum_k f(o_k) - [j = c] f'(o_c) / f(o_c)
         #         = 2 (1 + o_j) / (2 sum_k f) - [j = c] 2 (1 + o_c) / ((1 + o_c)^2 + 1)
         g2 = 2 * g.unsqueeze(1)
-        out = _over_total(z + 1, *_taylor_total(z))
+        out = _over_total(z + 1, *_taylor_total(z), own=True)
         if t.dtype.is_floating_point:
             own = _u_over_sq_eps(z + 1, 1.0).mul_(t)
             return out.mul_(t.sum(1, keepdim=True)).sub_(own).mul_(g2)
