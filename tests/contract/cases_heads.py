@@ -97,6 +97,7 @@ lce = Case(
     reductions=REDUCTIONS,
     ignore_index=True,
     target_arg=2,
+    labels={2: "target"},
     prob_targets=True,
     num_classes=lambda s: s.args[1].shape[0],
     prob_axis=-1,
@@ -142,6 +143,7 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=2,
+        labels={2: "target"},
         prob_targets=True,
         num_classes=lce.num_classes,
         prob_axis=-1,
@@ -219,6 +221,7 @@ register(
         empty=None,
         keeps_dtype=False,
         magnitude=(0,),
+        labels={1: "target"},
         bad=[
             Bad({"loss": "nope"}, ValueError, "loss"),
             Bad({"lr": -1.0}, ValueError, "lr"),

@@ -358,7 +358,7 @@ class SphericalOutputLayer(nn.Module):
                 f"dtype {target.dtype} and shape {tuple(target.shape)}"
             )
         dummy = torch.empty(h.shape[0], self.out_features, device="meta")
-        v.check_class_target(target, dummy, 1, ignore_index=-(2**62))
+        target = v.check_class_target(target, dummy, 1, ignore_index=-(2**62))  # int64
         return h, target.to(self.V.device)
 
     def forward(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
