@@ -15,11 +15,19 @@ N, D, V = 4, 3, 6
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def unit_rows(w):
+    """``w`` with rows of L1 norm 1: a product ``x @ w.T`` then never exceeds ``max |x|``, also
+    in its partial sums, so the extreme-magnitude test (which scales ``x`` up to the float
+    maximum) sees logits whose float32 matmul does not overflow (a matmul whose partial
+    sums overflow is out of scope: torch's own ``F.linear`` gives inf there)."""
+    return (w.double() / w.double().abs().sum(-1, keepdim=True)).to(w.dtype)
+
+
 # ----------------------------------------------------------- fused linear + cross-entropy
 
 
 def lce_samples(dtype):
-    x, w = randn(N, D, dtype=dtype), randn(V, D, dtype=dtype, seed=7)
+    x, w = randn(N, D, dtype=dtype), unit_rows(randn(V, D, dtype=dtype, seed=7))
     y = labels(N, classes=V)
     return [
         # "none": the fused "mean"/"sum" hand forward-computed gradients to one backward
@@ -89,16 +97,19 @@ lce = Case(
     reductions=REDUCTIONS,
     ignore_index=True,
     target_arg=2,
+    labels={2: "target"},
     prob_targets=True,
     num_classes=lambda s: s.args[1].shape[0],
     prob_axis=-1,
     empty=lambda: Sample((randn(0, D), randn(V, D), torch.zeros(0, dtype=torch.long)), grad=(0, 1)),
+    magnitude=(0,),
     bad=[
         Bad({}, TypeError, "input", args={0: [[1.0]]}),
         Bad({}, ValueError, "linear_weight", args={1: randn(V, D + 1)}),
         Bad({"reduction": "avg"}, ValueError, "reduction"),
         Bad({"softcap": -1.0}, ValueError, "softcap"),
         Bad({"chunk_size": 0}, ValueError, "chunk_size"),
+        Bad({"return_extras": 1}, TypeError, "return_extras"),
     ],
 )
 
@@ -132,6 +143,7 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=2,
+        labels={2: "target"},
         prob_targets=True,
         num_classes=lce.num_classes,
         prob_axis=-1,
@@ -183,23 +195,10 @@ def spherical_layer_samples(dtype):
 
 
 def spherical_layer(h, target, w, **options):
-    """The layer with its weight W set to ``w`` (V = 1 s^T + V U with U = I, s = 0)."""
+    """The layer with its weight W set to ``w``."""
     layer = H.SphericalOutputLayer(w.shape[1], w.shape[0], **options)
-    layer.load_weight(w) if hasattr(layer, "load_weight") else _set_weight(layer, w)
+    layer.set_weight(w)
     return layer(h, target)
-
-
-def _set_weight(layer, w):
-    with torch.no_grad():
-        w = w.to(layer.V.dtype)
-        layer.V.copy_(w)
-        layer.U.copy_(torch.eye(w.shape[1], dtype=w.dtype))
-        layer.s.zero_()
-        for name in ("U_inv", "Uinv", "U_inverse"):
-            if hasattr(layer, name):
-                getattr(layer, name).copy_(torch.eye(w.shape[1], dtype=w.dtype))
-        layer.Q.copy_(w.T @ w)
-        layer.wbar.copy_(w.sum(0))
 
 
 def spherical_layer_reference(h, target, w, *, loss, a=None, b=None, eps=None):
@@ -221,6 +220,8 @@ register(
         reference=spherical_layer_reference,
         empty=None,
         keeps_dtype=False,
+        magnitude=(0,),
+        labels={1: "target"},
         bad=[
             Bad({"loss": "nope"}, ValueError, "loss"),
             Bad({"lr": -1.0}, ValueError, "lr"),
@@ -241,18 +242,49 @@ K = 2
 MAPPING = torch.tensor([0, 1, 1, 0, 1, 0])
 
 
+def vq_head(codebook, dtype, **options):
+    head = H.VQLogits(D, V, K, assignment=MAPPING, dtype=dtype, **options)
+    with torch.no_grad():
+        head.codebook.copy_(codebook)
+    return head
+
+
 def vq_samples(dtype):
     return [
-        Sample((randn(N, D, dtype=dtype), randn(K, D, dtype=dtype, seed=7)), grad=(0,)),
-        Sample((randn(2, 3, D, dtype=dtype, seed=1), randn(K, D, dtype=dtype, seed=8)), grad=(0,)),
+        Sample(
+            (
+                randn(N, D, dtype=dtype),
+                unit_rows(randn(K, D, dtype=dtype, seed=7)),
+                labels(N, classes=V),
+            ),
+            grad=(0,),
+        ),
+        Sample(
+            (
+                randn(2, 3, D, dtype=dtype, seed=1),
+                unit_rows(randn(K, D, dtype=dtype, seed=8)),
+                labels(2, 3, classes=V, seed=2),
+            ),
+            {"reduction": "none"},
+            grad=(0,),
+        ),
     ]
 
 
-def vq_logits(hidden, codebook):
-    head = H.VQLogits(D, V, K, assignment=MAPPING, dtype=hidden.dtype)
-    with torch.no_grad():
-        head.codebook.copy_(codebook)
-    return head(hidden)
+def vq_logits(hidden, codebook, target, *, bias=False, **options):
+    """``(head.cross_entropy(hidden, target, **options), head(hidden))``: the loss is what
+    the shared tests compare (reductions, ignore_index, labels, magnitudes); the vocabulary
+    logits are checked against the reference too."""
+    head = vq_head(codebook, hidden.dtype, bias=bias)
+    return head.cross_entropy(hidden, target, **options), head(hidden)
+
+
+def vq_reference(hidden, codebook, target, **options):
+    logits = (np64(hidden) @ np64(codebook).T)[..., MAPPING.numpy()]
+    loss = contract_ref.cross_entropy(logits.reshape(-1, V), target.reshape(-1).numpy(), **options)
+    if options.get("reduction") == "none":
+        loss = loss.reshape(target.shape)
+    return loss, logits
 
 
 register(
@@ -260,14 +292,24 @@ register(
         name="softmaxkit.heads.VQLogits",
         op=vq_logits,
         samples=vq_samples,
-        reference=lambda hidden, codebook: (np64(hidden) @ np64(codebook).T)[..., MAPPING.numpy()],
-        empty=lambda: Sample((randn(0, D), randn(K, D)), grad=(0, 1)),
+        reference=vq_reference,
+        reductions=REDUCTIONS,
+        ignore_index=True,
+        target_arg=2,
+        labels={2: "target"},
+        magnitude=(0,),
+        empty=lambda: Sample(
+            (randn(0, D), randn(K, D), torch.zeros(0, dtype=torch.long)), grad=(0,)
+        ),
         bad=[
             Bad({}, ValueError, "hidden", args={0: randn(N, D + 1)}),
+            Bad({"reduction": "avg"}, ValueError, "reduction"),
+            Bad({}, ValueError, "target", args={2: torch.full((N,), V)}),
+            Bad({"bias": 1}, TypeError, "bias"),
         ],
         skip={
-            "compile": "module: its forward (a matmul and a gather) is a plain torch graph; "
-            "its parameters are built per call here"
+            "compile": "module: its parameters are built per call here; forward is a matmul "
+            "and a gather, cross_entropy the shared cross-entropy rules over a logsumexp"
         },
         compile=False,
     ),
@@ -299,6 +341,7 @@ register(
         main=lambda result: result.centroids,
         keeps_dtype=False,  # documented: centroids in the compute dtype (float32 for half)
         gradcheck=False,
+        magnitude=(0,),
         compile=False,
         empty=None,
         tol={
@@ -364,6 +407,7 @@ register(
             np64(q), np64(lm), np64(KEYS), VALUES.numpy(), V, k, temperature, lambda_, metric
         ),
         empty=lambda: Sample((randn(0, D), randn(0, V)), dict(KNN), grad=(1,)),
+        magnitude=(1,),  # lm_logits; the queries: see the report (squared distances)
         bad=[
             Bad({"k": 0}, ValueError, "k"),
             Bad({"lambda_": 2.0}, ValueError, "lambda_"),

@@ -160,6 +160,7 @@ stablemax_ce = class_case(
     L.stablemax_cross_entropy,
     lambda z, t: maps_ref.stablemax_cross_entropy(z, t),
     takes_probs=False,
+    magnitude=(0,),
 )
 register(
     stablemax_ce,
@@ -282,6 +283,7 @@ z_loss = class_case(
     lambda z, t, a, b, eps=1e-12: spherical_ref.z_loss(z, t, a, b, eps),
     extra={"a": 0.5, "b": 1.0},
     bad=[*class_bad(), Bad({"a": 0.0}, ValueError, "a")],
+    magnitude=(0,),
 )
 spherical = class_case(
     "softmaxkit.losses.spherical_softmax_loss",
@@ -289,11 +291,13 @@ spherical = class_case(
     lambda z, t, eps: spherical_ref.spherical_softmax_loss(z, t, eps),
     extra={"eps": 1e-3},
     bad=[*class_bad(), Bad({"eps": -1.0}, ValueError, "eps")],
+    magnitude=(0,),
 )
 taylor = class_case(
     "softmaxkit.losses.taylor_softmax_loss",
     L.taylor_softmax_loss,
     lambda z, t: spherical_ref.taylor_softmax_loss(z, t),
+    magnitude=(0,),
 )
 register(
     z_loss,

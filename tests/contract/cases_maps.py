@@ -85,6 +85,7 @@ def softmax_case(name, op, log):
         baseline=torch_softmax(log),
         dim=True,
         empty=empty_rows,
+        magnitude=(0,),
         masked_row="-inf" if log else "zeros",
         bad=[
             *BAD_X,
@@ -132,6 +133,8 @@ def two_pass_case(name, op, log):
         ),
         dim=True,
         empty=empty_rows,
+        magnitude=(0,),
+        masked_row="-inf" if log else "zeros",
         bad=[*BAD_X, Bad({"chunk_size": 0}, ValueError, "chunk_size")],
     )
 
@@ -162,6 +165,8 @@ def stablemax_case(name, op, log):
         reference=lambda x, dim=-1, mask=None: ref(np64(x), mask_np(mask)),
         dim=True,
         empty=empty_rows,
+        magnitude=(0,),
+        masked_row="-inf" if log else "zeros",
         bad=[*BAD_X, Bad({"mask": torch.ones(3, 5)}, TypeError, "mask")],
     )
 
@@ -204,6 +209,8 @@ clipped = Case(
     ),
     dim=True,
     empty=empty_rows,
+    magnitude=(0,),
+    masked_row="zeros",
     bad=[
         *BAD_X,
         Bad({"gamma": 0.5}, ValueError, "gamma"),
@@ -268,10 +275,13 @@ topk = Case(
     reference=topk_ref,
     dim=True,
     empty=lambda: Sample((randn(0, 5), 2), grad=(0,)),
+    magnitude=(0,),
+    masked_row="zeros",
     bad=[
         *BAD_X,
         Bad({}, ValueError, "k", args={1: 0}),
         Bad({"normalize": "nope"}, ValueError, "normalize"),
+        Bad({"return_indices": 1}, TypeError, "return_indices"),
     ],
 )
 register(
@@ -283,6 +293,7 @@ register(
             k, dim, normalize=normalize
         )(x),
         samples=lambda dtype: topk_samples(dtype)[:2],
+        bad=topk.bad[:-1],  # the module takes no return_indices
     ),
 )
 
@@ -321,10 +332,13 @@ gumbel_case = Case(
     dim=False,
     empty=empty_rows,
     compile=False,
+    magnitude=(0,),
+    masked_row="zeros",
     bad=[
         Bad({}, TypeError, "logits", args={0: [[1.0, 2.0]]}),
         Bad({"dim": 2}, ValueError, "dim"),
         Bad({"tau": 0.0}, ValueError, "tau"),
+        Bad({"hard": 1}, TypeError, "hard"),
     ],
     skip={
         "dim": "the noise is drawn in the memory order of the tensor: a moved axis is another "
@@ -355,6 +369,8 @@ def entmax_case(name, op, ref):
         reference=lambda x, dim=-1: ref(np64(x)),
         dim=True,
         empty=empty_rows,
+        magnitude=(0,),
+        masked_row="zeros",
         bad=BAD_X,
     )
 
@@ -379,6 +395,8 @@ bisect = Case(
     reference=lambda x, alpha=1.5, dim=-1, n_iter=50: entmax_ref.entmax(np64(x), alpha),
     dim=True,
     empty=empty_rows,
+    magnitude=(0,),
+    masked_row="zeros",
     tol={torch.float64: {"atol": 1e-9, "rtol": 1e-7}},
     bad=[
         *BAD_X,
@@ -423,6 +441,7 @@ def spherical_map_case(name, op):
         reference=lambda x, *, eps, dim=-1: spherical_ref.spherical_softmax(np64(x), eps),
         dim=True,
         empty=lambda: Sample((randn(0, 5),), {"eps": EPS}, grad=(0,)),
+        magnitude=(0,),
         bad=[
             Bad({}, TypeError, "x", args={0: [[1.0, 2.0]]}),
             Bad({"dim": 2}, ValueError, "dim"),
@@ -439,6 +458,7 @@ def taylor_map_case(name, op):
         reference=lambda x, *, dim=-1: spherical_ref.taylor_softmax(np64(x)),
         dim=True,
         empty=empty_rows,
+        magnitude=(0,),
         bad=BAD_X,
     )
 

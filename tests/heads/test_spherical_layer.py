@@ -185,7 +185,7 @@ def test_no_parameters_for_torch_optim():
     model = torch.nn.Sequential(torch.nn.Linear(d, d), layer)
     assert len(list(model.parameters())) == 2  # only the Linear's
     assert len(list(layer.buffers())) == 6
-    assert set(layer.state_dict()) == {"V", "U", "U_inv", "s", "wbar", "Q"}
+    assert set(layer.state_dict()) == {"V", "U", "U_inv", "s", "wbar", "C"}
 
 
 def test_errors():
@@ -241,3 +241,54 @@ def test_singular_update_raises():
             layer.step(lr=lr)
     assert torch.equal(layer.effective_weight(), W)  # nothing changed, batch still pending
     layer.step(lr=0.1)
+
+
+@pytest.mark.parametrize("offset", [300.0, 3000.0])
+def test_z_loss_float32_with_a_common_offset_matches_float64(offset):
+    """Outputs sharing a large offset: the spread comes from the centred statistics (h^T C h),
+    so float32 agrees with float64 (E[o^2] - mu^2 gave 1.7e11 instead of 0.70 at 3000),
+    before and after SGD steps (C's update has no cancellation either)."""
+    g = torch.Generator().manual_seed(5)
+    W = 0.3 * torch.randn(D, d, generator=g, dtype=torch.float64)
+    W[:, 0] += offset  # o_k = offset * h_0 + ...: every output shares the offset
+    W = W.float().double()  # both layers start from the same (float32) weight
+    batches_ = []
+    for _ in range(3):
+        h = torch.randn(B, d, generator=g, dtype=torch.float64).float().double()
+        h[:, 0] = 1.0
+        batches_.append((h, torch.randint(0, D, (B,), generator=g)))
+    layers = {}
+    for dtype in (torch.float32, torch.float64):
+        layer = SphericalOutputLayer(d, D, loss="z_loss", a=1.0, b=0.5, lr=1e-3, dtype=dtype)
+        layer.set_weight(W.to(dtype))
+        layers[dtype] = layer
+    naive = naive_loss("z_loss", batches_[0][0] @ W.T, batches_[0][1], CONFIGS["z_loss"][0])
+    for k, (h, t) in enumerate(batches_):
+        losses, grads = {}, {}
+        for dtype, layer in layers.items():
+            x = h.to(dtype).requires_grad_()
+            losses[dtype] = layer(x, t)
+            losses[dtype].backward()
+            grads[dtype] = x.grad
+            layer.step()
+        if k == 0:
+            torch.testing.assert_close(losses[torch.float64], naive, rtol=1e-10, atol=1e-12)
+        # float32's own limit here is its rounding of weights of size `offset` (~1e-4
+        # relative after a few steps at 3000); the uncentred form was off by 7e-3 (loss)
+        # and 5e-2 (grad_h) at 300 and by 1e11 at 3000
+        loss32, loss64 = float(losses[torch.float32]), float(losses[torch.float64])
+        assert abs(loss32 - loss64) <= 1e-3 * abs(loss64), (offset, loss32, loss64)
+        err = (grads[torch.float32].double() - grads[torch.float64]).abs().max()
+        assert err <= 5e-3 * grads[torch.float64].abs().max(), (offset, float(err))
+
+
+def test_state_dict_with_the_uncentred_gram_loads():
+    layer, *_ = make("z_loss")
+    state = layer.state_dict()
+    W = layer.effective_weight()
+    old = {k: v for k, v in state.items() if k != "C"}
+    old["Q"] = W.T @ W
+    fresh = SphericalOutputLayer(d, D, loss="z_loss")
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(fresh.C, layer.C, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fresh.Q, W.T @ W, rtol=1e-9, atol=1e-9)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,12 +167,26 @@ def test_property_normalised_and_uniform_within_codes(v, k_frac, d, seed, scale)
     torch.testing.assert_close(lp, lp[:, first[head.mapping]])
 
 
-def test_all_ignored_mean_is_nan_like_torch():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_ignored_batch_gives_zero_with_zero_gradient(reduction):
+    """The library's convention (torch's "mean" gives NaN here)."""
     head = make_head("random")
-    h = torch.randn(2, D, dtype=torch.float64)
+    h = torch.randn(2, D, dtype=torch.float64, requires_grad=True)
     t = torch.full((2,), -100)
-    assert torch.isnan(head.cross_entropy(h, t)) and torch.isnan(F.cross_entropy(head(h), t))
-    assert head.cross_entropy(h, t, reduction="sum") == 0
+    loss = head.cross_entropy(h, t, reduction=reduction)
+    assert not torch.isnan(loss).any() and torch.all(loss == 0)
+    loss.sum().backward()
+    assert torch.all(h.grad == 0) and torch.all(head.codebook.grad == 0)
+
+
+def test_bool_flags_reject_non_bools():
+    lin = torch.nn.Linear(D, 12, dtype=torch.float64)
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        VQLogits.from_linear(lin, 3, bias=1)
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        VQLogits.linear_num_parameters(D, 12, bias=1)
+    with pytest.raises(TypeError, match="bias must be a bool"):
+        VQLogits(D, 12, 3, bias=1)
 
 
 # ---------------------------------------------------------------- k-means
@@ -380,6 +396,47 @@ def test_kmeans_errors():
         kmeans(x, 2, iters=0)
     with pytest.raises(TypeError, match="points must be a floating-point tensor"):
         kmeans(torch.ones(5, 2, dtype=torch.long), 2)
+    for bad in (math.inf, -math.inf, math.nan):
+        with pytest.raises(ValueError, match="points must have all values in"):
+            kmeans(torch.tensor([[bad, 0.0], [1.0, 2.0]]), 1)
+
+
+@pytest.mark.parametrize("offset", [1e3, 1e4])
+def test_kmeans_float32_with_a_common_offset_matches_float64(offset):
+    """|x|^2 - 2 x.c + |c|^2 cancels when the points share a large offset: the points are
+    clustered about their mean, so float32 finds float64's clustering."""
+    gen = g(31)
+    centres = torch.tensor([[0.0, 0.0], [0.3, 0.0], [0.0, 0.3]], dtype=torch.float64)
+    x = centres[torch.arange(60) % 3] + 0.02 * torch.randn(
+        60, 2, generator=gen, dtype=torch.float64
+    )
+    x = (x + offset).float().double()  # the same points in both dtypes
+    ref = kmeans(x, 3, generator=g(2))
+    got = kmeans(x.float(), 3, generator=g(2))
+    assert torch.equal(got.assignment, ref.assignment)
+    torch.testing.assert_close(got.centroids.double(), ref.centroids, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale", [1e-30, 1e19, 1e30, 3e38 / 16])
+def test_kmeans_at_extreme_magnitudes_is_the_scaled_clustering(dtype, scale):
+    """Points whose squared norms overflow (or underflow) are clustered exactly as the same
+    points at unit scale: the same assignment, centroids and objective scaled (the raw
+    |x|^2 - 2 x.c + |c|^2 gave NaN weights to torch.multinomial or merged the clusters)."""
+    info = torch.finfo(dtype)
+    if scale * 16 > info.max or scale < info.tiny:
+        pytest.skip(f"{scale:g} is outside {dtype}'s normal range")
+    gen = g(21)
+    base = torch.cat([torch.randn(20, 2, generator=gen) + 10, torch.randn(20, 2, generator=gen)])
+    base = base.to(dtype).float()  # representable in dtype at unit scale
+    unit = 2.0 ** math.frexp(scale)[1]  # a power of two: x * unit is exact
+    x = (base.double() * unit).to(dtype)
+    ref = kmeans(base, 2, generator=g(1))
+    got = kmeans(x, 2, generator=g(1))
+    assert torch.isfinite(got.centroids).all() and torch.isfinite(got.inertia).all()
+    assert torch.equal(got.assignment, ref.assignment)
+    torch.testing.assert_close(got.centroids.double() / unit, ref.centroids.double())
+    torch.testing.assert_close(got.inertia / unit**2, ref.inertia)
 
 
 # ---------------------------------------------------------------- learned assignment

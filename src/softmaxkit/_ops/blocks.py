@@ -47,6 +47,30 @@ def fill_where(y: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tens
     return y
 
 
+def out_of_range(total: torch.Tensor) -> torch.Tensor:
+    """Where a row total of non-negative terms (a sum of squares, of StableMax terms) is
+    inf or NaN (its terms overflowed) or below ``tiny / eps`` of its dtype (its terms
+    underflowed, or lost their precision as subnormals). Such rows are recomputed from
+    terms scaled by a per-row factor (the scale-before-square rule); every other row keeps
+    the plain computation, so a check of this (rows, 1) tensor is the whole cost of the
+    rule at ordinary magnitudes."""
+    info = torch.finfo(total.dtype)
+    return ~(total <= info.max) | (total < info.tiny / info.eps)
+
+
+def row_scale(
+    x: torch.Tensor, dim: int, where: torch.Tensor, floor: float | torch.Tensor = 0.0
+) -> torch.Tensor:
+    """Per-row scale factors (keepdim, no gradient): ``max(max_k |x_k|, floor)`` on the rows
+    ``where`` is set and 1 elsewhere (also where that maximum is 0, inf or NaN), so dividing
+    by it leaves the other rows exactly as they were and maps the flagged ones into
+    [-1, 1] (:func:`out_of_range`)."""
+    c = torch.linalg.vector_norm(x.detach(), ord=math.inf, dim=dim, keepdim=True)
+    c = c.clamp_min(floor) if not isinstance(floor, torch.Tensor) else torch.maximum(c, floor)
+    usable = where & (c > 0) & (c < math.inf)
+    return torch.where(usable, c, torch.ones_like(c))
+
+
 #: elements per block of the blocked kernels: 4 MiB of float32, so a block's
 #: temporaries stay in the last-level cache and peak memory stays at the output's size.
 BLOCK_ELEMENTS = 1 << 20

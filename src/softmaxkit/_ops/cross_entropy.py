@@ -33,7 +33,8 @@ Ignored rows (target ``ignore_index``) have loss 0 and gradient 0. Reductions:
 part by ``D`` = the number of kept rows, or ``sum w_y`` over kept rows with class weights
 (the number of rows for probability targets), and the penalty by ``n`` = the number of
 kept rows (it is not class-weighted, as in Liger-Kernel). When ``D`` or ``n`` is 0 the
-"mean" is 0 (torch gives NaN; ``nan_when_empty=True`` keeps torch's NaN).
+"mean" is 0 with zero gradient (torch gives NaN), for every caller: the library's one
+convention for an all-ignored batch.
 The gradient derivation is written step by step beside :func:`logit_grad_`.
 """
 
@@ -111,8 +112,7 @@ class CrossEntropyOptions:
     first class and the global vocabulary size (None: the block's width, i.e. not
     sharded); ``group`` / ``world``: the process group over which the statistics are
     all-reduced (``world == 1``: local, no collective); ``check_owned``: also sum an
-    ownership count and raise unless every kept target lies in exactly one rank's slice;
-    ``nan_when_empty``: "mean" of no kept row is NaN (torch's) instead of 0.
+    ownership count and raise unless every kept target lies in exactly one rank's slice.
     """
 
     reduction: str = "mean"
@@ -128,7 +128,6 @@ class CrossEntropyOptions:
     group: Any = None
     world: int = 1
     check_owned: bool = False
-    nan_when_empty: bool = False
 
     def classes(self, width: int) -> int:
         """The global vocabulary size ``V`` for a block of ``width`` columns."""
@@ -394,7 +393,7 @@ def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossE
 
     ``D = sum w_y`` over kept rows (their number without class weights; the number of rows
     for probability targets), ``n`` = the number of kept rows; 0 becomes 1 (the "mean" of
-    nothing is then 0) unless ``o.nan_when_empty``.
+    nothing is then 0).
     """
     device = targets.index.device if targets.index is not None else targets.probs.device
     one = torch.ones((), dtype=dtype, device=device)
@@ -405,8 +404,6 @@ def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossE
         return n, n
     n = targets.kept.sum().to(dtype)
     D = n if targets.class_weight is None else targets.weight.sum()
-    if o.nan_when_empty:
-        return D, n
     return torch.where(D == 0, one, D), torch.where(n == 0, one, n)
 
 
@@ -415,14 +412,16 @@ def reduce_loss(
 ) -> torch.Tensor:
     """The loss of a call from its per-row cross-entropy parts ``ce`` and ``lse``:
     ``ce + c lse^2`` per row for "none", else ``sum ce / D + sum c lse^2 / n`` with
-    ``den = (D, n)`` (:func:`mean_denominators`; 1 for "sum")."""
+    ``den = (D, n)`` (:func:`mean_denominators`; 1 for "sum"). The "mean" sums the rows
+    already divided (``sum(ce / D)``), so it is finite whenever the mean is, also where
+    ``sum(ce)`` alone would overflow (per-row losses near the float maximum)."""
     pen = penalty_rows(lse, targets.kept, o)
     if o.reduction == "none":
         return ce if pen is None else ce + pen
     D, n = den
-    loss = ce.sum() / D if o.reduction == "mean" else ce.sum()
+    loss = (ce / D).sum() if o.reduction == "mean" else ce.sum()
     if pen is not None:
-        loss = loss + (pen.sum() / n if o.reduction == "mean" else pen.sum())
+        loss = loss + ((pen / n).sum() if o.reduction == "mean" else pen.sum())
     return loss
 
 

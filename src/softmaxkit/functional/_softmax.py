@@ -12,23 +12,47 @@ from softmaxkit._ops.blocks import upcast
 from softmaxkit.functional.two_pass import auto_chunk, normalize
 
 
+def temper(z: torch.Tensor, dim: int, temperature: float) -> torch.Tensor:
+    r"""``z / temperature`` for a softmax-like map along ``dim``, without overflow.
+
+    ``T >= 1`` divides (nothing can overflow). ``T < 1`` divides :math:`z - \max z` (the
+    row max, detached; 0 for a row without a finite maximum) instead: the maps are
+    shift-invariant, every shifted logit is :math:`\le 0`, and one that still overflows
+    is :math:`-\infty`, the correctly rounded value of its (zero) probability, so large
+    logits at a small temperature give the exact result and ``T -> 0`` the one-hot argmax
+    (ties share the mass). A ``T`` below the compute dtype's smallest normal number
+    (``1e-40`` in float32) divides in float64. Costs one more read of ``z`` (the row max)
+    and an in-place pass, only when ``T < 1``.
+    """
+    if temperature >= 1.0:
+        return z if temperature == 1.0 else z / temperature
+    m = z.detach().amax(dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    if temperature < torch.finfo(z.dtype).tiny:
+        return ((z.double() - m.double()) / temperature).to(z.dtype)
+    return (z - m).div_(temperature)
+
+
 def masked_logits(
     x: torch.Tensor, dim: int, temperature: float, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, int]:
-    """Validate, upcast, temper and mask logits for a softmax-like map.
+    """Validate, upcast, mask and temper logits for a softmax-like map.
 
-    Returns the logits in their compute dtype, divided by ``temperature``, with
-    masked-out entries set to ``-inf``, and ``dim`` made non-negative.
+    Returns the logits in their compute dtype, masked-out entries set to ``-inf``, divided
+    by ``temperature`` (:func:`temper`, which shifts by the row max for ``T < 1``; the maps
+    are shift-invariant), and ``dim`` made non-negative.
     """
     v.check_floating("x", x)
     dim = v.check_dim("dim", dim, x.ndim)
     temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
     z = upcast(x)
-    if temperature != 1.0:
-        z = z / temperature
     if mask is not None:
         v.check_mask(mask, x)
         z = z.masked_fill(~mask, -math.inf)
+    if x.numel() and x.ndim:
+        z = temper(z, dim, float(temperature))
+    elif temperature != 1.0:
+        z = z / temperature
     return z, dim
 
 
@@ -58,7 +82,10 @@ def softmax(
             the input dtype.
         dim: the axis to normalise.
         temperature: :math:`T > 0`; ``T -> 0`` approaches the one-hot argmax and
-            ``T -> inf`` the uniform distribution over kept entries.
+            ``T -> inf`` the uniform distribution over kept entries. For ``T < 1`` the
+            logits are shifted by their row max before dividing, so ``x / T`` never
+            overflows: any finite logits at any ``T`` give the exact (finite) result,
+            e.g. ``softmax(x, temperature=1e-40)`` is the one-hot argmax of ``x``.
         mask: boolean tensor broadcastable to ``x``; ``True`` keeps an entry.
 
     Example:

@@ -7,6 +7,7 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import upcast
+from softmaxkit.functional._softmax import temper
 from softmaxkit.functional.two_pass import normalize
 
 
@@ -36,7 +37,9 @@ def gumbel_softmax(
     Differences from ``torch.nn.functional.gumbel_softmax``: a ``generator`` makes
     samples reproducible, ``-inf`` logits are never sampled and a row of ``-inf``
     gives zeros (also with ``hard=True``) instead of NaN, half inputs are computed in
-    float32, and ties in the hard one-hot go to the lowest index.
+    float32, ties in the hard one-hot go to the lowest index, and a ``tau < 1`` divides the
+    noisy logits after subtracting their row max (the softmax does not change), so large
+    logits at a small ``tau`` do not overflow to NaN.
 
     Args:
         logits: unnormalised log-probabilities of any shape; ``-inf`` excludes a class.
@@ -64,7 +67,8 @@ def gumbel_softmax(
     z = upcast(logits)
     noise = torch.empty_like(z, memory_format=torch.contiguous_format)
     noise.exponential_(generator=generator).log_().neg_()
-    y = normalize((z + noise) / tau, dim, False, None)
+    noisy = noise.add_(z)
+    y = normalize(temper(noisy, dim, float(tau)) if noisy.ndim else noisy / tau, dim, False, None)
     if hard and y.numel():
         top, index = y.max(dim, keepdim=True)
         one_hot = torch.zeros_like(y).scatter_(dim, index, 1.0).mul_(top > 0)
@@ -78,7 +82,7 @@ class GumbelSoftmax(nn.Module):
     def __init__(self, tau: float = 1.0, *, hard: bool = False, dim: int = -1) -> None:
         super().__init__()
         self.tau = v.check_number("tau", tau, low=0.0, low_open=True)
-        self.hard = hard
+        self.hard = v.check_bool("hard", hard)
         self.dim = dim
 
     def forward(

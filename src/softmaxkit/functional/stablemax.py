@@ -17,7 +17,7 @@ from softmaxkit._ops.blocks import (
     store,
     workspace,
 )
-from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map
+from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map, scaled_total
 
 
 class _StableMax(torch.autograd.Function):
@@ -28,7 +28,9 @@ class _StableMax(torch.autograd.Function):
     is the output plus a few blocks. With y = s / S and r = 1 / (1 + |x|) = s'/s:
     d StableMax . g = s'/S (g - <g, y>)  (from the saved output) and
     d logStableMax . g = r (g - y sum(g))  (recomputing s and r from the saved input;
-    the g of ``-inf`` outputs, which are constants, is left out of the sum).
+    the g of ``-inf`` outputs, which are constants, is left out of the sum). A row whose
+    sum S overflows (terms near the float maximum) is divided by its largest term first
+    and S kept as scale * total (``_ops.stablemax.scaled_total``).
     """
 
     @staticmethod
@@ -36,23 +38,30 @@ class _StableMax(torch.autograd.Function):
         dtype = compute_dtype(x2)
         out = torch.empty_like(x2)
         total = torch.empty(x2.shape[0], 1, dtype=dtype, device=x2.device)
+        scale = None  # (rows, 1) per-row scales, only once some row sum overflows
         work = workspace(x2, dtype, 3)
         for b in row_blocks(*x2.shape):
             s_buf, add_buf, x_buf = (w[: b.stop - b.start] for w in work)
             s = s_map(in_dtype(x2[b], x_buf), block_target(out[b], dtype, s_buf), add_buf)
-            tb = s.sum(-1, keepdim=True)
+            # S = scale * tb; scale is the row's largest term where S overflows, else 1
+            tb, sb = scaled_total(s, s.sum(-1, keepdim=True))
             tb.masked_fill_(tb == 0, 1.0)  # nothing kept: zeros (or -inf), not 0/0
             total[b] = tb
+            if sb is not None:
+                if scale is None:
+                    scale = torch.ones_like(total)
+                scale[b] = sb
+                s.div_(sb)
             # log s - log S: the log of each term, never of the (underflowing) ratio
             store(out[b], s.log_().sub_(tb.log()) if log else s.div_(tb))
         ctx.log = log
-        ctx.save_for_backward(x2 if log else None, out, total)
+        ctx.save_for_backward(x2 if log else None, out, total, scale)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g2):
-        x2, out, total = ctx.saved_tensors
+        x2, out, total, scale = ctx.saved_tensors
         dtype = total.dtype
         grad = torch.empty_like(out)
         work = workspace(out, dtype, 4)
@@ -60,6 +69,7 @@ class _StableMax(torch.autograd.Function):
             res_buf, tmp, g_buf, in_buf = (w[: b.stop - b.start] for w in work)
             gb = in_dtype(g2[b], g_buf)
             S = total[b]
+            sc = None if scale is None else scale[b]  # the row sum is sc * S
             res = block_target(grad[b], dtype, res_buf)
             if ctx.log:
                 xb = in_dtype(x2[b], in_buf)
@@ -67,11 +77,14 @@ class _StableMax(torch.autograd.Function):
                 # sum of g over entries with r > 0 (ceil(r) is that indicator)
                 g_sum = torch.mul(torch.ceil(r, out=tmp), gb, out=tmp).sum(-1, keepdim=True)
                 y = torch.maximum(r, torch.add(xb, 1, out=tmp), out=tmp).div_(S)
+                if sc is not None:
+                    y.div_(sc)
                 r.mul_(y.mul_(g_sum).neg_().add_(gb))
             else:
                 yb = in_dtype(out[b], in_buf)
                 dot = torch.mul(gb, yb, out=tmp).sum(-1, keepdim=True)
-                s = s_derivative_over(torch.mul(yb, S, out=res), S)
+                s = torch.mul(yb, S, out=res)  # s / sc
+                s = s_derivative_over(s if sc is None else s.mul_(sc), S, sc)
                 s.mul_(torch.sub(gb, dot, out=tmp))
             store(grad[b], res)
         return grad, None
@@ -106,6 +119,10 @@ def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
     dropped, since ``1 - x >= 1`` on that branch), ``-inf`` entries and masked entries
     get weight 0 and zero gradient (theirs give NaN gradients for the whole row), and
     half inputs are computed in float32.
+
+    A row whose sum :math:`\sum_j s(x_j)` overflows (e.g. ``[2e38, 2e38]`` in float32) is
+    normalised by its largest term first: the result is exact (``[0.5, 0.5]``) for any
+    finite input; other rows pay one check of their sums.
 
     Args:
         x: input of any shape, any floating dtype (float16/bfloat16 computed in

@@ -79,6 +79,7 @@ def topk_softmax(
     size = x.shape[dim] if x.ndim else 1
     k = v.check_int("k", k, low=1, high=max(size, 1))
     v.check_choice("normalize", normalize, NORMALIZATIONS)
+    v.check_bool("return_indices", return_indices)
     k = min(k, size)  # an empty axis keeps nothing
     z2 = as_rows(upcast(x), dim)
     idx = topk_indices(z2.detach(), k)

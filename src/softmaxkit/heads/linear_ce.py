@@ -146,27 +146,28 @@ def _check_layer(input, linear_weight, linear_bias, weight) -> int:
     return V
 
 
-def _probability_target(input, target, V: int, ignore_index: int) -> bool:
-    """Validate ``target``: True for probabilities, False for class indices."""
+def _probability_target(input, target, V: int, ignore_index: int) -> tuple[bool, torch.Tensor]:
+    """Validate ``target``: ``(True, target)`` for probabilities, ``(False, int64 target)``
+    for class indices of any integer dtype."""
     v.check_tensor("target", target)
     if target.dtype.is_floating_point:
         expected = tuple(input.shape[:-1]) + (V,)
         if tuple(target.shape) != expected:
-            raise ValueError(
-                f"target must hold class indices of shape {tuple(input.shape[:-1])} or "
-                f"probabilities of shape {expected}, got {target.dtype} of shape "
-                f"{tuple(target.shape)}"
+            error = TypeError if tuple(target.shape) == tuple(input.shape[:-1]) else ValueError
+            raise error(
+                f"target must hold class indices (an integer dtype) of shape "
+                f"{tuple(input.shape[:-1])} or probabilities of shape {expected}, got "
+                f"{target.dtype} of shape {tuple(target.shape)}"
             )
         v.check_tensor_values("target", target, low=0.0)
-        return True
+        return True, target
     if tuple(target.shape) != tuple(input.shape[:-1]):
         raise ValueError(
             f"target must have shape {tuple(input.shape[:-1])} (the input's shape without "
             f"in_features), got {tuple(target.shape)}"
         )
     fake_logits = input.new_empty(()).expand(*target.shape, V)
-    v.check_class_target(target, fake_logits, target.ndim, ignore_index)
-    return False
+    return False, v.check_class_target(target, fake_logits, target.ndim, ignore_index)
 
 
 def linear_cross_entropy(
@@ -258,7 +259,7 @@ def linear_cross_entropy(
     opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
     ce_ops.check_options(*opts)
     v.check_bool("return_extras", return_extras)
-    probs = _probability_target(input, target, V, ignore_index)
+    probs, target = _probability_target(input, target, V, ignore_index)
     V, d = linear_weight.shape
     cdt = compute_dtype(input)
     x2 = input.reshape(-1, d)
@@ -281,7 +282,7 @@ def linear_cross_entropy(
         grad_on and linear_bias is not None and linear_bias.requires_grad,
     )
     cw = None if weight is None else weight.detach().to(cdt)
-    tgt = target.detach().reshape(rows, V) if probs else target.reshape(rows).long()
+    tgt = target.detach().reshape(rows, V) if probs else target.reshape(rows)
     if any(needs):
         # the upcast of a half weight is differentiable, so its gradient flows back cast
         W = linear_weight.to(cdt)

@@ -29,39 +29,53 @@ LOSSES = ("z_loss", "spherical_softmax", "taylor_softmax")
 
 
 def _row_terms(
-    loss: str, s1: torch.Tensor, s2: torch.Tensor, oc: torch.Tensor, D: int, opts: dict
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example loss and the scalars of grad_o = f1 o + f2 1 + f3 e_c, from
-    s1 = sum(o), s2 = sum(o^2) and oc = o_c (all (B,))."""
+    loss: str,
+    s1: torch.Tensor,
+    c2: torch.Tensor,
+    oc: torch.Tensor,
+    dc: torch.Tensor,
+    *,
+    D: int,
+    opts,
+) -> tuple[torch.Tensor, ...]:
+    """Per-example loss, the scalars of grad_o = f1 o + f2 1 + f3 e_c, and g2 = f2 + f1 mu
+    (the coefficient of 1 once o is written o - mu 1 + mu 1), from s1 = sum(o), the centred
+    sum of squares c2 = sum((o - mu)^2), oc = o_c and dc = o_c - mu (all (B,)), mu = s1 / D.
+    The Z-loss uses only centred quantities: sigma = sqrt(c2 / D) and dc (computed from the
+    centred target row), never a difference of two large sums (sum(o^2) = c2 + s1 mu is a
+    sum of two non-negative terms)."""
+    mu = s1 / D
     if loss == "z_loss":
         a, b, eps = opts["a"], opts["b"], opts["eps"]
-        mu = s1 / D
-        sigma = (s2 / D - mu.square()).clamp_min(0.0).sqrt()
+        sigma = (c2 / D).clamp_min(0.0).sqrt()
         s = sigma + eps
         s = torch.where(s > 0, s, torch.ones_like(s))
-        zc = (oc - mu) / s
+        zc = dc / s
         value = F.softplus(a * (b - zc)) / a
         g = -torch.sigmoid(a * (b - zc))  # dl/dz_c
         # dz_c/do_k = (delta_kc - 1/D)/s - z_c (o_k - mu) / (D s sigma)
         safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
         f1 = torch.where(sigma > 0, -g * zc / (D * s * safe), torch.zeros_like(g))
-        f2 = -mu * f1 - g / (D * s)
+        g2 = -g / (D * s)
+        f2 = g2 - mu * f1
         f3 = g / s
     elif loss == "spherical_softmax":
         eps = opts["eps"]
-        total = s2 + D * eps
+        total = c2 + s1 * mu + D * eps
         value = total.log() - (oc.square() + eps).log()
         f1 = 2.0 / total
         f2 = torch.zeros_like(f1)
+        g2 = f1 * mu
         f3 = -2.0 * oc / (oc.square() + eps)
     else:  # taylor_softmax
-        total = D + s1 + 0.5 * s2
+        total = D + s1 + 0.5 * (c2 + s1 * mu)
         fc = 1.0 + oc + 0.5 * oc.square()
         value = total.log() - fc.log()
         f1 = 1.0 / total
         f2 = f1
+        g2 = f1 * (1.0 + mu)
         f3 = -(1.0 + oc) / fc
-    return value, f1, f2, f3
+    return value, f1, f2, f3, g2
 
 
 class _Forward(torch.autograd.Function):
@@ -92,8 +106,9 @@ class SphericalOutputLayer(nn.Module):
     the layer keeps
 
     .. math::
-        W = V U + \mathbf{1} s^\top, \qquad U^{-1}, \qquad Q = W^\top W, \qquad
-        \bar w = W^\top \mathbf{1},
+        W = V U + \mathbf{1} s^\top, \qquad U^{-1}, \qquad
+        C = W^\top P W, \qquad \bar w = W^\top \mathbf{1},
+        \qquad P = I - \mathbf{1}\mathbf{1}^\top / D,
 
     with :math:`V \in \mathbb{R}^{D \times d}`, :math:`U \in \mathbb{R}^{d \times d}` and
     :math:`s \in \mathbb{R}^d`. The paper's :math:`W = VU` is extended by the rank-one
@@ -101,14 +116,24 @@ class SphericalOutputLayer(nn.Module):
     part of the gradient (from :math:`\sum_k o_k`, used by the Z-loss and the Taylor
     softmax).
 
+    (:math:`C` is the Gram matrix of the centred rows :math:`W_k - \bar w / D`; the
+    uncentred :math:`Q = W^\top W = C + \bar w \bar w^\top / D` is the property
+    :attr:`Q`).
+
     **Forward**, per example, in :math:`O(d^2)`: :math:`\sum_k o_k = \bar w^\top h`,
-    :math:`\sum_k o_k^2 = h^\top Q h`, :math:`o_c = V_c (U h) + s^\top h`. The loss
+    :math:`\sum_k (o_k - \mu)^2 = h^\top C h` (with :math:`\mu = \bar w^\top h / D`; so
+    :math:`\sum_k o_k^2 = h^\top C h + D \mu^2`), :math:`o_c = V_c (U h) + s^\top h`. The loss
     (``loss``: ``"z_loss"``, ``"spherical_softmax"`` or ``"taylor_softmax"``, the formulas
     of :func:`softmaxkit.losses.z_loss`, :func:`~softmaxkit.losses.spherical_softmax_loss`
     and :func:`~softmaxkit.losses.taylor_softmax_loss`) gives per-example scalars with
     :math:`\nabla_o \ell = f_1 o + f_2 \mathbf{1} + f_3 e_c`, and
 
-    .. math:: \nabla_h \ell = f_1 Q h + f_2 \bar w + f_3 W_c^\top .
+    .. math:: \nabla_h \ell = f_1 C h + (f_2 + f_1 \mu) \bar w + f_3 W_c^\top .
+
+    The Z-loss's spread :math:`\sigma = \sqrt{h^\top C h / D}` comes from the centred
+    statistics, never as :math:`\sum_k o_k^2 / D - \mu^2` (which cancels in float32 when
+    the outputs share a large offset), and :math:`f_2 + f_1 \mu = -g / (D (\sigma +
+    \varepsilon))` is formed directly.
 
     The returned batch loss is the mean over the batch and is differentiable w.r.t.
     ``h`` (so the layer can sit on a network), but **not** w.r.t. the weights.
@@ -135,27 +160,29 @@ class SphericalOutputLayer(nn.Module):
     :math:`p = S^\top \mathbf{1} = \sum_i f_{3,i} h_i`,
 
     .. math::
-        Q \leftarrow M Q M + M W^\top A + A^\top W M + A^\top A, \qquad
+        C \leftarrow M C M - \eta (M G + G^\top M)
+            + \eta^2 (S^\top S - p p^\top / D), \qquad
         \bar w \leftarrow M \bar w - \eta (D r + p),
 
-    where :math:`W^\top A = -\eta(\bar w r^\top + W_C^\top F_3 X)` needs only the target
-    rows :math:`W_C` and :math:`A^\top A = \eta^2 (D r r^\top + r p^\top + p r^\top +
-    S^\top S)`, :math:`S^\top S = X^\top F_3 [c_i = c_j]_{ij} F_3 X`. Everything is
+    since :math:`P W_{new} = P W M - \eta P S` (:math:`P \mathbf{1} = 0`: the dense
+    :math:`r` term drops out of the centred rows), where :math:`G = W^\top P S = W_C^\top
+    F_3 X - \bar w p^\top / D` needs only the target rows :math:`W_C` and
+    :math:`S^\top S = X^\top F_3 [c_i = c_j]_{ij} F_3 X`. Everything is
     :math:`O(B d^2 + B^2 d)`; nothing touches all :math:`D` rows. If :math:`M` is singular
     (a learning rate far too large) :meth:`step` raises.
 
     **Renormalisation.** Every ``renorm_every`` steps the layer computes
     :math:`\mathrm{cond}(U)` (:math:`O(d^3)`) and, when it exceeds ``renorm_threshold``,
     re-factors: :math:`V \leftarrow W`, :math:`U = U^{-1} = I`, :math:`s = 0`, and
-    recomputes :math:`Q = V^\top V`, :math:`\bar w = V^\top \mathbf{1}` exactly
+    recomputes :math:`C` (from the centred rows) and :math:`\bar w = V^\top \mathbf{1}`
     (:math:`O(D d^2)`, rare). This follows the paper's remedy for an ill-conditioned
     :math:`U`; the defaults (check every 100 steps, threshold 1e4) are ours, the paper's
     exact schedule is not verified. :meth:`renormalize` forces it.
 
-    The loss is first-order differentiable w.r.t. ``h`` (no double backward). The
-    statistics come from :math:`\sum_k o_k` and :math:`\sum_k o_k^2` as in the paper, so
-    the Z-loss's variance :math:`\sum_k o_k^2 / D - \mu^2` loses precision when
-    :math:`|\mu| \gg \sigma` (another reason for float64).
+    The loss is first-order differentiable w.r.t. ``h`` (no double backward). The paper
+    tracks :math:`Q = W^\top W`; tracking the centred :math:`C` instead costs the same and
+    keeps the Z-loss exact in float32 when the outputs share a large common offset (a
+    state dict with the old ``Q`` loads, converted).
 
     Targets are one-hot class indices only (the paper's K-sparse targets with K = 1);
     soft or multi-hot targets raise ``TypeError``. Inputs are cast to the layer's
@@ -245,7 +272,7 @@ class SphericalOutputLayer(nn.Module):
         d = in_features
         for name, shape in (("V", (out_features, d)), ("U", (d, d)), ("U_inv", (d, d))):
             self.register_buffer(name, torch.empty(shape, **kw))
-        for name, shape in (("s", (d,)), ("wbar", (d,)), ("Q", (d, d))):
+        for name, shape in (("s", (d,)), ("wbar", (d,)), ("C", (d, d))):
             self.register_buffer(name, torch.empty(shape, **kw))
         bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init
         self.set_weight(torch.empty(out_features, d, **kw).uniform_(-bound, bound))
@@ -271,7 +298,7 @@ class SphericalOutputLayer(nn.Module):
 
     @torch.no_grad()
     def set_weight(self, weight: torch.Tensor) -> None:
-        """Set W (D, d) and re-factor (V = W, U = U^{-1} = I, s = 0, Q and wbar exact)."""
+        """Set W (D, d) and re-factor (V = W, U = U^{-1} = I, s = 0, C and wbar exact)."""
         v.check_floating("weight", weight)
         if tuple(weight.shape) != tuple(self.V.shape):
             raise ValueError(
@@ -283,9 +310,24 @@ class SphericalOutputLayer(nn.Module):
         self.U.copy_(eye)
         self.U_inv.copy_(eye)
         self.s.zero_()
-        self.Q.copy_(self.V.T @ self.V)
         self.wbar.copy_(self.V.sum(0))
+        centred = self.V - self.wbar / self.out_features
+        self.C.copy_(centred.T @ centred)
         self._pending.clear()
+
+    @property
+    def Q(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
+        """:math:`W^\\top W = C + \\bar w \\bar w^\\top / D` (d, d), from the tracked
+        statistics (for checking; the layer itself works with the centred ``C``)."""
+        return self.C + torch.outer(self.wbar, self.wbar) / self.out_features
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # a state dict saved before the layer tracked C holds Q = W^T W: convert it
+        old, new, wbar = prefix + "Q", prefix + "C", prefix + "wbar"
+        if old in state_dict and new not in state_dict and wbar in state_dict:
+            w = state_dict[wbar]
+            state_dict[new] = state_dict.pop(old) - torch.outer(w, w) / self.out_features
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def effective_weight(self) -> torch.Tensor:
@@ -294,7 +336,7 @@ class SphericalOutputLayer(nn.Module):
 
     @torch.no_grad()
     def renormalize(self) -> None:
-        """Re-factor now: V <- W, U = U^{-1} = I, s = 0, exact Q and wbar (O(D d^2))."""
+        """Re-factor now: V <- W, U = U^{-1} = I, s = 0, exact C and wbar (O(D d^2))."""
         pending = list(self._pending)
         self.set_weight(self.effective_weight())
         self._pending.extend(pending)
@@ -316,7 +358,7 @@ class SphericalOutputLayer(nn.Module):
                 f"dtype {target.dtype} and shape {tuple(target.shape)}"
             )
         dummy = torch.empty(h.shape[0], self.out_features, device="meta")
-        v.check_class_target(target, dummy, 1, ignore_index=-(2**62))
+        target = v.check_class_target(target, dummy, 1, ignore_index=-(2**62))  # int64
         return h, target.to(self.V.device)
 
     def forward(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -328,12 +370,14 @@ class SphericalOutputLayer(nn.Module):
         with torch.no_grad():
             Wc = self.V[target] @ self.U + self.s  # (B, d) target rows of W
             s1 = x @ self.wbar
-            Qh = x @ self.Q  # Q symmetric
-            s2 = (Qh * x).sum(1)
+            Ch = x @ self.C  # C symmetric
+            c2 = (Ch * x).sum(1).clamp_min(0.0)  # sum_k (o_k - mu)^2
             oc = (Wc * x).sum(1)
-            value, f1, f2, f3 = _row_terms(self.loss, s1, s2, oc, D, self.opts)
-            f1, f2, f3 = f1 / B, f2 / B, f3 / B  # mean reduction
-            grad_h = f1[:, None] * Qh + f2[:, None] * self.wbar + f3[:, None] * Wc
+            dc = ((Wc - self.wbar / D) * x).sum(1)  # o_c - mu from the centred row
+            value, f1, f2, f3, g2 = _row_terms(self.loss, s1, c2, oc, dc, D=D, opts=self.opts)
+            f1, f2, f3, g2 = f1 / B, f2 / B, f3 / B, g2 / B  # mean reduction
+            # f1 Q h + f2 wbar = f1 C h + (f2 + f1 mu) wbar
+            grad_h = f1[:, None] * Ch + g2[:, None] * self.wbar + f3[:, None] * Wc
             loss = value.mean()
         box: dict = {"scale": None}
         if self.training and torch.is_grad_enabled():
@@ -378,17 +422,15 @@ class SphericalOutputLayer(nn.Module):
         def right_m(A: torch.Tensor) -> torch.Tensor:  # A M
             return A - eta * (A @ X.T) @ F1X
 
-        # Q_new = M Q M + M W^T A + A^T W M + A^T A,  A = -eta (1 r^T + S)
-        QM = right_m(self.Q)
-        MQM = right_m(QM.T)  # (QM)^T M = M Q M (Q, M symmetric)
-        WtS = Wc.T @ (f3[:, None] * X)  # W^T S
-        WtA = -eta * (torch.outer(self.wbar, r) + WtS)  # W^T A
-        MWtA = right_m(WtA.T).T  # M (W^T A)
-        same = (T[:, None] == T[None, :]).to(X.dtype)
+        # C_new = M C M - eta (M G + G^T M) + eta^2 (S^T S - p p^T / D), G = W^T P S
+        CM = right_m(self.C)
+        MCM = right_m(CM.T)  # (CM)^T M = M C M (C, M symmetric)
         F3X = f3[:, None] * X
+        G = Wc.T @ F3X - torch.outer(self.wbar, p) / D  # W^T S - wbar p^T / D
+        MG = right_m(G.T).T  # M G
+        same = (T[:, None] == T[None, :]).to(X.dtype)
         StS = F3X.T @ same @ F3X
-        AtA = eta**2 * (D * torch.outer(r, r) + torch.outer(r, p) + torch.outer(p, r) + StS)
-        Q_new = MQM + MWtA + MWtA.T + AtA
+        C_new = MCM - eta * (MG + MG.T) + eta**2 * (StS - torch.outer(p, p) / D)
         # wbar_new = M wbar - eta (D r + p)
         wbar_new = self.wbar - eta * (X.T @ (F1X @ self.wbar)) - eta * (D * r + p)
         s_new = self.s - eta * (X.T @ (F1X @ self.s)) - eta * r
@@ -407,7 +449,7 @@ class SphericalOutputLayer(nn.Module):
         self.U.copy_(right_m(self.U))
         # sparse rows: V_c += -eta f3_i h_i^T U_new^{-1}
         self.V.index_add_(0, T, (-eta) * F3X @ self.U_inv)
-        self.Q.copy_(0.5 * (Q_new + Q_new.T))
+        self.C.copy_(0.5 * (C_new + C_new.T))
         self.wbar.copy_(wbar_new)
         self.s.copy_(s_new)
 

@@ -88,6 +88,24 @@ def _nearest(
     return torch.cat(dists), torch.cat(index)
 
 
+def _power_of_two_scaled(x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``(x / unit, unit)`` with ``unit`` a power of two that brings ``max |x|`` near 1 when
+    the squared norms and distances of ``x`` would overflow or underflow in its dtype
+    (``max |x|`` beyond ``2^(max exponent / 2 - 8)`` or below ``2^(min exponent / 2 + 8)``),
+    else ``(x, 1.0)``. K-means is scale-equivariant (the same assignments; centroids scale
+    by ``unit``, the objective by ``unit^2``) and dividing by a power of two is exact, so
+    the scaled run is the run in exact arithmetic; in range nothing changes (one read of
+    ``x``)."""
+    info = torch.finfo(x.dtype)
+    top = float(x.abs().amax()) if x.numel() else 0.0
+    max_exp, min_exp = math.frexp(info.max)[1], math.frexp(info.tiny)[1]
+    hi, lo = 2.0 ** (max_exp // 2 - 8), 2.0 ** (min_exp // 2 + 8)
+    if top == 0.0 or lo <= top <= hi:
+        return x, 1.0
+    unit = 2.0 ** (math.frexp(top)[1] - 1)  # top / unit in [1, 2); unit fits the dtype
+    return x / unit, unit
+
+
 def _sample_index(weights: torch.Tensor | None, n: int, generator: torch.Generator | None) -> int:
     """One index drawn with probability proportional to ``weights`` (uniform when None or all
     zero), on the CPU with ``generator`` so the draw is reproducible on any device."""
@@ -121,7 +139,14 @@ def kmeans(
       chosen centre) or ``"random"`` (K distinct points drawn uniformly). Draws use
       ``generator`` (a CPU ``torch.Generator``; ``None``: torch's global one), so a seeded
       generator makes the whole run reproducible.
-    * Distances are computed as ``|x|^2 - 2 x.c + |c|^2``, ``chunk_size`` points at a time.
+    * Distances are computed as ``|x|^2 - 2 x.c + |c|^2``, ``chunk_size`` points at a time,
+      on the points less their mean where that mean exceeds their spread (k-means is
+      translation-equivariant; the three terms would cancel in float32 when the points
+      share a large offset).
+      Points whose squared norms would overflow or underflow (float32 beyond about
+      ``1e17`` or below ``1e-17``) are clustered in units of a power of two near their
+      largest entry, which is exact (k-means is scale-equivariant): any finite points give
+      the exact clustering. Non-finite points raise ``ValueError``.
     * Empty clusters: after each update, every empty cluster's centre is moved onto one of
       the points farthest from their centres (distinct points), which never increases the
       objective.
@@ -163,6 +188,19 @@ def kmeans(
 
     with torch.no_grad():
         x = points.detach().to(compute_dtype(points))
+        v.check_tensor_values(
+            "points", x, low=-math.inf, high=math.inf, low_open=True, high_open=True
+        )
+        x, unit = _power_of_two_scaled(x)
+        # translation-equivariant: points sharing an offset larger than their spread are
+        # clustered about their mean, so |x|^2 - 2 x.c + |c|^2 does not cancel (the centre
+        # is added back below); otherwise they are used as given
+        centre = x.mean(0)
+        centred = x - centre
+        if float(centre.abs().amax()) > float(centred.abs().amax()):
+            x = centred
+        else:
+            centre = None
         k = num_clusters
         if init == "random":
             chosen = torch.randperm(n, generator=generator)[:k].to(x.device)
@@ -206,7 +244,12 @@ def kmeans(
         else:
             dist, assignment = _nearest(x, centroids, chunk_size)
             inertia.append(float(dist.double().sum()))
-    return KMeansResult(centroids, assignment, torch.tensor(inertia, dtype=torch.float64))
+    inertia = torch.tensor(inertia, dtype=torch.float64)
+    if centre is not None:
+        centroids = centroids + centre
+    if unit != 1.0:  # back from the scaled units: exact (a power of two)
+        centroids, inertia = centroids * unit, inertia * unit**2
+    return KMeansResult(centroids, assignment, inertia)
 
 
 class VQLogits(nn.Module):
@@ -448,8 +491,7 @@ class VQLogits(nn.Module):
                 "linear_or_weight must be a (vocab_size, hidden_size) matrix, got shape "
                 f"{tuple(weight.shape)}"
             )
-        if bias is None:
-            bias = lin_bias is not None
+        bias = lin_bias is not None if bias is None else v.check_bool("bias", bias)
         vocab_size, hidden_size = weight.shape
         head = cls(
             hidden_size,
@@ -483,10 +525,11 @@ class VQLogits(nn.Module):
 
     def _check_target(
         self, target: torch.Tensor, hidden: torch.Tensor, ignore_index: int | None
-    ) -> None:
-        """Class indices of shape ``hidden.shape[:-1]`` in [0, V) (or ``ignore_index``)."""
+    ) -> torch.Tensor:
+        """Class indices of shape ``hidden.shape[:-1]`` in [0, V) (or ``ignore_index``), of
+        any integer dtype; returned as int64."""
         shape = _ShapeOnly(hidden.shape[:-1], self.vocab_size)
-        v.check_class_target(
+        target = v.check_class_target(
             target, shape, hidden.ndim - 1, -100 if ignore_index is None else ignore_index
         )
         checkable = target.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -495,6 +538,7 @@ class VQLogits(nn.Module):
                 f"target must hold class indices in [0, {self.vocab_size - 1}], "
                 f"got {int(target.min())}"
             )
+        return target
 
     def _code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Code logits in the compute dtype (float32 for half inputs/parameters)."""
@@ -538,7 +582,7 @@ class VQLogits(nn.Module):
         """
         self._check_hidden(hidden)
         lc = self._code_logits(hidden)
-        self._check_target(target, hidden, None)
+        target = self._check_target(target, hidden, None)
         return self._log_prob(lc, target).to(hidden.dtype)
 
     def _log_prob(self, lc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -566,8 +610,10 @@ class VQLogits(nn.Module):
         """``F.cross_entropy(self(hidden), target)`` without the (..., V) logits.
 
         Same ``reduction`` ("mean" over non-ignored targets, "sum", "none") and
-        ``ignore_index`` semantics as ``torch.nn.functional.cross_entropy`` (class indices,
-        no class weights or label smoothing). ``hidden`` (..., d), ``target`` (...).
+        ``ignore_index`` semantics as ``torch.nn.functional.cross_entropy`` (class indices
+        of any integer dtype, no class weights or label smoothing), except that a batch
+        whose targets are all ignored gives 0 with zero gradient for every reduction
+        (torch's "mean" gives NaN), the library's convention. ``hidden`` (..., d), ``target`` (...).
         With ``assignment="learned"`` in training mode it also adds this batch to the
         statistics that :meth:`reassign` uses (the non-ignored rows; no gradient).
 
@@ -580,7 +626,7 @@ class VQLogits(nn.Module):
         self._check_hidden(hidden)
         v.check_reduction(reduction)
         v.check_int("ignore_index", ignore_index)
-        self._check_target(target, hidden, ignore_index)
+        target = self._check_target(target, hidden, ignore_index)
         lc = self._code_logits(hidden)
         kept = target != ignore_index
         if self.training and self.assignment == "learned":
@@ -588,13 +634,10 @@ class VQLogits(nn.Module):
         # the cross-entropy rules over the row statistics lse = logsumexp_k(L_c[k] + log n_k)
         # and the target logit L_c[M(y)]; differentiated by autograd
         o = ce_ops.CrossEntropyOptions(
-            reduction=reduction,
-            ignore_index=ignore_index,
-            vocab_total=self.vocab_size,
-            nan_when_empty=True,  # torch's NaN for a "mean" of no kept row
+            reduction=reduction, ignore_index=ignore_index, vocab_total=self.vocab_size
         )
         flat_kept = kept.reshape(-1)
-        index = torch.where(flat_kept, target.reshape(-1), 0).long()
+        index = torch.where(flat_kept, target.reshape(-1), 0)
         targets = ce_ops.index_targets(index, flat_kept, None, lc.dtype)
         stats = self._row_stats(lc, index)
         blk = ce_ops.block(targets, slice(None), self.vocab_size, o)
@@ -691,6 +734,7 @@ class VQLogits(nn.Module):
             >>> VQLogits.linear_num_parameters(768, 50257)
             38597376
         """
+        v.check_bool("bias", bias)
         return vocab_size * hidden_size + (vocab_size if bias else 0)
 
     def extra_repr(self) -> str:

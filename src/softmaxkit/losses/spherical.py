@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import as_rows
+from softmaxkit._ops.blocks import as_rows, maybe_any, out_of_range, row_scale
 from softmaxkit._ops.row_loss import LossModule, RowLoss, Rows, class_loss, reduce, row_loss
 
 
@@ -40,6 +40,52 @@ def _picked(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return z.gather(1, t.unsqueeze(1))
 
 
+def _sphere_total(u: torch.Tensor, eps: float, plain: torch.Tensor | None = None):
+    """``(c, inner)``, (b, 1) each, with ``sum_k (u_k^2 + eps) = c^2 inner`` per row.
+
+    ``c`` is None (read: 1) unless some row's plain total ``plain`` (default: computed here
+    from ``sum(u^2)``) overflows or underflows; those rows get ``c = max(max_k |u_k|,
+    sqrt(eps))`` (:func:`~softmaxkit._ops.blocks.row_scale`) and their ``inner`` from the
+    scaled terms, so ``inner`` is in [1/2, 2C] there. No gradient flows through ``c``."""
+    C = u.shape[1]
+    total = _sq_norm(u) + C * eps if plain is None else plain
+    bad = out_of_range(total.detach())
+    if not maybe_any(bad):
+        return None, total
+    c = row_scale(u, 1, bad, math.sqrt(eps))
+    inner = _sq_norm(u / c) + C * (math.sqrt(eps) / c).square()
+    return c, torch.where(bad, inner, total)
+
+
+def _two_log_over(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """2 log(h / c) (2 log h when c is None): the log of the ratio while h / c is a normal
+    number (no cancellation between two large logs), the difference of the logs below."""
+    if c is None:
+        return h.log().mul_(2)
+    r = h / c
+    return torch.where(r >= torch.finfo(r.dtype).tiny, r.log(), h.log() - c.log()).mul_(2)
+
+
+def _over_total(
+    u: torch.Tensor, c: torch.Tensor | None, inner: torch.Tensor, *, own: bool = False
+) -> torch.Tensor:
+    """u / (c^2 inner) without forming c^2 (which may overflow); in place on ``u`` when the
+    caller owns it (``own``)."""
+    out = (u.div_(inner) if own else u / inner) if c is None else (u / c).div_(inner)
+    return out if c is None else out.div_(c)
+
+
+def _hypot(u: torch.Tensor, root: float) -> torch.Tensor:
+    """sqrt(u^2 + root^2) elementwise, finite for any finite u (torch.hypot scales)."""
+    return torch.hypot(u, torch.tensor(root, dtype=u.dtype, device=u.device))
+
+
+def _u_over_sq_eps(u: torch.Tensor, root_eps: float) -> torch.Tensor:
+    """u / (u^2 + eps) = (u / h) / h with h = hypot(u, sqrt(eps)), without overflow."""
+    h = _hypot(u, root_eps)
+    return (u / h).div_(h)
+
+
 # --- Z-loss ------------------------------------------------------------------------------------
 
 
@@ -49,7 +95,7 @@ def _softplus_scaled(x: torch.Tensor, a: float) -> torch.Tensor:
     return F.softplus(x, beta=a, threshold=40.0)
 
 
-def _z_stats(z: torch.Tensor, eps: float):
+def _z_stats(z: torch.Tensor, eps: float | torch.Tensor):
     """Centred outputs d = o - mean(o), the population standard deviation sigma and the
     divisor s = sigma + eps (1 where both are 0: then d = 0 and every z-score is 0)."""
     d = z - z.mean(1, keepdim=True)
@@ -57,6 +103,27 @@ def _z_stats(z: torch.Tensor, eps: float):
     s = sigma + eps
     s = torch.where(s > 0, s, torch.ones_like(s))
     return d, sigma, s
+
+
+def _z_scaled(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor | float, tuple]:
+    """``(z / c, eps / c, stats)``: the z-scores are unchanged when the outputs and eps are
+    divided by the same c > 0. c is 1 (and ``z`` returned as is) unless a row's mean or
+    spread overflows (outputs beyond ~1e19 in float32: the norm of the centred outputs, or
+    their sum, is inf) or its squared spread underflows; such rows get c = max_k |o_k|
+    (:func:`~softmaxkit._ops.blocks.row_scale`) and their statistics from o / c. ``c``
+    carries no gradient: the loss depends on it only through eps / c. The caller divides
+    a gradient computed on ``z / c`` by ``c`` (returned as ``stats[3]``, None when 1)."""
+    d, sigma, s = _z_stats(z, eps)
+    # sigma^2 C = |d|^2: out of range where the norm is inf/NaN or its square underflowed
+    bad = out_of_range((sigma.detach() * math.sqrt(z.shape[1])).square())
+    zero = sigma.detach() == 0
+    if maybe_any(zero):  # a constant row (d = 0 exactly) has nothing to rescue
+        bad &= ~zero | (d.detach().abs().amax(1, keepdim=True) > 0)
+    if not maybe_any(bad):
+        return z, eps, (d, sigma, s, None)
+    c = row_scale(z, 1, bad)
+    z, eps = z / c, eps / c
+    return z, eps, (*_z_stats(z, eps), c)
 
 
 def _over_sigma(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -77,22 +144,23 @@ def _z_params(a: float, b: float, eps: float) -> tuple[float, float, float]:
 
 
 class _ZLoss(RowLoss):
-    # z_k = d_k / s; dz_k/do_j = (delta_kj - 1/C) / s - z_k d_j / (C s sigma)
+    # z_k = d_k / s; dz_k/do_j = (delta_kj - 1/C) / s - z_k d_j / (C s sigma); rows whose
+    # statistics overflow are evaluated on o / c with eps / c (_z_scaled), the gradient / c
     def __init__(self, a: float, b: float, eps: float) -> None:
         self.a, self.b, self.eps = a, b, eps
 
     def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a, b = self.a, self.b
-        d, _, s = _z_stats(z, self.eps)
+        z, _, (d, _, s, _) = _z_scaled(z, self.eps)
         if t.dtype.is_floating_point:
             return _rowdot(t, _softplus_scaled(d.div_(s).neg_().add_(b), a))
         return _softplus_scaled(b - _picked(d, t) / s, a).squeeze(1)
 
     def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         a, b = self.a, self.b
-        d, sigma, s = _z_stats(z, self.eps)
+        z, _, (d, sigma, s, c) = _z_scaled(z, self.eps)
         C = z.shape[1]
-        g = g.unsqueeze(1)
+        g = g.unsqueeze(1) if c is None else g.unsqueeze(1) / c
         if t.dtype.is_floating_point:
             zs = d / s
             # w_k = t_k dl/dz_k = -t_k sigmoid(a (b - z_k))
@@ -144,6 +212,13 @@ def z_loss(
     gradient grows like :math:`1/(\sigma + \varepsilon)` as the outputs become equal: a
     row of equal outputs (e.g. from a zero-initialised output layer) gets a gradient of
     order :math:`1/\varepsilon`, so raise ``eps`` if that can happen.
+
+    The whole floating range: :math:`z_c` is unchanged when the outputs and
+    :math:`\varepsilon` are divided by the same :math:`c > 0`, so a row whose mean or
+    spread overflows (outputs beyond about :math:`10^{19}` in float32) or whose squared
+    spread underflows is evaluated on :math:`o / c` with :math:`\varepsilon / c`,
+    :math:`c = \max_k |o_k|` (the gradient divided by :math:`c`); other rows are computed
+    as before (one check of the row spreads).
 
     A probability target :math:`t` (or label smoothing) gives the expected loss
     :math:`\sum_k t_k\,\ell(o, k)`.
@@ -203,57 +278,65 @@ def _check_eps(eps: float) -> float:
 
 
 class _SphericalNLL(RowLoss):
-    # l = log(sum_k o_k^2 + C eps) - log(o_c^2 + eps)
+    # l = log(sum_k o_k^2 + C eps) - log(o_c^2 + eps); the total as c^2 * inner
+    # (_sphere_total: scaled only in rows where the plain sum overflows or underflows), the
+    # target's term as 2 log hypot(o_c, sqrt(eps)), so no square of a logit is ever formed
     def __init__(self, eps: float) -> None:
         self.eps = eps
+        self.root = math.sqrt(eps)
 
     def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = self.eps
-        log_total = (_sq_norm(z) + z.shape[1] * eps).log().squeeze(1)
+        # l = log(inner) - 2 log(hypot(o_c, sqrt(eps)) / c), total = c^2 inner
+        c, inner = _sphere_total(z, self.eps)
+        log_inner = inner.log().squeeze(1)
         if t.dtype.is_floating_point:
-            return t.sum(1) * log_total - _rowdot(t, z.square().add_(eps).log_())
-        return log_total - _picked(z, t).square().add_(eps).log_().squeeze(1)
+            return t.sum(1) * log_inner - _rowdot(t, _two_log_over(_hypot(z, self.root), c))
+        return log_inner - _two_log_over(_hypot(_picked(z, t), self.root), c).squeeze(1)
 
     def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # dl/do_j = 2 o_j / (sum_k o_k^2 + C eps) - [j = c] 2 o_c / (o_c^2 + eps)
-        eps = self.eps
-        scale = 2 * g.unsqueeze(1) / (_sq_norm(z) + z.shape[1] * eps)
+        g2 = 2 * g.unsqueeze(1)
+        out = _over_total(z, *_sphere_total(z, self.eps))
         if t.dtype.is_floating_point:
-            own = t * z / z.square().add_(eps)
-            return (z * t.sum(1, keepdim=True)).mul_(scale).sub_(own.mul_(2 * g.unsqueeze(1)))
-        oc = _picked(z, t)
-        out = z * scale
-        return out.scatter_add_(1, t.unsqueeze(1), -2 * g.unsqueeze(1) * oc / (oc * oc + eps))
+            own = _u_over_sq_eps(z, self.root).mul_(t)
+            return out.mul_(t.sum(1, keepdim=True)).sub_(own).mul_(g2)
+        own = _u_over_sq_eps(_picked(z, t), self.root)
+        return out.mul_(g2).scatter_add_(1, t.unsqueeze(1), -g2 * own)
 
 
-def _taylor_terms(z: torch.Tensor) -> torch.Tensor:
-    """1 + o + o^2 / 2, written ((1 + o)^2 + 1) / 2 (no cancellation; always >= 1/2)."""
-    return (z + 1).square_().add_(1).mul_(0.5)
-
-
-def _taylor_total(z: torch.Tensor) -> torch.Tensor:
-    """sum_k (1 + o_k + o_k^2 / 2) from sum(o) and sum(o^2), (b, 1)."""
-    return z.sum(1, keepdim=True) + 0.5 * _sq_norm(z) + z.shape[1]
+def _taylor_total(z: torch.Tensor):
+    """``(c, inner)`` with ``sum_k f(o_k) = c^2 inner / 2``, f(o) = ((1 + o)^2 + 1) / 2: the
+    plain total ``2 (C + sum(o) + sum(o^2) / 2)`` from the row sums (no (b, C) temporary),
+    and, in rows where it overflows, the sum over the scaled terms of 1 + o
+    (:func:`_sphere_total` with eps = 1)."""
+    plain = 2 * (z.sum(1, keepdim=True) + 0.5 * _sq_norm(z) + z.shape[1])
+    bad = out_of_range(plain.detach())
+    if not maybe_any(bad):
+        return None, plain
+    return _sphere_total(z + 1, 1.0, plain)
 
 
 class _TaylorNLL(RowLoss):
-    # l = log(sum_k f(o_k)) - log f(o_c), f(o) = 1 + o + o^2 / 2, f'(o) = 1 + o
+    # l = log(sum_k f(o_k)) - log f(o_c), f(o) = 1 + o + o^2 / 2 = ((1 + o)^2 + 1) / 2,
+    # f'(o) = 1 + o; 2 f(o) = hypot(1 + o, 1)^2 (no square of a logit is formed)
     def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        log_total = _taylor_total(z).log_().squeeze(1)
+        # l = log(inner) - 2 log(hypot(1 + o_c, 1) / c), 2 sum_k f(o_k) = c^2 inner
+        c, inner = _taylor_total(z)
+        log_inner = inner.log().squeeze(1)
         if t.dtype.is_floating_point:
-            return t.sum(1) * log_total - _rowdot(t, _taylor_terms(z).log_())
-        return log_total - _taylor_terms(_picked(z, t)).log_().squeeze(1)
+            return t.sum(1) * log_inner - _rowdot(t, _two_log_over(_hypot(z + 1, 1.0), c))
+        return log_inner - _two_log_over(_hypot(_picked(z, t) + 1, 1.0), c).squeeze(1)
 
     def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # dl/do_j = f'(o_j) / sum_k f(o_k) - [j = c] f'(o_c) / f(o_c)
-        g = g.unsqueeze(1)
-        total = _taylor_total(z)
+        #         = 2 (1 + o_j) / (2 sum_k f) - [j = c] 2 (1 + o_c) / ((1 + o_c)^2 + 1)
+        g2 = 2 * g.unsqueeze(1)
+        out = _over_total(z + 1, *_taylor_total(z), own=True)
         if t.dtype.is_floating_point:
-            own = t * (z + 1) / _taylor_terms(z)
-            return (z + 1).mul_(t.sum(1, keepdim=True) / total).sub_(own).mul_(g)
-        oc = _picked(z, t)
-        out = (z + 1).mul_(g / total)
-        return out.scatter_add_(1, t.unsqueeze(1), -g * (oc + 1) / _taylor_terms(oc))
+            own = _u_over_sq_eps(z + 1, 1.0).mul_(t)
+            return out.mul_(t.sum(1, keepdim=True)).sub_(own).mul_(g2)
+        own = _u_over_sq_eps(_picked(z, t) + 1, 1.0)
+        return out.mul_(g2).scatter_add_(1, t.unsqueeze(1), -g2 * own)
 
 
 def spherical_softmax_loss(
@@ -284,6 +367,13 @@ def spherical_softmax_loss(
     :math:`o_k^2` grows in both directions, a ``-inf`` logit does not mean "impossible
     class" here: it makes that class the most likely one (the loss is then infinite or
     NaN).
+
+    No square of a logit is formed where it would overflow: the target's term is
+    :math:`2 \log \operatorname{hypot}(o_c, \sqrt{\varepsilon})` and a row whose
+    :math:`\sum_k o_k^2` overflows or underflows is summed over :math:`o / c`,
+    :math:`c = \max(\max_k |o_k|, \sqrt{\varepsilon})`, and its log taken as
+    :math:`2 \log c + \log \sum_k ((o_k / c)^2 + \varepsilon / c^2)`, so the loss is
+    finite and exact for any finite logits (other rows: one check of the row sums).
 
     A probability target :math:`t` (or label smoothing) gives the soft-target
     cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.
@@ -343,7 +433,10 @@ def taylor_softmax_loss(
     the spherical softmax it is not symmetric in the sign of :math:`o`. The loss depends on
     :math:`o` only through :math:`\sum_k o_k`, :math:`\sum_k o_k^2` and :math:`o_c`
     (spherical family). As for the spherical softmax, a ``-inf`` logit does not mean
-    "impossible class" (:math:`f(-\infty) = \infty`).
+    "impossible class" (:math:`f(-\infty) = \infty`). Since :math:`2 f(o) = (1 + o)^2 + 1`,
+    the target's term is :math:`2 \log \operatorname{hypot}(1 + o_c, 1)` and a row whose
+    total overflows is summed over :math:`(1 + o) / c` as for
+    :func:`spherical_softmax_loss`: finite and exact for any finite logits.
 
     A probability target :math:`t` (or label smoothing) gives the soft-target
     cross-entropy :math:`-\sum_k t_k \log p_k`, the expected loss.

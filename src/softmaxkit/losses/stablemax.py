@@ -6,7 +6,7 @@ import torch
 
 from softmaxkit import _validation as v
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
-from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map
+from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map, scaled_total
 
 
 def _log_s(x: torch.Tensor) -> torch.Tensor:
@@ -19,7 +19,9 @@ class _StableMaxNLL(RowLoss):
 
     def value(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = s_map(z)
-        log_total = s.sum(-1).log()
+        total, scale = scaled_total(s, s.sum(-1, keepdim=True))  # S = scale * total
+        log_total = total.log() if scale is None else total.log() + scale.log()
+        log_total = log_total.squeeze(-1)
         if t.dtype.is_floating_point:  # sum_k t_k (log S - log s_k); 0 log 0 = 0
             return t.sum(-1) * log_total - torch.special.xlogy(t, s).sum(-1)
         return log_total - _log_s(z.gather(1, t.unsqueeze(1)).squeeze(1))
@@ -27,12 +29,12 @@ class _StableMaxNLL(RowLoss):
     def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         # d/dz_j = s'(z_j) / S - t_j / (1 + |z_j|), since d log s / dz = r(z) = 1 / (1 + |z|)
         s = s_map(z)
-        total = s.sum(-1, keepdim=True)
+        total, scale = scaled_total(s, s.sum(-1, keepdim=True))
         g = g.unsqueeze(1)
         if t.dtype.is_floating_point:
-            over = s_derivative_over(s, total).mul_(t.sum(-1, keepdim=True))
+            over = s_derivative_over(s, total, scale).mul_(t.sum(-1, keepdim=True))
             return over.sub_(t * r_map(z)).mul_(g)
-        grad = s_derivative_over(s, total).mul_(g)
+        grad = s_derivative_over(s, total, scale).mul_(g)
         own = r_map(z.gather(1, t.unsqueeze(1))).mul_(g)
         return grad.scatter_add_(1, t.unsqueeze(1), own.neg_())
 
@@ -56,7 +58,10 @@ def stablemax_cross_entropy(
     is computed in row blocks from the saved logits, so the forward pass allocates
     nothing of size N x C and backward allocates only the gradient. A probability
     target :math:`t` (or label smoothing, which makes one) gives
-    :math:`\sum_k t_k \ell(x, k)`, as ``cross_entropy`` does for softmax.
+    :math:`\sum_k t_k \ell(x, k)`, as ``cross_entropy`` does for softmax. A row whose sum
+    :math:`\sum_j s(x_j)` overflows (logits near the float maximum) is summed as
+    :math:`m \sum_j s(x_j) / m` with :math:`m` its largest term, so the loss stays finite
+    and exact.
 
     Paper: L. Prieto, M. Barsbey, P. Mediano, T. Birdal, "Grokking at the Edge of
     Numerical Stability", ICLR 2025, arXiv:2501.04697. The authors' code always
