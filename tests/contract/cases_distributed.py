@@ -29,6 +29,8 @@ register(
         reference=lambda x, group=None: maps_ref.log_softmax(np64(x)),
         baseline=lambda x, group=None: torch.log_softmax(x, -1),
         empty=lambda: Sample((randn(0, V),), grad=(0,)),
+        magnitude=(0,),
+        masked_row="-inf",
         bad=[Bad({}, TypeError, "local_logits", args={0: [[1.0]]})],
     )
 )
@@ -72,6 +74,8 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=1,
+        labels={1: "target"},
+        magnitude=(0,),
         empty=lambda: Sample((randn(0, V), torch.zeros(0, dtype=torch.long)), grad=(0,)),
         bad=[
             Bad({}, TypeError, "local_logits", args={0: [[1.0]]}),
@@ -131,6 +135,8 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=2,
+        labels={2: "target"},
+        magnitude=(0,),
         empty=lambda: Sample(
             (randn(0, D), randn(V, D), torch.zeros(0, dtype=torch.long)), grad=(0, 1)
         ),

@@ -31,6 +31,8 @@ from tests.reference import (
 
 REDUCTIONS = ("mean", "sum", "none")
 N, C = 4, 5
+# class indices at position 1 (test (k)); logits scaled to the extremes (test (l))
+CLASS_FIELDS = {"labels": {1: "target"}, "magnitude": (0,)}
 TWIN_COMPILE = "module twin: its functional is compiled"
 TWIN_GRADCHECK = "module twin: the same autograd path is gradchecked on its functional"
 
@@ -187,16 +189,20 @@ comp_sum = class_case(
     lambda z, t, tau=0.5: comp_sum_rows(tau)(z, t),
     extra={"tau": 0.5},
     bad=[*class_bad(), Bad({"tau": -1.0}, ValueError, "tau")],
+    **CLASS_FIELDS,
 )
-sum_exp = class_case("softmaxkit.losses.sum_exp_loss", L.sum_exp_loss, comp_sum_rows(0.0))
+sum_exp = class_case(
+    "softmaxkit.losses.sum_exp_loss", L.sum_exp_loss, comp_sum_rows(0.0), **CLASS_FIELDS
+)
 gce = class_case(
     "softmaxkit.losses.generalized_cross_entropy",
     L.generalized_cross_entropy,
     lambda z, t, q=0.7: comp_sum_rows(1.0 + q)(z, t),
     extra={"q": 0.4},
     bad=[*class_bad(), Bad({"q": 0.0}, ValueError, "q")],
+    **CLASS_FIELDS,
 )
-mae = class_case("softmaxkit.losses.mae_loss", L.mae_loss, comp_sum_rows(2.0))
+mae = class_case("softmaxkit.losses.mae_loss", L.mae_loss, comp_sum_rows(2.0), **CLASS_FIELDS)
 register(
     comp_sum,
     sum_exp,
@@ -252,6 +258,8 @@ adversarial_case = Case(
     num_classes=lambda s: C,
     compile=False,
     gradcheck=False,
+    labels={2: "target"},
+    magnitude=(1,),
     bad=[
         Bad({"nu": -1.0}, ValueError, "nu"),
         Bad({"norm": "l3"}, ValueError, "norm"),
@@ -337,6 +345,7 @@ lse = Case(
     reference=lse_reference,
     reductions=REDUCTIONS,
     dim=True,
+    magnitude=(0,),
     empty=lambda: Sample((randn(0, C),), grad=(0,)),
     bad=[
         Bad({}, TypeError, "logits", args={0: [[1.0, 2.0]]}),
@@ -373,6 +382,7 @@ ldr = class_case(
         Bad({"lam": 0.0}, ValueError, "lam"),
         Bad({"normalize": "l2"}, ValueError, "normalize"),
     ],
+    **CLASS_FIELDS,
 )
 register(ldr, twin(ldr, "softmaxkit.losses.LDRKLLoss", twin_of(L.LDRKLLoss)))
 
@@ -422,6 +432,7 @@ aldr = Case(
     target_arg=1,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), torch.zeros(0, dtype=torch.long), 10.0), grad=(0,)),
+    **CLASS_FIELDS,
     bad=[
         *class_bad(),
         Bad({"lam0": 0.0}, ValueError, "lam0"),
@@ -458,6 +469,7 @@ register(
         twin(aldr, "softmaxkit.losses.ALDRKLLoss", aldr_twin),
         samples=aldr_twin_samples,
         reference=aldr_twin_reference,
+        labels={1: "target", 2: "index"},
         empty=lambda: Sample(
             (randn(0, C), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
             grad=(0,),
@@ -501,6 +513,7 @@ kd = Case(
     reference=kd_reference,
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0, C), randn(0, C)), grad=(0,)),
+    magnitude=(0, 1),
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
@@ -556,6 +569,8 @@ nkd = Case(
     target_arg=2,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), torch.zeros(0, dtype=torch.long)), grad=(0,)),
+    labels={2: "target"},
+    magnitude=(0, 1),
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
@@ -628,6 +643,8 @@ uskd = Case(
     target_arg=2,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), torch.zeros(0, dtype=torch.long)), grad=(0,)),
+    labels={2: "target"},
+    magnitude=(0, 1),
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"rank_with": "x"}, ValueError, "rank_with"),
@@ -712,6 +729,7 @@ fdiv = Case(
     reductions=REDUCTIONS,
     dim=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), "kl"), grad=(0, 1)),
+    magnitude=(0, 1),
     bad=[
         Bad({}, ValueError, "kind", args={2: "nope"}),
         Bad({"dim": 2}, ValueError, "dim"),
@@ -762,6 +780,7 @@ def retrieval_case(name, op, rows, extra=None, **fields):
         samples=retrieval_samples(extra or {}),
         reference=ref,
         reductions=REDUCTIONS,
+        magnitude=(0,),
         empty=lambda: Sample(
             (randn(0, C), torch.zeros(0, C, dtype=torch.bool)), dict(extra or {}), grad=(0,)
         ),
@@ -876,6 +895,8 @@ normalized = Case(
     prob_targets=True,
     num_classes=lambda s: s.args[1].shape[0],
     empty=lambda: Sample((randn(0, D), randn(C, D), torch.zeros(0, dtype=torch.long)), grad=(0, 1)),
+    labels={2: "target"},
+    magnitude=(0, 1),
     tol={torch.float16: {"atol": 2e-2}, torch.bfloat16: {"atol": 1e-1}},
     bad=[
         Bad({}, TypeError, "embeddings", args={0: [[1.0]]}),
@@ -901,6 +922,7 @@ cosine = Case(
         np64(x), np64(w), temperature, eps
     ),
     empty=lambda: Sample((randn(0, D), randn(C, D)), grad=(0, 1)),
+    magnitude=(0, 1),
     tol={torch.float16: {"atol": 2e-2}, torch.bfloat16: {"atol": 1e-1}},
     bad=normalized.bad,
 )
@@ -936,6 +958,7 @@ hinge = class_case(
     lambda z, t, margin=1.0: hinge_ref.squared_hinge_rows(z, t, margin),
     extra={"margin": 0.5},
     bad=[*class_bad(), Bad({"margin": -1.0}, ValueError, "margin")],
+    **CLASS_FIELDS,
 )
 register(
     hinge, twin(hinge, "softmaxkit.losses.SquaredHingeLoss", twin_of(L.SquaredHingeLoss, "margin"))
@@ -970,6 +993,7 @@ meco = Case(
     reference=meco_reference,
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0), randn(7)), grad=(0, 1)),
+    magnitude=(0, 1),
     bad=[
         Bad({}, TypeError, "f_data", args={0: [1.0]}),
         Bad({}, ValueError, "f_noise", args={1: randn(0)}),

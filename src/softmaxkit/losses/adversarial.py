@@ -17,6 +17,7 @@ Theoretical Analysis and Applications", ICML 2023, arXiv:2304.07288.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -82,7 +83,7 @@ def _comp_sum_rows(rows: Rows, tau: float) -> torch.Tensor:
 
 def _per_sample_norm(x: torch.Tensor, ord: float) -> torch.Tensor:
     """Norm of each sample (over all dims but the first), shaped to broadcast against x."""
-    flat = x.reshape(x.shape[0], -1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (0, d) for an empty batch
     norms = torch.linalg.vector_norm(flat, ord=ord, dim=1)
     return norms.reshape((-1,) + (1,) * (x.ndim - 1))
 
@@ -367,9 +368,9 @@ class AdversarialCompSumLoss(LossModule):
         self.norm = v.check_choice("norm", norm, NORMS)
         self.steps = v.check_int("steps", steps, low=0)
         self.step_size = step_size
-        self.random_start = random_start
+        self.random_start = v.check_bool("random_start", random_start)
         self.input_range = input_range
-        self.eval_during_attack = eval_during_attack
+        self.eval_during_attack = v.check_bool("eval_during_attack", eval_during_attack)
         self.attack = attack
 
     def hyperparameters(self) -> dict:

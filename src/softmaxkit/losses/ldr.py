@@ -514,10 +514,9 @@ class ALDRKLLoss(LossModule):
         with torch.no_grad():
             self.lam.fill_(self.lam0)
 
-    def _check_index(self, index: torch.Tensor, logits: torch.Tensor) -> None:
-        v.check_tensor("index", index)
-        if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
-            raise TypeError(f"index must hold sample ids (an integer dtype), got {index.dtype}")
+    def _check_index(self, index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Dataset ids of any integer dtype, returned as int64, of the per-sample shape."""
+        index = v.check_index_dtype("index", index)
         expected = tuple(_sample_shape(logits)) if logits.ndim >= 2 else None
         if expected is not None and tuple(index.shape) != expected:
             raise ValueError(
@@ -531,11 +530,12 @@ class ALDRKLLoss(LossModule):
                     f"index must hold sample ids in [0, {self.num_samples - 1}], "
                     f"got {lo if lo < 0 else hi}"
                 )
+        return index
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
-        self._check_index(index, logits)
+        index = self._check_index(index, logits)
         loss, lam_new = aldr_kl_loss(
             logits,
             target,
