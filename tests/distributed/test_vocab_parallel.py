@@ -110,6 +110,13 @@ def _checks(rank: int, world: int) -> dict:
     loss = vocab_parallel_cross_entropy(x, _target(False), reduction="none")
     loss.backward(cot_rows)
     out["masked"] = (loss.detach(), x.grad)
+    # log_softmax of a row that is all -inf on every rank: -inf, zero gradient (not NaN)
+    full_masked = _masked(full)
+    full_masked[1] = -torch.inf
+    x = full_masked[:, cols].clone().requires_grad_(True)
+    y = vocab_parallel_log_softmax(x)
+    y.backward(cot_full[:, cols])
+    out["lsm_masked"] = (y.detach(), x.grad)
     # leading dimensions (S, B, V_local), Megatron's layout
     x = full3[..., cols].clone().requires_grad_(True)
     loss = vocab_parallel_cross_entropy(x, target3, label_smoothing=0.1, reduction="none")
@@ -269,6 +276,25 @@ def test_subgroup(ranks):
         torch.testing.assert_close(loss, ref_loss, **TOL)
         torch.testing.assert_close(grad, ref_grad[:, cols], **TOL)
         torch.testing.assert_close(y, ref_lsm[:, cols], **TOL)
+
+
+def test_log_softmax_of_a_fully_masked_row_is_minus_inf(ranks):
+    """Row 1 is -inf over the whole vocabulary: -inf out, zero gradient (the library's
+    convention, as softmaxkit.log_softmax); row 4 is -inf on some ranks only: torch's."""
+    world, results = ranks
+    full, _, cot_full, *_ = _data()
+    x = _masked(full)
+    x[1] = -torch.inf
+    x.requires_grad_(True)
+    rest = [0, 2, 3, 4, 5, 6]
+    ref = torch.log_softmax(x, -1)
+    ref[rest].backward(cot_full[rest])
+    for res, cols in zip(results, _slices(world), strict=True):
+        y, grad = res["lsm_masked"]
+        assert torch.all(y[1] == -torch.inf)
+        assert torch.all(grad[1] == 0)
+        torch.testing.assert_close(y[rest], ref[rest][:, cols].detach(), **TOL)
+        torch.testing.assert_close(grad[rest], x.grad[rest][:, cols], **TOL)
 
 
 def test_logits_not_modified(ranks):

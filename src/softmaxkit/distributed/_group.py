@@ -68,15 +68,18 @@ class Layout:
 _OK, _VALUE, _TYPE = 0, 1, 2
 # columns of the table that every rank contributes to the one all_gather of agree()
 _ERR, _WIDTH, _ROWS, _TMIN, _TMAX, _TSUM, _TDOT, _CHUNK, _DEFAULT, _START = range(10)
+_OPTIONS = 6  # then up to this many options that must agree (the same length on every rank)
 
 
 def _row(mine: Local, error: Exception | None, device: torch.device) -> torch.Tensor:
     """This rank's row of the table (float64: every int below 2**53 is exact)."""
-    head = torch.zeros(_START + 1, dtype=torch.float64, device=device)
-    extra = torch.tensor(mine.options, dtype=torch.float64, device=device)
+    head = torch.zeros(_START + 1 + _OPTIONS, dtype=torch.float64, device=device)
     if error is not None:
         head[_ERR] = _TYPE if isinstance(error, TypeError) else _VALUE
-        return torch.cat([head, torch.zeros_like(extra)])
+        return head
+    head[_START + 1 : _START + 1 + len(mine.options)] = torch.tensor(
+        mine.options, dtype=torch.float64
+    )
     head[_WIDTH], head[_ROWS] = mine.width, mine.rows
     head[_CHUNK] = -1 if mine.chunk_size is None else mine.chunk_size
     head[_DEFAULT] = mine.default_chunk
@@ -92,7 +95,7 @@ def _row(mine: Local, error: Exception | None, device: torch.device) -> torch.Te
         head[_TDOT] = td @ torch.arange(1, t.numel() + 1, dtype=torch.float64, device=device)
     else:
         head[_TMAX] = -1
-    return torch.cat([head, extra])
+    return head
 
 
 def _device(group: Any, tensor: Any) -> torch.device:
@@ -171,17 +174,19 @@ def agree(
             f"vocab_start_index must be given on every rank or on none, got "
             f"{['None' if s < 0 else int(s) for s in starts.tolist()]} on ranks 0..{world - 1}"
         )
+    total = int(table[:, _WIDTH].sum())
+    outside = (table[:, _TMIN] < 0) | (table[:, _TMAX] >= total)
+    if bool(outside.any()):
+        r = int(outside.nonzero()[0, 0])
+        lo, hi = int(table[r, _TMIN]), int(table[r, _TMAX])
+        raise ValueError(
+            f"target must hold class indices in [0, {total - 1}] "
+            f"(or ignore_index={mine.ignore_index}), got {lo if lo < 0 else hi} on rank {r}"
+        )
     if _differs(table, _TSUM) or _differs(table, _TDOT) or _differs(table, _TMAX):
         raise ValueError(
             "target must be identical on every rank (the targets are replicated), got "
-            "different targets on some of ranks 0.." + str(world - 1)
-        )
-    total = int(table[:, _WIDTH].sum())
-    lo, hi = int(table[:, _TMIN].min()), int(table[:, _TMAX].max())
-    if lo < 0 or hi >= total:
-        raise ValueError(
-            f"target must hold class indices in [0, {total - 1}] "
-            f"(or ignore_index={mine.ignore_index}), got {lo if lo < 0 else hi}"
+            f"different targets on some of ranks 0..{world - 1}"
         )
     start = int(table[:rank, _WIDTH].sum()) if starts[0] < 0 else int(starts[rank])
     chunk = int(table[0, _CHUNK]) if table[0, _CHUNK] > 0 else int(table[:, _DEFAULT].min())

@@ -146,8 +146,9 @@ def vocab_parallel_linear_cross_entropy(
         local_bias: optional (V_r,) slice of the output bias.
         group: the process group (default None: the default group); with no process group
             initialised this is the single-process case.
-        vocab_start_index: global index of this rank's first class. Default None: found with
-            one ``all_gather`` of (V_r, N) per rank (also gives V and checks N agrees).
+        vocab_start_index: global index of this rank's first class (given on every rank or
+            on none). Default None: the sum of the lower ranks' V_r, from the one checking
+            collective below.
         ignore_index: target value whose rows contribute 0 loss and 0 gradient (default -100).
         label_smoothing: :math:`\varepsilon \in [0, 1]` (default 0.0, torch's convention).
         reduction: "mean" (over the kept rows; 0 when none is kept), "sum" or "none".
@@ -155,8 +156,15 @@ def vocab_parallel_linear_cross_entropy(
         logsumexp_penalty: :math:`\lambda \ge 0` (default 0; PaLM uses 1e-4), averaged over
             the kept rows for "mean".
         chunk_size: rows per chunk; default :func:`softmaxkit.heads.linear_ce.default_chunk_size`
-            of this rank's slice, made equal on every rank by an all-reduce MIN (one host
-            sync; pass ``chunk_size`` to avoid it).
+            of this rank's slice, made equal on every rank (the smallest of the ranks'
+            defaults); a given ``chunk_size`` must be the same on every rank.
+
+    Bad input on one rank: every rank raises the same error. Each rank validates its
+    arguments, then ONE all_gather of a few numbers per rank (an error flag, V_r, N, the
+    chunk size, the options, the targets' range and fingerprint) lets every rank take the
+    same decision before any other collective (the failing rank's message is then shared),
+    so no rank is left blocked in a collective. That all_gather (and one host sync) is the
+    whole cost of the checks on the normal path; it also gives V and the offsets.
 
     Returns:
         The loss (0-d, or the target's shape for "none") in hidden's dtype, the same on

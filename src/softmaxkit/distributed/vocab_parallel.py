@@ -38,6 +38,15 @@ are used, so the NCCL backend works unchanged with CUDA tensors (each rank on it
 ``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))``). Memory: forward and backward run
 in row blocks, save only the input and (N,) statistics, and backward allocates only the
 gradient (Megatron saves an fp32 softmax of the shard).
+
+Bad input on one rank (a wrong shape or dtype, a target out of range or different from the
+other ranks', options or chunk sizes that differ) makes every rank raise the same error,
+naming the failing rank: each rank validates locally, then ONE all_gather of a few numbers
+per rank (an error flag, the slice width, the row count, the targets' range and
+fingerprint, the options) lets every rank take the same decision before any other
+collective; the failing rank's message is shared only on that error path. On the normal
+path this all_gather (which also gives the global V and this rank's offset) and one host
+sync are the whole cost of the checks. NaN logits are allowed and propagate to every rank.
 """
 
 from __future__ import annotations
@@ -146,6 +155,11 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
             float16/bfloat16 are computed in float32 and returned in the input dtype.
         group: the process group (default None: the default group). With no process group
             initialised this is the world-size-1 case and equals ``torch.log_softmax(z, -1)``.
+
+    A row that is -inf over the whole vocabulary (a fully masked row) gives -inf and zero
+    gradient, the library's convention (as :func:`softmaxkit.log_softmax`), not NaN.
+    Bad input on one rank makes every rank raise the same error (one small all_gather
+    before the other collectives; see :mod:`softmaxkit.distributed.vocab_parallel`).
 
     Returns:
         Log-probabilities of the local slice, shape and dtype of ``local_logits``.
@@ -280,10 +294,9 @@ def vocab_parallel_cross_entropy(
         group: the process group (default None: the default group). With no process group
             initialised (world size 1) this is exactly ``cross_entropy`` over the last
             dimension.
-        vocab_start_index: global index of this rank's first class. Default None: the sum
-            of the lower ranks' V_local, found with one ``all_gather`` of (V_local, N) per
-            rank (which also gives V and checks N agrees). Passing it skips that
-            collective; V is then all-reduced only when ``label_smoothing > 0``.
+        vocab_start_index: global index of this rank's first class (given on every rank or
+            on none). Default None: the sum of the lower ranks' V_local, from the checking
+            collective below.
         ignore_index: target value that contributes nothing (default -100, as torch).
         label_smoothing: :math:`\varepsilon \in [0, 1]` (default 0.0, as torch).
         reduction: "mean" (default), "sum" or "none" (per-row losses, ``target``'s shape).
