@@ -113,10 +113,12 @@ def reduce(
     shape, kept = (rows.shape, rows.kept) if isinstance(rows, Rows) else (tuple(rows), None)
     if reduction == "none":
         return losses.reshape(shape).to(dtype)
-    total = losses.sum()
-    if reduction == "mean":
-        total = total / (kept.sum().clamp(min=1) if kept is not None else max(losses.numel(), 1))
-    return total.to(dtype)
+    if reduction == "sum":
+        return losses.sum().to(dtype)
+    # divide, then sum: finite wherever the mean is (the sum of per-row losses near the
+    # dtype's maximum overflows); an (N,) vector, so no measurable cost
+    count = kept.sum().clamp(min=1) if kept is not None else max(losses.numel(), 1)
+    return (losses / count).sum().to(dtype)
 
 
 def smoothed(index: torch.Tensor, smoothing: float, num_classes: int, dtype) -> torch.Tensor:
