@@ -27,3 +27,14 @@ def test_a_loss_whose_mean_is_finite_near_the_maximum():
     x = torch.tensor([[0.0, 1.8e19]] * 4)
     loss = squared_hinge_loss(x, torch.zeros(4, dtype=torch.long))
     torch.testing.assert_close(loss.double(), torch.tensor((1 + 1.8e19) ** 2 / 2).double())
+
+
+def test_cross_entropy_rules_mean_of_rows_near_the_maximum_is_finite():
+    # _ops.cross_entropy.reduce_loss (the shared cross-entropy rules), through the
+    # world-size-1 vocab-parallel loss: each row's loss 3.3e38 is finite, their sum is not
+    from softmaxkit.distributed import vocab_parallel_cross_entropy
+
+    x = torch.tensor([[1.7e38, -1.6e38]] * 4)
+    loss = vocab_parallel_cross_entropy(x, torch.ones(4, dtype=torch.long))
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), torch.tensor(3.3e38, dtype=torch.float64))

@@ -420,7 +420,8 @@ def reduce_loss(
     if o.reduction == "none":
         return ce if pen is None else ce + pen
     D, n = den
-    loss = ce.sum() / D if o.reduction == "mean" else ce.sum()
+    # "mean" divides before summing: finite wherever the mean is (rows near the maximum)
+    loss = (ce / D).sum() if o.reduction == "mean" else ce.sum()
     if pen is not None:
         loss = loss + (pen.sum() / n if o.reduction == "mean" else pen.sum())
     return loss
