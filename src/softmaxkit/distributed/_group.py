@@ -72,29 +72,31 @@ _OPTIONS = 6  # then up to this many options that must agree (the same length on
 
 
 def _row(mine: Local, error: Exception | None, device: torch.device) -> torch.Tensor:
-    """This rank's row of the table (float64: every int below 2**53 is exact)."""
-    head = torch.zeros(_START + 1 + _OPTIONS, dtype=torch.float64, device=device)
+    """This rank's row of the table (float64: every int below 2**53 is exact), built on the
+    host and moved once; the targets' statistics are computed on their device (no sync)."""
+    values = [0.0] * (_START + 1 + _OPTIONS)
     if error is not None:
-        head[_ERR] = _TYPE if isinstance(error, TypeError) else _VALUE
-        return head
-    head[_START + 1 : _START + 1 + len(mine.options)] = torch.tensor(
-        mine.options, dtype=torch.float64
-    )
-    head[_WIDTH], head[_ROWS] = mine.width, mine.rows
-    head[_CHUNK] = -1 if mine.chunk_size is None else mine.chunk_size
-    head[_DEFAULT] = mine.default_chunk
-    head[_START] = -1 if mine.vocab_start_index is None else mine.vocab_start_index
+        values[_ERR] = _TYPE if isinstance(error, TypeError) else _VALUE
+        return torch.tensor(values, dtype=torch.float64).to(device)
+    values[_WIDTH], values[_ROWS], values[_TMAX] = mine.width, mine.rows, -1
+    values[_CHUNK] = -1 if mine.chunk_size is None else mine.chunk_size
+    values[_DEFAULT] = mine.default_chunk
+    values[_START] = -1 if mine.vocab_start_index is None else mine.vocab_start_index
+    values[_START + 1 : _START + 1 + len(mine.options)] = mine.options
+    head = torch.tensor(values, dtype=torch.float64).to(device)
     t = mine.target
     if t is not None and t.numel():
-        # range and fingerprint of the targets, without a device sync (read after the gather)
+        # range and fingerprint of the targets (read after the gather)
         kept = t != mine.ignore_index
-        head[_TMIN] = torch.where(kept, t, torch.zeros_like(t)).amin()
-        head[_TMAX] = torch.where(kept, t, torch.full_like(t, -1)).amax()
         td = t.to(torch.float64)
-        head[_TSUM] = td.sum()
-        head[_TDOT] = td @ torch.arange(1, t.numel() + 1, dtype=torch.float64, device=device)
-    else:
-        head[_TMAX] = -1
+        weights = torch.arange(1, t.numel() + 1, dtype=torch.float64, device=t.device)
+        stats = [
+            torch.where(kept, td, 0.0).amin(),
+            torch.where(kept, td, -1.0).amax(),
+            td.sum(),
+            td @ weights,
+        ]
+        head[_TMIN : _TDOT + 1] = torch.stack(stats).to(device)
     return head
 
 

@@ -521,7 +521,10 @@ class ALDRKLLoss(LossModule):
 
     def _check_index(self, index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Dataset ids of any integer dtype, returned as int64, of the per-sample shape."""
-        index = v.check_index_dtype("index", index)
+        v.check_tensor("index", index)
+        if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
+            raise TypeError(f"index must hold sample ids (an integer dtype), got {index.dtype}")
+        index = v.check_index_dtype("index", index)  # any integer dtype, as int64
         expected = tuple(_sample_shape(logits)) if logits.ndim >= 2 else None
         if expected is not None and tuple(index.shape) != expected:
             raise ValueError(
