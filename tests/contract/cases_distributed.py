@@ -12,6 +12,15 @@ from tests.reference import contract_ref, maps_ref
 
 N, D, V = 4, 3, 6
 REDUCTIONS = ("mean", "sum", "none")
+# Test (l) at 3e38 (float32, bfloat16) does not apply: the fused linear layer's logits
+# h @ W themselves exceed float32's range there (only the average loss is finite), and the
+# label-smoothing term of the shared cross-entropy rules carries the row's logit SUM, which
+# overflows at 3e38 (softmaxkit/_ops/cross_entropy.py; reported to its owner).
+# tests/distributed/test_extreme_magnitudes.py runs test (l) at 1e19, 1e30 and 6e4.
+BEYOND_RANGE = (
+    "at 3e38 the logits of the linear layer, or the smoothing term's logit sum, exceed "
+    "float32's range; tests/distributed/test_extreme_magnitudes.py runs the other magnitudes"
+)
 
 
 def log_softmax_samples(dtype):
@@ -29,6 +38,8 @@ register(
         reference=lambda x, group=None: maps_ref.log_softmax(np64(x)),
         baseline=lambda x, group=None: torch.log_softmax(x, -1),
         empty=lambda: Sample((randn(0, V),), grad=(0,)),
+        magnitude=(0,),
+        masked_row="-inf",
         bad=[Bad({}, TypeError, "local_logits", args={0: [[1.0]]})],
     )
 )
@@ -72,6 +83,9 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=1,
+        labels={1: "target"},
+        magnitude=(0,),
+        skip={"magnitude": BEYOND_RANGE},
         empty=lambda: Sample((randn(0, V), torch.zeros(0, dtype=torch.long)), grad=(0,)),
         bad=[
             Bad({}, TypeError, "local_logits", args={0: [[1.0]]}),
@@ -131,6 +145,9 @@ register(
         reductions=REDUCTIONS,
         ignore_index=True,
         target_arg=2,
+        labels={2: "target"},
+        magnitude=(0,),
+        skip={"magnitude": BEYOND_RANGE},
         empty=lambda: Sample(
             (randn(0, D), randn(V, D), torch.zeros(0, dtype=torch.long)), grad=(0, 1)
         ),

@@ -31,6 +31,19 @@ from tests.reference import (
 
 REDUCTIONS = ("mean", "sum", "none")
 N, C = 4, 5
+# class indices at position 1 (test (k)); logits scaled to the extremes (test (l))
+CLASS_FIELDS = {"labels": {1: "target"}, "magnitude": (0,)}
+# Test (l) at 3e38 (float32, bfloat16) does not apply where the result there is an average
+# of per-row or per-term values beyond the dtype's range (lse - z_y, log q_k or a sum of
+# logits reach twice the maximum): no float32 computation gets that average without a
+# wider accumulation (torch's own cross_entropy gives inf there as well). These cases keep
+# their magnitude= positions; tests/losses/test_extreme_magnitudes.py (and
+# tests/distributed/test_extreme_magnitudes.py) run test (l) on them at 1e19, 1e30 and
+# float16's 6e4.
+BEYOND_RANGE = (
+    "at 3e38 the per-row (or per-term) values exceed float32's range and only their "
+    "average is finite; tests/losses/test_extreme_magnitudes.py runs the other magnitudes"
+)
 TWIN_COMPILE = "module twin: its functional is compiled"
 TWIN_GRADCHECK = "module twin: the same autograd path is gradchecked on its functional"
 
@@ -188,16 +201,20 @@ comp_sum = class_case(
     lambda z, t, tau=0.5: comp_sum_rows(tau)(z, t),
     extra={"tau": 0.5},
     bad=[*class_bad(), Bad({"tau": -1.0}, ValueError, "tau")],
+    **CLASS_FIELDS,
 )
-sum_exp = class_case("softmaxkit.losses.sum_exp_loss", L.sum_exp_loss, comp_sum_rows(0.0))
+sum_exp = class_case(
+    "softmaxkit.losses.sum_exp_loss", L.sum_exp_loss, comp_sum_rows(0.0), **CLASS_FIELDS
+)
 gce = class_case(
     "softmaxkit.losses.generalized_cross_entropy",
     L.generalized_cross_entropy,
     lambda z, t, q=0.7: comp_sum_rows(1.0 + q)(z, t),
     extra={"q": 0.4},
     bad=[*class_bad(), Bad({"q": 0.0}, ValueError, "q")],
+    **CLASS_FIELDS,
 )
-mae = class_case("softmaxkit.losses.mae_loss", L.mae_loss, comp_sum_rows(2.0))
+mae = class_case("softmaxkit.losses.mae_loss", L.mae_loss, comp_sum_rows(2.0), **CLASS_FIELDS)
 register(
     comp_sum,
     sum_exp,
@@ -219,7 +236,8 @@ ADV = {"nu": 0.5, "radius": 0.1, "steps": 2, "random_start": False}
 
 
 def adversarial_samples(dtype):
-    w = randn(3, C, dtype=dtype, seed=8)
+    w = randn(3, C, seed=8)
+    w = (w / w.abs().sum(0).max()).to(dtype)  # |logits| <= max |x|: no overflow in the model
 
     def model(x, w=w):
         return x @ w.to(x.dtype)
@@ -253,10 +271,14 @@ adversarial_case = Case(
     num_classes=lambda s: C,
     compile=False,
     gradcheck=False,
+    labels={2: "target"},
+    magnitude=(1,),
     bad=[
         Bad({"nu": -1.0}, ValueError, "nu"),
         Bad({"norm": "l3"}, ValueError, "norm"),
         Bad({"steps": -1}, ValueError, "steps"),
+        Bad({"random_start": 1}, TypeError, "random_start"),
+        Bad({"eval_during_attack": "yes"}, TypeError, "eval_during_attack"),
     ],
     skip={
         "compile": "runs a PGD attack (autograd.grad in a loop) inside the loss",
@@ -341,6 +363,7 @@ lse = Case(
     reference=lse_reference,
     reductions=REDUCTIONS,
     dim=True,
+    magnitude=(0,),
     empty=lambda: Sample((randn(0, C),), grad=(0,)),
     bad=[
         Bad({}, TypeError, "logits", args={0: [[1.0, 2.0]]}),
@@ -377,6 +400,7 @@ ldr = class_case(
         Bad({"lam": 0.0}, ValueError, "lam"),
         Bad({"normalize": "l2"}, ValueError, "normalize"),
     ],
+    **CLASS_FIELDS,
 )
 register(ldr, twin(ldr, "softmaxkit.losses.LDRKLLoss", twin_of(L.LDRKLLoss)))
 
@@ -426,6 +450,7 @@ aldr = Case(
     target_arg=1,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), torch.zeros(0, dtype=torch.long), 10.0), grad=(0,)),
+    **CLASS_FIELDS,
     bad=[
         *class_bad(),
         Bad({"lam0": 0.0}, ValueError, "lam0"),
@@ -462,6 +487,7 @@ register(
         twin(aldr, "softmaxkit.losses.ALDRKLLoss", aldr_twin),
         samples=aldr_twin_samples,
         reference=aldr_twin_reference,
+        labels={1: "target", 2: "index"},
         empty=lambda: Sample(
             (randn(0, C), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
             grad=(0,),
@@ -505,15 +531,23 @@ kd = Case(
     reference=kd_reference,
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0, C), randn(0, C)), grad=(0,)),
+    magnitude=(0, 1),
+    skip={"magnitude": BEYOND_RANGE},
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
         Bad({}, ValueError, "teacher_logits", args={1: torch.zeros(N, C + 1)}),
+        Bad({"detach_teacher": 1}, TypeError, "detach_teacher"),
     ],
 )
 register(
     kd,
-    twin(kd, "softmaxkit.losses.KDLoss", lambda s, t, **kw: L.KDLoss(**kw)(s, t), bad=kd.bad[1:2]),
+    twin(
+        kd,
+        "softmaxkit.losses.KDLoss",
+        lambda s, t, **kw: L.KDLoss(**kw)(s, t),
+        bad=[kd.bad[1], kd.bad[3]],
+    ),
 )
 
 
@@ -560,10 +594,14 @@ nkd = Case(
     target_arg=2,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), torch.zeros(0, dtype=torch.long)), grad=(0,)),
+    labels={2: "target"},
+    magnitude=(0, 1),
+    skip={"magnitude": BEYOND_RANGE},
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
         Bad({"gamma": -1.0}, ValueError, "gamma"),
+        Bad({"detach_teacher": 0}, TypeError, "detach_teacher"),
     ],
 )
 register(
@@ -613,6 +651,7 @@ def uskd_reference(
 
 
 USKD_SKIP = {
+    "magnitude": BEYOND_RANGE,
     "gradcheck": "the soft target labels p_y = S_y^2 + 1 - mean_batch(S_y^2) and the Zipf "
     "ranking are detached by definition (uskd_loss docstring): not the full derivative",
     "ignore_index": "mean_batch(S_y^2) runs over the kept rows, so ignoring a row changes the "
@@ -632,6 +671,8 @@ uskd = Case(
     target_arg=2,
     prob_targets=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), torch.zeros(0, dtype=torch.long)), grad=(0,)),
+    labels={2: "target"},
+    magnitude=(0, 1),
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"rank_with": "x"}, ValueError, "rank_with"),
@@ -674,6 +715,7 @@ register(
     dataclasses.replace(
         twin(uskd, "softmaxkit.losses.USKDLoss", uskd_twin),
         samples=uskd_twin_samples,
+        magnitude=(0,),  # the features at 1 pass through the loss's own Linear head
         reference=lambda s, mid, target, weight, bias, **kw: uskd_reference(
             s, torch.from_numpy(np64(mid) @ np64(weight).T + np64(bias)), target, **kw
         ),
@@ -716,6 +758,8 @@ fdiv = Case(
     reductions=REDUCTIONS,
     dim=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), "kl"), grad=(0, 1)),
+    magnitude=(0, 1),
+    skip={"magnitude": BEYOND_RANGE},
     bad=[
         Bad({}, ValueError, "kind", args={2: "nope"}),
         Bad({"dim": 2}, ValueError, "dim"),
@@ -766,6 +810,8 @@ def retrieval_case(name, op, rows, extra=None, **fields):
         samples=retrieval_samples(extra or {}),
         reference=ref,
         reductions=REDUCTIONS,
+        magnitude=(0,),
+        skip={"magnitude": BEYOND_RANGE},
         empty=lambda: Sample(
             (randn(0, C), torch.zeros(0, C, dtype=torch.bool)), dict(extra or {}), grad=(0,)
         ),
@@ -789,6 +835,7 @@ multi = retrieval_case(
     retrieval_ref.multi_positive_softmax,
     extra={"normalize": True},
 )
+multi.bad.append(Bad({"normalize": 1}, TypeError, "normalize"))
 soft_topk = retrieval_case(
     "softmaxkit.losses.soft_topk_loss",
     lambda scores, mask, k=2, **kw: L.soft_topk_loss(scores, mask, k, **kw),
@@ -880,6 +927,8 @@ normalized = Case(
     prob_targets=True,
     num_classes=lambda s: s.args[1].shape[0],
     empty=lambda: Sample((randn(0, D), randn(C, D), torch.zeros(0, dtype=torch.long)), grad=(0, 1)),
+    labels={2: "target"},
+    magnitude=(0, 1),
     tol={torch.float16: {"atol": 2e-2}, torch.bfloat16: {"atol": 1e-1}},
     bad=[
         Bad({}, TypeError, "embeddings", args={0: [[1.0]]}),
@@ -905,6 +954,7 @@ cosine = Case(
         np64(x), np64(w), temperature, eps
     ),
     empty=lambda: Sample((randn(0, D), randn(C, D)), grad=(0, 1)),
+    magnitude=(0, 1),
     tol={torch.float16: {"atol": 2e-2}, torch.bfloat16: {"atol": 1e-1}},
     bad=normalized.bad,
 )
@@ -940,6 +990,7 @@ hinge = class_case(
     lambda z, t, margin=1.0: hinge_ref.squared_hinge_rows(z, t, margin),
     extra={"margin": 0.5},
     bad=[*class_bad(), Bad({"margin": -1.0}, ValueError, "margin")],
+    **CLASS_FIELDS,
 )
 register(
     hinge, twin(hinge, "softmaxkit.losses.SquaredHingeLoss", twin_of(L.SquaredHingeLoss, "margin"))
@@ -974,6 +1025,8 @@ meco = Case(
     reference=meco_reference,
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0), randn(7)), grad=(0, 1)),
+    magnitude=(0, 1),
+    skip={"magnitude": BEYOND_RANGE},
     bad=[
         Bad({}, TypeError, "f_data", args={0: [1.0]}),
         Bad({}, ValueError, "f_noise", args={1: randn(0)}),

@@ -650,3 +650,36 @@ def test_adversarial_bad_model_and_inputs():
         adversarial_comp_sum_loss(linear_model(), x, y + 4, 1.0, nu=1.0)
     with pytest.raises(TypeError, match="nu"):
         adversarial_comp_sum_loss(linear_model(), x, y, 1.0)
+
+
+# --- issue 11: the empty batch of the l2 attack, bool flags, norms near the maximum -------
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_adversarial_empty_batch_gives_zero_for_every_norm(norm):
+    w = torch.randn(3, 5, dtype=torch.float64)
+    x = torch.zeros(0, 3, dtype=torch.float64, requires_grad=True)
+    for reduction in ("mean", "sum"):
+        loss = adversarial_comp_sum_loss(
+            lambda z: z @ w, x, torch.zeros(0, dtype=torch.long), 0.5, nu=1.0, norm=norm,
+            reduction=reduction,
+        )  # fmt: skip
+        assert loss.item() == 0.0
+        (g,) = torch.autograd.grad(loss, x, allow_unused=True)
+        assert g is None or g.shape == x.shape
+
+
+@pytest.mark.parametrize("flag", ["random_start", "eval_during_attack"])
+def test_adversarial_module_rejects_a_non_bool_flag_at_construction(flag):
+    with pytest.raises(TypeError, match=flag):
+        AdversarialCompSumLoss(0.5, nu=1.0, **{flag: 1})
+
+
+def test_l2_attack_norm_is_finite_near_the_float32_maximum():
+    from softmaxkit.losses.adversarial import _per_sample_norm
+
+    x = torch.tensor([[2e38, -2e38, 1.0], [0.0, 0.0, 0.0]])  # the norm 2.83e38 is finite
+    got = _per_sample_norm(x, 2).squeeze(1).double()
+    want = torch.linalg.vector_norm(x.double(), 2, dim=1)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)

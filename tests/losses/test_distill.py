@@ -614,7 +614,7 @@ X, Y = torch.randn(3, 4), torch.tensor([0, 1, 2])
         ),
         (lambda: uskd_loss(X, X, Y, mu=-0.1), ValueError, r"mu must be in \[0, inf\]"),
         (lambda: uskd_loss(X, X[:2], Y), ValueError, "weak_logits must have the shape"),
-        (lambda: uskd_loss(X, X, Y.float()), ValueError, "probabilities of the logits' shape"),
+        (lambda: uskd_loss(X, X, Y.float()), TypeError, r"class indices \(an integer dtype\)"),
         (lambda: USKDLoss(0, 4), ValueError, r"channel must be in \[1, inf\]"),
         (lambda: USKDLoss(8, 4, alpha=math.nan), ValueError, "alpha must be finite"),
         (lambda: NKDLoss(gamma="1"), TypeError, "gamma must be a real number"),

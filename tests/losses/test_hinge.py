@@ -182,7 +182,7 @@ def test_module():
         ({"label_smoothing": 1.5}, None, ValueError, "label_smoothing must be in"),
         ({}, torch.tensor([0, 1, 4]), ValueError, r"class indices in \[0, 3\]"),
         ({}, torch.tensor([0, 1]), ValueError, r"target must have shape \(3,\)"),
-        ({}, torch.tensor([0.0, 1.0, 2.0]), ValueError, "target must hold class indices"),
+        ({}, torch.tensor([0.0, 1.0, 2.0]), TypeError, "target must hold class indices"),
         ({}, -torch.ones(3, 4), ValueError, "target must have all values in"),
     ],
 )

@@ -467,7 +467,8 @@ def test_ldr_bad_hyperparameters(kwargs, error, match):
     "target, error, match",
     [
         (torch.tensor([0, 1, 4]), ValueError, r"target must hold class indices in \[0, 3\]"),
-        (torch.tensor([0.0, 1.0, 2.0]), ValueError, "or probabilities of the logits. shape"),
+        (torch.tensor([0.0, 1.0, 2.0]), TypeError, r"class indices \(an integer dtype\)"),
+        (torch.zeros(3, 2), ValueError, "or probabilities of the logits. shape"),
         (torch.tensor([0, 1]), ValueError, r"target must have shape \(3,\)"),
         (torch.full((3, 4), -0.5), ValueError, "target must have all values in"),
     ],

@@ -83,23 +83,20 @@ def prepare(
     v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     v.check_tensor("target", target)
     x2 = as_rows(logits, 1)
-    if target.dtype.is_floating_point:
-        if not probs:
-            raise TypeError(
-                f"target must hold class indices (an integer dtype) for this loss, "
-                f"got {target.dtype}"
-            )
+    sample_shape = logits.shape[:1] + logits.shape[2:]
+    # a floating target of the index shape (or where probabilities are not allowed) is
+    # class indices of a wrong dtype: check_class_target's TypeError below
+    if target.dtype.is_floating_point and probs and target.shape != sample_shape:
         if target.shape != logits.shape:
             raise ValueError(
                 f"target must hold class indices (an integer dtype) of shape "
-                f"{tuple(logits.shape[:1] + logits.shape[2:])} or probabilities of the logits' "
+                f"{tuple(sample_shape)} or probabilities of the logits' "
                 f"shape {tuple(logits.shape)}, got {target.dtype} of shape {tuple(target.shape)}"
             )
         v.check_tensor_values("target", target, low=0.0)
-        sample_shape = logits.shape[:1] + logits.shape[2:]
         t2 = as_rows(target.detach(), 1)
         return Rows(x2, None, t2, float(label_smoothing), None, sample_shape)
-    v.check_class_target(target, logits, 1, ignore_index)
+    target = v.check_class_target(target, logits, 1, ignore_index)  # int64, any int dtype in
     flat = target.reshape(-1)
     kept = flat != ignore_index
     index = torch.where(kept, flat, 0) if maybe_any(~kept) else flat
@@ -116,10 +113,12 @@ def reduce(
     shape, kept = (rows.shape, rows.kept) if isinstance(rows, Rows) else (tuple(rows), None)
     if reduction == "none":
         return losses.reshape(shape).to(dtype)
-    total = losses.sum()
-    if reduction == "mean":
-        total = total / (kept.sum().clamp(min=1) if kept is not None else max(losses.numel(), 1))
-    return total.to(dtype)
+    if reduction == "sum":
+        return losses.sum().to(dtype)
+    # divide, then sum: finite wherever the mean is (the sum of per-row losses near the
+    # dtype's maximum overflows); an (N,) vector, so no measurable cost
+    count = kept.sum().clamp(min=1) if kept is not None else max(losses.numel(), 1)
+    return (losses / count).sum().to(dtype)
 
 
 def smoothed(index: torch.Tensor, smoothing: float, num_classes: int, dtype) -> torch.Tensor:

@@ -1,11 +1,14 @@
 """Process-group plumbing shared by the vocab-parallel losses (private to ``distributed``).
 
-Resolving the group, the vocabulary layout of the ranks' slices (offset and global size),
-and the target checks and class-index builder, identical for every vocab-parallel loss.
+Resolving the group, the one collective in which the ranks agree on validity and on the
+vocabulary layout of their slices (offset and global size) before any other collective
+(:func:`agree`), and the target checks and class-index builder, identical for every
+vocab-parallel op.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,47 +38,165 @@ def resolve_group(group: Any) -> tuple[Any, int, int]:
     return group, world, rank
 
 
-def vocab_layout(
-    width: int,
-    rows: int,
-    device: torch.device,
+@dataclass
+class Local:
+    """What one rank brings to :func:`agree`: its local sizes and flat targets, and the
+    options that must be the same on every rank (``options``, named by ``option_names``)."""
+
+    width: int = 0
+    rows: int = 0
+    target: torch.Tensor | None = None  # flat int64 class indices
+    ignore_index: int = -100
+    option_names: tuple[str, ...] = ()
+    options: tuple[float, ...] = ()
+    chunk_size: int | None = None  # given by the caller
+    default_chunk: int = 0  # this rank's default chunk size (chunked losses)
+    vocab_start_index: int | None = None
+    rows_name: str = "local_logits"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The agreed vocabulary layout: this rank's first class, the global vocabulary size,
+    and the chunk size (the same on every rank; None where the op is not chunked)."""
+
+    start: int
+    total: int
+    chunk_size: int | None
+
+
+_OK, _VALUE, _TYPE = 0, 1, 2
+# columns of the table that every rank contributes to the one all_gather of agree()
+_ERR, _WIDTH, _ROWS, _TMIN, _TMAX, _TSUM, _TDOT, _CHUNK, _DEFAULT, _START = range(10)
+_OPTIONS = 6  # then up to this many options that must agree (the same length on every rank)
+
+
+def _row(mine: Local, error: Exception | None, device: torch.device) -> torch.Tensor:
+    """This rank's row of the table (float64: every int below 2**53 is exact), built on the
+    host and moved once; the targets' statistics are computed on their device (no sync)."""
+    values = [0.0] * (_START + 1 + _OPTIONS)
+    if error is not None:
+        values[_ERR] = _TYPE if isinstance(error, TypeError) else _VALUE
+        return torch.tensor(values, dtype=torch.float64).to(device)
+    values[_WIDTH], values[_ROWS], values[_TMAX] = mine.width, mine.rows, -1
+    values[_CHUNK] = -1 if mine.chunk_size is None else mine.chunk_size
+    values[_DEFAULT] = mine.default_chunk
+    values[_START] = -1 if mine.vocab_start_index is None else mine.vocab_start_index
+    values[_START + 1 : _START + 1 + len(mine.options)] = mine.options
+    head = torch.tensor(values, dtype=torch.float64).to(device)
+    t = mine.target
+    if t is not None and t.numel():
+        # range and fingerprint of the targets (read after the gather)
+        kept = t != mine.ignore_index
+        td = t.to(torch.float64)
+        weights = torch.arange(1, t.numel() + 1, dtype=torch.float64, device=t.device)
+        stats = [
+            torch.where(kept, td, 0.0).amin(),
+            torch.where(kept, td, -1.0).amax(),
+            td.sum(),
+            td @ weights,
+        ]
+        head[_TMIN : _TDOT + 1] = torch.stack(stats).to(device)
+    return head
+
+
+def _device(group: Any, tensor: Any) -> torch.device:
+    if isinstance(tensor, torch.Tensor):
+        return tensor.device
+    if "nccl" in str(dist.get_backend(group)).lower():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _differs(table: torch.Tensor, column: int) -> bool:
+    return bool((table[:, column] != table[0, column]).any())
+
+
+def agree(
     ranks: tuple[Any, int, int],
-    vocab_start_index: Any,
-    *,
-    need_total: bool,
-) -> tuple[int, int | None]:
-    """(vocab_start_index, global vocabulary size or None when unknown and not needed)."""
-    group, world, rank = ranks  # resolve_group's answer
-    if vocab_start_index is not None:
-        v.check_int("vocab_start_index", vocab_start_index, low=0)
+    mine: Local,
+    error: Exception | None,
+    like: Any = None,
+) -> Layout:
+    """Agree on validity and on the vocabulary layout with ONE all_gather, before any other
+    collective, so that bad input on one rank makes every rank raise the same error instead
+    of leaving the others blocked in a collective.
+
+    Each rank validates its arguments locally first (``error`` is what that raised, or
+    None) and contributes one small row (:data:`_ERR` ... options): an error code, its
+    slice width and row count, the range and a fingerprint of its targets, its chunk size
+    and the options that must agree. From the gathered (world, k) table every rank takes
+    the same decision: a local error (the lowest failing rank's type and message, shared on
+    that error path only with ``all_gather_object``), then rows, options, chunk sizes and
+    targets that differ between ranks, then targets outside [0, V). The normal path costs
+    this one all_gather of a few numbers per rank and one host sync. At world size 1 there
+    is no collective: ``error`` is raised as is.
+    """
+    group, world, rank = ranks
     if world == 1:
-        if vocab_start_index not in (None, 0):
+        if error is not None:
+            raise error
+        start = 0 if mine.vocab_start_index is None else mine.vocab_start_index
+        chunk = mine.default_chunk if mine.chunk_size is None else mine.chunk_size
+        return Layout(start, mine.width, chunk or None)
+    row = _row(mine, error, _device(group, like))
+    parts = [torch.empty_like(row) for _ in range(world)]
+    dist.all_gather(parts, row, group=group)
+    table = torch.stack(parts).cpu()
+    failed = [r for r in range(world) if table[r, _ERR] != _OK]
+    if failed:
+        messages = [None] * world
+        dist.all_gather_object(messages, None if error is None else str(error), group=group)
+        r = failed[0]
+        kind = TypeError if table[r, _ERR] == _TYPE else ValueError
+        others = f" (and ranks {failed[1:]})" if len(failed) > 1 else ""
+        raise kind(
+            f"{messages[r]} [on rank {r}{others} of {world}; raised on every rank of the group]"
+        )
+    if _differs(table, _ROWS):
+        raise ValueError(
+            f"{mine.rows_name} must have the same number of rows on every rank, got "
+            f"{table[:, _ROWS].long().tolist()} rows on ranks 0..{world - 1}"
+        )
+    for k, name in enumerate(mine.option_names):
+        if _differs(table, _START + 1 + k):
             raise ValueError(
-                f"vocab_start_index must be None or 0 at world size 1, got {vocab_start_index}"
+                f"{name} must be the same on every rank, got "
+                f"{table[:, _START + 1 + k].tolist()} on ranks 0..{world - 1}"
             )
-        return 0, width
-    if vocab_start_index is None:
-        # one all_gather of (V_local, N) per rank: the offsets, the global size, and a
-        # check that every rank holds the same rows
-        mine = torch.tensor([width, rows], dtype=torch.int64, device=device)
-        parts = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(parts, mine, group=group)
-        sizes = torch.stack(parts).cpu()
-        if bool((sizes[:, 1] != rows).any()):
-            raise ValueError(
-                f"local_logits must have the same number of rows on every rank, got "
-                f"{sizes[:, 1].tolist()} rows on ranks 0..{world - 1}"
-            )
-        return int(sizes[:rank, 0].sum()), int(sizes[:, 0].sum())
-    if not need_total:
-        return vocab_start_index, None
-    total = torch.tensor([width], dtype=torch.int64, device=device)
-    dist.all_reduce(total, group=group)
-    return vocab_start_index, int(total.item())
+    if _differs(table, _CHUNK):
+        given = ["None" if c < 0 else int(c) for c in table[:, _CHUNK].tolist()]
+        raise ValueError(
+            f"chunk_size must be the same on every rank (each chunk is one collective), got "
+            f"{given} on ranks 0..{world - 1}"
+        )
+    starts = table[:, _START]
+    if bool((starts < 0).any()) and not bool((starts < 0).all()):
+        raise ValueError(
+            f"vocab_start_index must be given on every rank or on none, got "
+            f"{['None' if s < 0 else int(s) for s in starts.tolist()]} on ranks 0..{world - 1}"
+        )
+    total = int(table[:, _WIDTH].sum())
+    outside = (table[:, _TMIN] < 0) | (table[:, _TMAX] >= total)
+    if bool(outside.any()):
+        r = int(outside.nonzero()[0, 0])
+        lo, hi = int(table[r, _TMIN]), int(table[r, _TMAX])
+        raise ValueError(
+            f"target must hold class indices in [0, {total - 1}] "
+            f"(or ignore_index={mine.ignore_index}), got {lo if lo < 0 else hi} on rank {r}"
+        )
+    if _differs(table, _TSUM) or _differs(table, _TDOT) or _differs(table, _TMAX):
+        raise ValueError(
+            "target must be identical on every rank (the targets are replicated), got "
+            f"different targets on some of ranks 0..{world - 1}"
+        )
+    start = int(table[:rank, _WIDTH].sum()) if starts[0] < 0 else int(starts[rank])
+    chunk = int(table[0, _CHUNK]) if table[0, _CHUNK] > 0 else int(table[:, _DEFAULT].min())
+    return Layout(start, total, chunk or None)
 
 
-def check_target(target: Any, batch_shape: torch.Size, source: str) -> None:
-    """Class indices (an integer dtype) of shape ``batch_shape``."""
+def check_target(target: Any, batch_shape: torch.Size, source: str) -> torch.Tensor:
+    """Class indices of any integer dtype of shape ``batch_shape``, returned flat as int64."""
     v.check_tensor("target", target)
     if target.dtype.is_floating_point or target.dtype == torch.bool or target.is_complex():
         raise TypeError(
@@ -86,20 +207,31 @@ def check_target(target: Any, batch_shape: torch.Size, source: str) -> None:
         raise ValueError(
             f"target must have shape {tuple(batch_shape)} ({source}), got {tuple(target.shape)}"
         )
+    return v.check_index_dtype("target", target).reshape(-1)
+
+
+def check_start(vocab_start_index: Any, world: int) -> int | None:
+    if vocab_start_index is not None:
+        v.check_int("vocab_start_index", vocab_start_index, low=0)
+        if world == 1 and vocab_start_index != 0:
+            raise ValueError(
+                f"vocab_start_index must be None or 0 at world size 1, got {vocab_start_index}"
+            )
+    return vocab_start_index
 
 
 def class_index(
-    target: torch.Tensor, ignore_index: int, total: int | None
+    flat: torch.Tensor, ignore_index: int, total: int, world: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat int64 class index, 0 on ignored rows; flat kept mask), the kept values checked
-    to lie in [0, V) where they can be read without a device sync."""
-    flat = target.reshape(-1)
+    """(flat int64 class index, 0 on ignored rows; flat kept mask). At world size 1 the kept
+    values are checked to lie in [0, V) where they can be read without a device sync (at
+    larger world sizes :func:`agree` has checked them)."""
     kept = flat != ignore_index
-    if checks_values(flat) and bool(kept.any()):
+    if world == 1 and checks_values(flat) and bool(kept.any()):
         lo, hi = int(flat[kept].min()), int(flat[kept].max())
-        if lo < 0 or (total is not None and hi >= total):
+        if lo < 0 or hi >= total:
             raise ValueError(
-                f"target must hold class indices in [0, {'V - 1' if total is None else total - 1}]"
+                f"target must hold class indices in [0, {total - 1}]"
                 f" (or ignore_index={ignore_index}), got {lo if lo < 0 else hi}"
             )
-    return torch.where(kept, flat, torch.zeros_like(flat)).to(torch.int64), kept
+    return torch.where(kept, flat, torch.zeros_like(flat)), kept

@@ -25,11 +25,13 @@ from softmaxkit._ops import cross_entropy as ce_ops
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions, default_chunk_size
 from softmaxkit.distributed._group import (
+    Local,
+    agree,
+    check_start,
     check_target,
     checks_values,
     class_index,
     resolve_group,
-    vocab_layout,
 )
 
 __all__ = ["vocab_parallel_linear_cross_entropy"]
@@ -144,8 +146,9 @@ def vocab_parallel_linear_cross_entropy(
         local_bias: optional (V_r,) slice of the output bias.
         group: the process group (default None: the default group); with no process group
             initialised this is the single-process case.
-        vocab_start_index: global index of this rank's first class. Default None: found with
-            one ``all_gather`` of (V_r, N) per rank (also gives V and checks N agrees).
+        vocab_start_index: global index of this rank's first class (given on every rank or
+            on none). Default None: the sum of the lower ranks' V_r, from the one checking
+            collective below.
         ignore_index: target value whose rows contribute 0 loss and 0 gradient (default -100).
         label_smoothing: :math:`\varepsilon \in [0, 1]` (default 0.0, torch's convention).
         reduction: "mean" (over the kept rows; 0 when none is kept), "sum" or "none".
@@ -153,8 +156,15 @@ def vocab_parallel_linear_cross_entropy(
         logsumexp_penalty: :math:`\lambda \ge 0` (default 0; PaLM uses 1e-4), averaged over
             the kept rows for "mean".
         chunk_size: rows per chunk; default :func:`softmaxkit.heads.linear_ce.default_chunk_size`
-            of this rank's slice, made equal on every rank by an all-reduce MIN (one host
-            sync; pass ``chunk_size`` to avoid it).
+            of this rank's slice, made equal on every rank (the smallest of the ranks'
+            defaults); a given ``chunk_size`` must be the same on every rank.
+
+    Bad input on one rank: every rank raises the same error. Each rank validates its
+    arguments, then ONE all_gather of a few numbers per rank (an error flag, V_r, N, the
+    chunk size, the options, the targets' range and fingerprint) lets every rank take the
+    same decision before any other collective (the failing rank's message is then shared),
+    so no rank is left blocked in a collective. That all_gather (and one host sync) is the
+    whole cost of the checks on the normal path; it also gives V and the offsets.
 
     Returns:
         The loss (0-d, or the target's shape for "none") in hidden's dtype, the same on
@@ -173,26 +183,51 @@ def vocab_parallel_linear_cross_entropy(
         >>> torch.allclose(loss, F.cross_entropy(h @ W.T, y, label_smoothing=0.1))
         True
     """
-    width, d = v.check_linear_layer(
-        "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
-    )
-    check_target(target, hidden.shape[:-1], "hidden's shape without d")
-    opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
-    ce_ops.check_options(*opts)
     ranks = resolve_group(group)
     group, world = ranks[0], ranks[1]
+    mine, error = Local(rows_name="hidden"), None
+    try:  # local checks; agree() then makes every rank raise alike, before any collective
+        width, d = v.check_linear_layer(
+            "hidden", hidden, "local_weight", local_weight, "local_bias", local_bias
+        )
+        flat = check_target(target, hidden.shape[:-1], "hidden's shape without d")
+        opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
+        ce_ops.check_options(*opts)
+        rows = flat.numel()
+        mine = Local(
+            width=width,
+            rows=rows,
+            target=flat,
+            ignore_index=ignore_index,
+            option_names=(
+                "ignore_index",
+                "label_smoothing",
+                "reduction",
+                "softcap",
+                "logsumexp_penalty",
+            ),
+            options=(
+                ignore_index,
+                float(label_smoothing),
+                v.REDUCTIONS.index(reduction),
+                -1.0 if softcap is None else float(softcap),
+                float(logsumexp_penalty),
+            ),
+            # the same number of chunks (of collectives) on every rank: a given chunk_size
+            # must agree; the default is the smallest of the ranks' defaults
+            chunk_size=chunk_size,
+            default_chunk=default_chunk_size(rows, width, d, compute_dtype(hidden)),
+            vocab_start_index=check_start(vocab_start_index, world),
+            rows_name="hidden",
+        )
+    except (TypeError, ValueError) as e:
+        error = e
+    layout = agree(ranks, mine, error, hidden)
+    start, total, chunk_size = layout.start, layout.total, layout.chunk_size
     x = hidden.reshape(-1, d)
-    rows = x.shape[0]
     eps = float(label_smoothing)
-    start, total = vocab_layout(width, rows, x.device, ranks, vocab_start_index, need_total=eps > 0)
-    class_index(target, ignore_index, total)  # checks the kept values where readable
-    flat = target.reshape(-1).long()
+    class_index(flat, ignore_index, total, world)  # checks the kept values at world size 1
     cdt = compute_dtype(hidden)
-    if chunk_size is None:
-        chunk_size = default_chunk_size(rows, width, d, cdt)
-        if world > 1:  # the same number of chunks (of collectives) on every rank
-            chunk = torch.tensor([chunk_size], device=x.device)
-            chunk_size = int(ce_ops.all_reduce(chunk, dist.ReduceOp.MIN, group, world).item())
     o = CrossEntropyOptions(
         reduction=reduction,
         ignore_index=ignore_index,

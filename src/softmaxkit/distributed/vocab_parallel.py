@@ -38,6 +38,15 @@ are used, so the NCCL backend works unchanged with CUDA tensors (each rank on it
 ``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))``). Memory: forward and backward run
 in row blocks, save only the input and (N,) statistics, and backward allocates only the
 gradient (Megatron saves an fp32 softmax of the shard).
+
+Bad input on one rank (a wrong shape or dtype, a target out of range or different from the
+other ranks', options or chunk sizes that differ) makes every rank raise the same error,
+naming the failing rank: each rank validates locally, then ONE all_gather of a few numbers
+per rank (an error flag, the slice width, the row count, the targets' range and
+fingerprint, the options) lets every rank take the same decision before any other
+collective; the failing rank's message is shared only on that error path. On the normal
+path this all_gather (which also gives the global V and this rank's offset) and one host
+sync are the whole cost of the checks. NaN logits are allowed and propagate to every rank.
 """
 
 from __future__ import annotations
@@ -53,11 +62,13 @@ from softmaxkit._ops import cross_entropy as ce_ops
 from softmaxkit._ops.blocks import compute_dtype, fill_where, row_blocks
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions
 from softmaxkit.distributed._group import (
+    Local,
+    agree,
+    check_start,
     check_target,
     checks_values,
     class_index,
     resolve_group,
-    vocab_layout,
 )
 
 __all__ = ["vocab_parallel_log_softmax", "vocab_parallel_cross_entropy"]
@@ -101,19 +112,24 @@ class _VocabParallelLogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
         lse = _global_lse(x, group, world)
-        out = x.to(compute_dtype(x)) - lse[:, None]
-        ctx.save_for_backward(out)
+        # a row that is all -inf over the whole vocabulary gives -inf (not -inf - -inf)
+        out = fill_where(
+            x.to(compute_dtype(x)) - lse[:, None], lse[:, None] == -torch.inf, -torch.inf
+        )
+        ctx.save_for_backward(out, lse)
         ctx.group, ctx.world, ctx.dtype = group, world, x.dtype
         return out.to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
+        out, lse = ctx.saved_tensors
         g = grad.to(out.dtype)
-        # d/dz_j sum_k g_k log p_k = g_j - p_j sum_k g_k, the sum over the GLOBAL vocabulary
+        # d/dz_j sum_k g_k log p_k = g_j - p_j sum_k g_k, the sum over the GLOBAL vocabulary;
+        # a fully masked row (lse = -inf) has zero gradient
         total = ce_ops.all_reduce(g.sum(1), dist.ReduceOp.SUM, ctx.group, ctx.world)
-        return (g - out.exp() * total[:, None]).to(ctx.dtype), None, None
+        out = fill_where(g - out.exp() * total[:, None], lse[:, None] == -torch.inf, 0.0)
+        return out.to(ctx.dtype), None, None
 
 
 def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None) -> torch.Tensor:
@@ -140,6 +156,11 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         group: the process group (default None: the default group). With no process group
             initialised this is the world-size-1 case and equals ``torch.log_softmax(z, -1)``.
 
+    A row that is -inf over the whole vocabulary (a fully masked row) gives -inf and zero
+    gradient, the library's convention (as :func:`softmaxkit.log_softmax`), not NaN.
+    Bad input on one rank makes every rank raise the same error (one small all_gather
+    before the other collectives; see :mod:`softmaxkit.distributed.vocab_parallel`).
+
     Returns:
         Log-probabilities of the local slice, shape and dtype of ``local_logits``.
 
@@ -153,10 +174,16 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         >>> vocab_parallel_log_softmax(z)
         tensor([[-0.1698, -2.1698, -3.1698]])
     """
-    _check_local_logits(local_logits)
-    group, world, _ = resolve_group(group)
+    ranks = resolve_group(group)
+    mine, error = Local(), None
+    try:
+        _check_local_logits(local_logits)
+        mine = Local(width=local_logits.shape[-1], rows=local_logits[..., 0].numel())
+    except (TypeError, ValueError) as e:
+        error = e
+    agree(ranks, mine, error, local_logits)  # every rank raises alike, before any collective
     x = local_logits.reshape(-1, local_logits.shape[-1])
-    return _VocabParallelLogSoftmax.apply(x, group, world).reshape(local_logits.shape)
+    return _VocabParallelLogSoftmax.apply(x, ranks[0], ranks[1]).reshape(local_logits.shape)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -267,10 +294,9 @@ def vocab_parallel_cross_entropy(
         group: the process group (default None: the default group). With no process group
             initialised (world size 1) this is exactly ``cross_entropy`` over the last
             dimension.
-        vocab_start_index: global index of this rank's first class. Default None: the sum
-            of the lower ranks' V_local, found with one ``all_gather`` of (V_local, N) per
-            rank (which also gives V and checks N agrees). Passing it skips that
-            collective; V is then all-reduced only when ``label_smoothing > 0``.
+        vocab_start_index: global index of this rank's first class (given on every rank or
+            on none). Default None: the sum of the lower ranks' V_local, from the checking
+            collective below.
         ignore_index: target value that contributes nothing (default -100, as torch).
         label_smoothing: :math:`\varepsilon \in [0, 1]` (default 0.0, as torch).
         reduction: "mean" (default), "sum" or "none" (per-row losses, ``target``'s shape).
@@ -291,19 +317,31 @@ def vocab_parallel_cross_entropy(
         >>> round(vocab_parallel_cross_entropy(z, y, label_smoothing=0.3).item(), 4)
         2.0698
     """
-    _check_local_logits(local_logits)
-    check_target(
-        target, local_logits.shape[:-1], "local_logits' shape without the vocabulary dimension"
-    )
-    v.check_int("ignore_index", ignore_index)
-    eps = v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
-    v.check_reduction(reduction)
     ranks = resolve_group(group)
+    mine, error = Local(), None
+    try:  # local checks; agree() then makes every rank raise alike, before any collective
+        _check_local_logits(local_logits)
+        flat = check_target(
+            target, local_logits.shape[:-1], "local_logits' shape without the vocabulary dimension"
+        )
+        v.check_int("ignore_index", ignore_index)
+        eps = v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
+        v.check_reduction(reduction)
+        mine = Local(
+            width=local_logits.shape[-1],
+            rows=flat.numel(),
+            target=flat,
+            ignore_index=ignore_index,
+            option_names=("ignore_index", "label_smoothing", "reduction"),
+            options=(ignore_index, float(eps), v.REDUCTIONS.index(reduction)),
+            vocab_start_index=check_start(vocab_start_index, ranks[1]),
+        )
+    except (TypeError, ValueError) as e:
+        error = e
+    layout = agree(ranks, mine, error, local_logits)
+    start, total = layout.start, layout.total
     x = local_logits.reshape(-1, local_logits.shape[-1])
-    start, total = vocab_layout(
-        x.shape[1], x.shape[0], x.device, ranks, vocab_start_index, need_total=eps > 0
-    )
-    index, kept = class_index(target, ignore_index, total)
+    index, kept = class_index(flat, ignore_index, total, ranks[1])
     o = CrossEntropyOptions(
         reduction=reduction,
         ignore_index=ignore_index,

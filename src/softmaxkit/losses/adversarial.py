@@ -17,6 +17,7 @@ Theoretical Analysis and Applications", ICML 2023, arXiv:2304.07288.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -82,8 +83,11 @@ def _comp_sum_rows(rows: Rows, tau: float) -> torch.Tensor:
 
 def _per_sample_norm(x: torch.Tensor, ord: float) -> torch.Tensor:
     """Norm of each sample (over all dims but the first), shaped to broadcast against x."""
-    flat = x.reshape(x.shape[0], -1)
-    norms = torch.linalg.vector_norm(flat, ord=ord, dim=1)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (0, d) for an empty batch
+    # scaled by the sample's max |x| before squaring: finite wherever the norm is
+    top = flat.abs().amax(1, keepdim=True) if flat.shape[1] else flat.new_ones(len(flat), 1)
+    top = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
+    norms = torch.linalg.vector_norm(flat / top, ord=ord, dim=1) * top.squeeze(1)
     return norms.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
@@ -100,7 +104,7 @@ def _random_start(x: torch.Tensor, radius: float, norm: str) -> torch.Tensor:
     # uniform in the l2 ball: uniform direction, radius * U^(1/dim)
     direction = torch.randn_like(x)
     direction = direction / _per_sample_norm(direction, 2).clamp_min(1e-12)
-    dim = x[0].numel()
+    dim = math.prod(x.shape[1:])  # (x[0] does not exist in an empty batch)
     u = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)
     return direction * radius * u.pow(1.0 / max(dim, 1))
 
@@ -367,9 +371,9 @@ class AdversarialCompSumLoss(LossModule):
         self.norm = v.check_choice("norm", norm, NORMS)
         self.steps = v.check_int("steps", steps, low=0)
         self.step_size = step_size
-        self.random_start = random_start
+        self.random_start = v.check_bool("random_start", random_start)
         self.input_range = input_range
-        self.eval_during_attack = eval_during_attack
+        self.eval_during_attack = v.check_bool("eval_during_attack", eval_during_attack)
         self.attack = attack
 
     def hyperparameters(self) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from softmaxkit import _validation as v
@@ -11,14 +9,15 @@ from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 
 
 def _rowdot(t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Per-row sum of t * h, (b,), overwriting the temporary ``h`` (faster than bmm)."""
-    return h.mul_(t).sum(1)
+    """Per-row sum of t * h, (b,), with 0 * inf = 0 (a class of zero weight costs nothing
+    even where its squared hinge overflows), overwriting the temporary ``h``."""
+    return h.mul_(t).masked_fill_(t == 0, 0.0).sum(1)
 
 
 def _finite_bound(dtype: torch.dtype) -> float:
-    """A bound on |o| whose square is finite: clamping o to it keeps a class with zero
-    weight at 0 (not 0 * inf = NaN) where o = +-inf; nothing below it changes."""
-    return math.sqrt(torch.finfo(dtype).max) / 4
+    """The dtype's largest finite value: clamping o to it maps +-inf to a finite hinge (so
+    a zero weight times it is 0, not NaN) and changes no finite o."""
+    return torch.finfo(dtype).max
 
 
 def _below(z: torch.Tensor, margin: float, big: float) -> torch.Tensor:

@@ -48,16 +48,21 @@ def _scaled(
     """
     if normalize is None:
         return torch.mul(z, 1.0 / lam, out=buf), None, False
+    k = z.shape[1]
     if normalize == "softplus_mean":
         torch.ops.aten.softplus.out(z, 1, 20, out=buf)
-        # all logits below ~-88 (float32) underflow softplus to 0: keep the divisor normal
-        scale = buf.mean(1, keepdim=True).clamp_(min=torch.finfo(buf.dtype).tiny)
-        return buf.mul_(1.0 / (scale * lam)), scale, False
+        # the mean as the sum of softplus / K: finite wherever the mean is (the plain sum
+        # overflows for logits near the dtype's maximum); all logits below ~-88 (float32)
+        # underflow softplus to 0: keep the divisor normal
+        tiny, top = torch.finfo(buf.dtype).tiny, torch.finfo(buf.dtype).max
+        scale = buf.mul_(1.0 / k).sum(1, keepdim=True).clamp_(min=tiny)
+        return buf.mul_(torch.div(k / lam, scale).clamp_(max=top)), scale, False
     torch.abs(z, out=buf)
     scale = buf.mean(1, keepdim=True)
     nonfinite = maybe_any(torch.isinf(scale))
-    if nonfinite:  # a -inf logit is an impossible class: it stays -inf, outside the norm
-        scale = buf.nan_to_num_(nan=0.0, posinf=0.0).mean(1, keepdim=True)
+    if nonfinite:  # a -inf logit is an impossible class: it stays -inf, outside the norm;
+        # the sum of |z| / K is finite wherever the mean is (the plain sum may overflow)
+        scale = buf.nan_to_num_(nan=0.0, posinf=0.0).mul_(1.0 / k).sum(1, keepdim=True)
     # an all-zero row (e.g. a zero-initialised head) stays 0, its gradient taken at scale 1
     scale = torch.where(scale > 0, scale, 1.0)
     # divide (not multiply by 1 / scale): a subnormal scale has no finite reciprocal
@@ -514,10 +519,12 @@ class ALDRKLLoss(LossModule):
         with torch.no_grad():
             self.lam.fill_(self.lam0)
 
-    def _check_index(self, index: torch.Tensor, logits: torch.Tensor) -> None:
+    def _check_index(self, index: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Dataset ids of any integer dtype, returned as int64, of the per-sample shape."""
         v.check_tensor("index", index)
         if index.dtype.is_floating_point or index.dtype == torch.bool or index.is_complex():
             raise TypeError(f"index must hold sample ids (an integer dtype), got {index.dtype}")
+        index = v.check_index_dtype("index", index)  # any integer dtype, as int64
         expected = tuple(_sample_shape(logits)) if logits.ndim >= 2 else None
         if expected is not None and tuple(index.shape) != expected:
             raise ValueError(
@@ -531,11 +538,12 @@ class ALDRKLLoss(LossModule):
                     f"index must hold sample ids in [0, {self.num_samples - 1}], "
                     f"got {lo if lo < 0 else hi}"
                 )
+        return index
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, index: torch.Tensor
     ) -> torch.Tensor:
-        self._check_index(index, logits)
+        index = self._check_index(index, logits)
         loss, lam_new = aldr_kl_loss(
             logits,
             target,
