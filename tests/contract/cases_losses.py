@@ -36,13 +36,11 @@ CLASS_FIELDS = {"labels": {1: "target"}, "magnitude": (0,)}
 # Test (l) at 3e38 (float32, bfloat16) does not apply where the result there is an average
 # of per-row or per-term values beyond the dtype's range (lse - z_y, log q_k or a sum of
 # logits reach twice the maximum): no float32 computation gets that average without a
-# wider accumulation (torch's own cross_entropy gives inf there as well). These cases keep
-# their magnitude= positions; tests/losses/test_extreme_magnitudes.py (and
-# tests/distributed/test_extreme_magnitudes.py) run test (l) on them at 1e19, 1e30 and
-# float16's 6e4.
+# wider accumulation (torch's own cross_entropy gives inf there as well). These cases set
+# beyond_max=BEYOND_RANGE: test (l) runs them at 1e19, 1e30 and float16's 6e4.
 BEYOND_RANGE = (
     "at 3e38 the per-row (or per-term) values exceed float32's range and only their "
-    "average is finite; tests/losses/test_extreme_magnitudes.py runs the other magnitudes"
+    "average is finite (torch's cross_entropy gives inf there too)"
 )
 TWIN_COMPILE = "module twin: its functional is compiled"
 TWIN_GRADCHECK = "module twin: the same autograd path is gradchecked on its functional"
@@ -142,6 +140,7 @@ def class_empty(extra: dict | None = None):
 
 def class_case(name, op, rows, *, extra=None, takes_probs=True, prob=True, **fields) -> Case:
     fields.setdefault("bad", class_bad())
+    fields.setdefault("labels", {1: "target"})  # class indices at position 1, every loss
     return Case(
         name=name,
         op=op,
@@ -532,7 +531,7 @@ kd = Case(
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0, C), randn(0, C)), grad=(0,)),
     magnitude=(0, 1),
-    skip={"magnitude": BEYOND_RANGE},
+    beyond_max=BEYOND_RANGE,
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
@@ -596,7 +595,7 @@ nkd = Case(
     empty=lambda: Sample((randn(0, C), randn(0, C), torch.zeros(0, dtype=torch.long)), grad=(0,)),
     labels={2: "target"},
     magnitude=(0, 1),
-    skip={"magnitude": BEYOND_RANGE},
+    beyond_max=BEYOND_RANGE,
     bad=[
         Bad({}, TypeError, "student_logits", args={0: [[1.0]]}),
         Bad({"temperature": 0.0}, ValueError, "temperature"),
@@ -651,7 +650,6 @@ def uskd_reference(
 
 
 USKD_SKIP = {
-    "magnitude": BEYOND_RANGE,
     "gradcheck": "the soft target labels p_y = S_y^2 + 1 - mean_batch(S_y^2) and the Zipf "
     "ranking are detached by definition (uskd_loss docstring): not the full derivative",
     "ignore_index": "mean_batch(S_y^2) runs over the kept rows, so ignoring a row changes the "
@@ -663,6 +661,7 @@ USKD_SKIP = {
 uskd = Case(
     name="softmaxkit.losses.uskd_loss",
     skip=USKD_SKIP,
+    beyond_max=BEYOND_RANGE,
     op=L.uskd_loss,
     samples=uskd_samples,
     reference=uskd_reference,
@@ -759,7 +758,7 @@ fdiv = Case(
     dim=True,
     empty=lambda: Sample((randn(0, C), randn(0, C), "kl"), grad=(0, 1)),
     magnitude=(0, 1),
-    skip={"magnitude": BEYOND_RANGE},
+    beyond_max=BEYOND_RANGE,
     bad=[
         Bad({}, ValueError, "kind", args={2: "nope"}),
         Bad({"dim": 2}, ValueError, "dim"),
@@ -811,7 +810,7 @@ def retrieval_case(name, op, rows, extra=None, **fields):
         reference=ref,
         reductions=REDUCTIONS,
         magnitude=(0,),
-        skip={"magnitude": BEYOND_RANGE},
+        beyond_max=BEYOND_RANGE,
         empty=lambda: Sample(
             (randn(0, C), torch.zeros(0, C, dtype=torch.bool)), dict(extra or {}), grad=(0,)
         ),
@@ -1026,7 +1025,7 @@ meco = Case(
     reductions=REDUCTIONS,
     empty=lambda: Sample((randn(0), randn(7)), grad=(0, 1)),
     magnitude=(0, 1),
-    skip={"magnitude": BEYOND_RANGE},
+    beyond_max=BEYOND_RANGE,
     bad=[
         Bad({}, TypeError, "f_data", args={0: [1.0]}),
         Bad({}, ValueError, "f_noise", args={1: randn(0)}),

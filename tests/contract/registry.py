@@ -79,6 +79,9 @@ class Case:
     magnitude: tuple[int, ...] = ()  # positions of floating args (logits, features) that the
     #   extreme-magnitude test scales to 1e19, 1e30, 3e38 (float32) and near float16/bfloat16's
     #   maximum: the output must be finite and close to float64 wherever float64's is finite
+    beyond_max: str = ""  # why test (l) does not run at 3e38: the per-row (or per-term)
+    #   values there exceed the dtype's range and only their average is finite (as with
+    #   torch's own cross_entropy); the other magnitudes still run
     masked_row: str | None = None  # what a row of all -inf in args[0] gives: "zeros" (a
     #   probability map) or "-inf" (a log map), the other rows unchanged, no NaN gradient
 

@@ -194,8 +194,8 @@ def test_empty_batch_and_module():
             torch.randn(3, 4),
             torch.tensor([0.0, 1.0, 2.0]),
             {},
-            ValueError,
-            r"or probabilities of the logits' shape \(3, 4\), got torch.float32 of shape \(3,\)",
+            TypeError,
+            r"target must hold class indices \(an integer dtype\), got torch.float32",
         ),
         (
             torch.randn(3, 4),
