@@ -172,6 +172,24 @@ def test_fp_grid_excludes_the_endpoint_unless_inclusive():
     torch.testing.assert_close(incl(data), data, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize(
+    "bits,mantissa,bias", [(4, 1, 3.3), (8, 3, 9.7), (6, 0, 17.2), (3, 1, 0.4)]
+)
+def test_fp_bit_pattern_codes_equal_the_official_formula(dtype, bits, mantissa, bias):
+    """The forward's integer path (rounding the bits of x 2^(bias - emin), subnormals on
+    the dtype's own subnormal grid) against LLM-FP4's log2 / exp2 formula, across every
+    binade, the subnormal range and the clip; bias 0.4 takes the formula path."""
+    g = torch.Generator().manual_seed(bits)
+    x = torch.cat([torch.rand(4000, generator=g, dtype=torch.float64) ** 6, test_inputs()])
+    q = calibrated(Q.FPQuantizer(bits, mantissa_bits=mantissa, bias=bias), x)
+    x = x.to(dtype)
+    np.testing.assert_allclose(R.np64(q(x)), R.fp_quant(x, bits, mantissa, bias), rtol=1e-6)
+    codes = q.quantize(x)
+    assert int(codes.max()) <= 2 ** (bits - 1) - 1
+    assert torch.equal(q.dequantize(codes, dtype=dtype), q(x))
+
+
 def test_binarizer_matches_bivit():
     p = probs(6, 10, seed=6, scale=2.0)
     np.testing.assert_array_equal(R.np64(Q.SoftmaxBinarizer()(p)), R.bivit(p))

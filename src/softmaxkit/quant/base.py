@@ -285,6 +285,12 @@ class Quantizer(nn.Module, abc.ABC):
         return f"bits={self.bits}, calibrated={bool(self.calibrated)}"
 
 
+def lookup(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``table[codes]`` for float codes holding integers (an int32 gather)."""
+    index = codes.reshape(-1).to(torch.int32)
+    return table.index_select(0, index).view(codes.shape)
+
+
 def _after_load(module: nn.Module, incompatible: Any) -> None:
     module._ready = bool(module.calibrated)
     module._sync()

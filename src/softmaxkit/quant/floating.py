@@ -8,7 +8,14 @@ import math
 import torch
 
 from softmaxkit import _validation as v
-from softmaxkit.quant.base import MAX_SAMPLES, SEARCH_SAMPLES, Quantizer, check_bits, mse
+from softmaxkit.quant.base import (
+    MAX_SAMPLES,
+    SEARCH_SAMPLES,
+    Quantizer,
+    check_bits,
+    lookup,
+    mse,
+)
 
 
 def mantissa_candidates(bits: int) -> tuple[int, ...]:
@@ -129,6 +136,8 @@ class FPQuantizer(Quantizer):
 
     def _sync(self) -> None:
         self._m, self._bias = int(self.mantissa_bits), float(self.bias)
+        codes = torch.arange(self.max_code + 1, dtype=torch.float64)
+        self._levels = self._values_of(codes, self._m, self._bias).to(self.bias.device)
 
     @property
     def exponent_bits(self) -> int:
@@ -182,10 +191,27 @@ class FPQuantizer(Quantizer):
         self.bias.fill_(best[2])
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._codes_of(x, self._m, self._bias)
+        # The codes are the rounded bits of w = min(x, m) 2^(beta - emin) (emin = 127 in
+        # float32, 1023 in float64): w's exponent field is the format's e, its mantissa
+        # rounded to M bits (round half to even, carrying into the exponent) is k, and
+        # the format's subnormal step 2^(1-M-beta) is the dtype's own subnormal grid.
+        # Same codes as the official float formula (up to the dtype's last-bit rounding
+        # of a tie), in a few integer passes instead of a log2 and an exp2 per entry.
+        mantissa_bits, int_type, emin = (
+            (23, torch.int32, 127) if x.dtype == torch.float32 else (52, torch.int64, 1023)
+        )
+        if not 1.0 <= self._bias <= 100.0:  # the shift constant would leave the normal range
+            return self._codes_of(x, self._m, self._bias)
+        shift = mantissa_bits - self._m
+        w = x.clamp(max=self.max_value).mul_(2.0 ** (self._bias - emin))
+        bits = w.view(int_type)
+        codes = bits.bitwise_right_shift(shift).bitwise_and_(1).add_(bits)
+        return codes.add_((1 << (shift - 1)) - 1).bitwise_right_shift_(shift)
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self._values_of(codes, self._m, self._bias)
+        wide = codes.dtype in (torch.float64, torch.int64)  # float64 input or its codes
+        levels = self._levels.to(codes.device, torch.float64 if wide else torch.float32)
+        return lookup(levels, codes)
 
     def _inside(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return x <= self.max_value

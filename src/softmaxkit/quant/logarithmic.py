@@ -35,6 +35,7 @@ from softmaxkit.quant.base import (
     best_by_mse,
     check_bits,
     check_candidates,
+    lookup,
     mse,
     quantile,
 )
@@ -42,21 +43,30 @@ from softmaxkit.quant.uniform import REPQ_PERCENTILES
 
 
 class _LogQuantizer(Quantizer):
-    """The shared log grid: subclasses give the exponent of a code (``_exponent``) and
-    the codes per octave (``_per_octave``)."""
+    """The shared log grid: subclasses give the codes per octave (``_per_octave``) and the
+    value of every code (``_level_table``, float64, refreshed by ``_sync``); decoding is a
+    lookup in that table (cheaper than an exp2 and a zero mask per entry)."""
 
     def __init__(self, bits: int, *, max_samples: int, seed: int) -> None:
         super().__init__(check_bits(bits, 2, 8), max_samples=max_samples, seed=seed)
         self.zero_code = 2**bits  # the flush-to-zero code
         self.max_code = self.zero_code
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("levels", torch.zeros(self.zero_code + 1, dtype=torch.float64))
+
+    def _level_table(self) -> torch.Tensor:
+        codes = torch.arange(self.zero_code + 1, dtype=torch.float64)
+        return self._values(codes, float(self.scale), self._per_octave())
+
+    def _sync(self) -> None:
+        self.levels = self._level_table().to(self.levels.device)
 
     def _per_octave(self) -> float:
         raise NotImplementedError
 
     def _codes(self, x: torch.Tensor, scale: float | torch.Tensor, k: float) -> torch.Tensor:
         # clamp to [0, 2^b]: every code >= 2^b (and +inf from x = 0) lands on the zero code
-        return torch.log2(x / scale).mul_(-k).round_().clamp_(0, self.zero_code)
+        return x.div(scale).log2_().mul_(-k).round_().clamp_(0, self.zero_code)
 
     def _values(self, codes: torch.Tensor, scale: float | torch.Tensor, k: float) -> torch.Tensor:
         out = torch.exp2(codes * (-1.0 / k)).mul_(scale)
@@ -66,7 +76,7 @@ class _LogQuantizer(Quantizer):
         return self._codes(x, self.scale.to(x.dtype), self._per_octave())
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self._values(codes, self.scale.to(codes.dtype), self._per_octave())
+        return lookup(self.levels.to(codes.dtype), codes)
 
     def _inside(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return (x <= self.scale.to(x.dtype)) & (codes != self.zero_code)
@@ -317,11 +327,14 @@ class AdaLogQuantizer(_LogQuantizer):
         self.fixed_q = None if base_q is None else v.check_int("base_q", base_q, low=1)
         self.search_samples = v.check_int("search_samples", search_samples, low=1)
         self.register_buffer("q", torch.tensor(self.r if base_q is None else base_q))
-        self.register_buffer("table", self._table(int(self.q)))
         self._sync()
 
     def _sync(self) -> None:
         self._q = int(self.q)
+        super()._sync()
+
+    def _level_table(self) -> torch.Tensor:
+        return self._table(self._q)
 
     def _per_octave(self) -> float:
         return self.r / self._q
@@ -352,13 +365,9 @@ class AdaLogQuantizer(_LogQuantizer):
                 scores.append(float(mse(self._table(q)[codes], sample)))
             best = 10 + min(range(len(scores)), key=scores.__getitem__)
         self.q.fill_(best)
-        self.table.copy_(self._table(best))
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._codes(x, 1.0, self._per_octave())
-
-    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.table.to(codes.dtype)[codes.long()]
 
     def _inside(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return (x <= 1.0) & (codes != self.zero_code)
