@@ -134,6 +134,45 @@ def test_adalog_base_search_matches_the_official_grid(bits, mode):
     np.testing.assert_allclose(R.np64(q(x)), R.adalog(x, int(q.q), bits, mode), rtol=1e-12)
 
 
+def test_adalog_output_aware_search_matches_the_official_objective():
+    a, v = gaussian_attention(5, 2.0, length=32, dim=16)
+    q = Q.AdaLogQuantizer(4, eq_n=40)
+    assert q.fit_output_aware(a, v) is None and q.calibrated
+    assert int(q.q) == R.adalog_output_search(a, v, 4, eq_n=40)
+    np.testing.assert_allclose(R.np64(q(a)), R.adalog(a, int(q.q), 4), rtol=1e-12)
+
+
+def test_adalog_fpcs_for_the_values_quantizer():
+    a, v = gaussian_attention(6, 2.0, length=32, dim=16)
+    raw = a @ v
+
+    def error(q, pair):
+        scale, zero = pair
+        vq = ((v / scale).round() + zero).clamp(0, 15).sub(zero).mul(scale)
+        return float(((q(a) @ vq - raw) ** 2).mean())
+
+    fpcs, grid = Q.AdaLogQuantizer(4, eq_n=32), Q.AdaLogQuantizer(4, eq_n=32)
+    pair_fpcs = fpcs.fit_output_aware(a, v, value_bits=4, search_round=2, steps=3)
+    pair_grid = grid.fit_output_aware(a, v, value_bits=4, search_round=2, fpcs=False)
+    # the official initial V quantizer: the second-to-last percentile candidate (the last
+    # of 8 zero points around 8, the third of 4 scales from the 10-90% to the full range)
+    lo, hi = np.quantile(R.np64(v), [0.1, 0.9]), np.quantile(R.np64(v), [0.0, 1.0])
+    low, high = lo[1] - lo[0], hi[1] - hi[0]
+    init = ((low + 2 / 3 * (high - low)) / 15, 11.0)
+    assert pair_fpcs[1] in range(4, 12) and pair_grid[1] in range(4, 12)
+    assert error(fpcs, pair_fpcs) < error(fpcs, init) and error(grid, pair_grid) < error(grid, init)
+    # FPCS refines around the best 16 grid pairs by offsets that skip the pair itself
+    # (linspace(0, 1, n) - 0.5 with n even), so it need not beat the plain grid
+    assert error(fpcs, pair_fpcs) <= 1.5 * error(grid, pair_grid)
+    for bad, name in (({"value_bits": 9}, "value_bits"), ({"steps": 0}, "steps")):
+        with pytest.raises(ValueError, match=name):
+            fpcs.fit_output_aware(a, v, **bad)
+    with pytest.raises(ValueError, match="values"):
+        fpcs.fit_output_aware(a, v.transpose(-1, -2))
+    with pytest.raises(ValueError, match="probs"):
+        fpcs.fit_output_aware(-a, v)
+
+
 def test_adalog_hardware_and_simulated_modes_differ_by_the_mantissa_table():
     x = test_inputs()
     hw = calibrated(Q.AdaLogQuantizer(4, base_q=23), x)(x)

@@ -139,6 +139,14 @@ def adalog_search(sample, bits: int, eq_n: int = 128, mode: str = "hardware") ->
     return 10 + int(np.argmin(scores))
 
 
+def adalog_output_search(a, v, bits: int, eq_n: int = 128, mode: str = "hardware") -> int:
+    """_search_best_A_log_base with V unquantized: argmin_q mean((A V - A_q V)^2)."""
+    a, v = np64(a), np64(v)
+    raw = a @ v
+    scores = [np.mean((raw - adalog(a, q, bits, mode) @ v) ** 2) for q in range(10, 10 + eq_n)]
+    return 10 + int(np.argmin(scores))
+
+
 # ---------------------------------------------------------------------------- LLM-FP4
 def fp_quant(x, bits: int, mantissa: int, bias: float) -> np.ndarray:
     """get_scale + round: maxval = (2 - 2^-M) 2^(2^E - 1 - bias), clamp, e = clamp(

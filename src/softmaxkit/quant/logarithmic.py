@@ -35,6 +35,7 @@ from softmaxkit.quant.base import (
     best_by_mse,
     check_bits,
     check_candidates,
+    check_nonnegative,
     lookup,
     mse,
     quantile,
@@ -361,8 +362,7 @@ class AdaLogQuantizer(_LogQuantizer):
             octaves = -torch.log2(sample)  # s = 1: the codes are round(octaves * r / q)
             scores = []
             for q in range(10, 10 + self.eq_n):
-                codes = (octaves * (self.r / q)).round_().clamp_(0, self.zero_code).long()
-                scores.append(float(mse(self._table(q)[codes], sample)))
+                scores.append(float(mse(self._fake(octaves, q), sample)))
             best = 10 + min(range(len(scores)), key=scores.__getitem__)
         self.q.fill_(best)
 
@@ -372,5 +372,145 @@ class AdaLogQuantizer(_LogQuantizer):
     def _inside(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         return (x <= 1.0) & (codes != self.zero_code)
 
+    def _fake(self, octaves: torch.Tensor, q: int) -> torch.Tensor:
+        """The quantized probabilities for base exponent ``q``, from ``-log2(p)``."""
+        codes = (octaves * (self.r / q)).round_().clamp_(0, self.zero_code).long()
+        return self._table(q).to(octaves.dtype)[codes]
+
+    @torch.no_grad()
+    def fit_output_aware(
+        self,
+        probs: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        value_bits: int | None = None,
+        search_round: int = 3,
+        fpcs: bool = True,
+        steps: int = 6,
+    ) -> tuple[float, float] | None:
+        r"""The official output-aware search: the base of ``probs`` (and, with
+        ``value_bits``, the uniform quantizer of ``values``) minimising the error of the
+        attention output against the float :math:`A V`.
+
+        With :math:`A` = ``probs`` (..., L, S) and :math:`V` = ``values`` (..., S, E):
+        :math:`q^* = \arg\min_q \operatorname{mean}\big((A V - A_q V_q)^2\big)` over
+        :math:`q \in \{10, \dots, 10 + n_{eq} - 1\}`, where :math:`V_q` is V quantized by
+        its uniform quantizer (or V itself when ``value_bits`` is None). With
+        ``value_bits``, V's asymmetric uniform quantizer
+        :math:`V_q = (\operatorname{clamp}(\lfloor V/s \rceil + z, 0, 2^{b_v} - 1) - z)s`
+        starts at the second-to-last percentile candidate and each of ``search_round``
+        rounds searches :math:`q`, then :math:`(s, z)` by FPCS (fast progressive
+        combining search: 16 zero points around :math:`2^{b_v - 1}` times
+        :math:`n_{eq}/16` scales between the (0.1, 0.9)- and (0, 1)-quantile ranges, keep
+        the best 16, refine each scale ``steps - 1`` times by :math:`n_{eq}/16` offsets
+        around it, halving the spread, keep the best 1 at the end), or a plain grid over
+        the candidates with ``fpcs=False``. As GoatWu/AdaLog's
+        ``PostSoftmaxAsymmetricallyBatchingQuantMatMul.hyperparameter_searching`` with
+        the 3/4/6-bit configs (``search_round`` 3, ``steps`` 6, ``eq_n`` 128), except:
+        V's quantizer is per tensor (the official one is per head) and quantiles are taken
+        over all of V at once (the official code averages them over mini-batches). As in
+        the official code, the refinement offsets :math:`(\mathrm{linspace}(0, 1, n) -
+        0.5)\delta` skip the kept scale itself when :math:`n` is even, so FPCS can end
+        slightly worse than the plain grid.
+
+        The quantizer is calibrated on return (``base_q`` of the constructor is ignored).
+
+        Returns:
+            ``(scale, zero_point)`` of V's quantizer, or None without ``value_bits``.
+
+        Example:
+            >>> import torch
+            >>> from softmaxkit.quant import AdaLogQuantizer
+            >>> g = torch.Generator().manual_seed(0)
+            >>> a = torch.randn(2, 16, 16, generator=g).softmax(-1)
+            >>> v = torch.randn(2, 16, 8, generator=g)
+            >>> q = AdaLogQuantizer(4, eq_n=32)
+            >>> scale, zero = q.fit_output_aware(a, v, value_bits=4)
+            >>> bool(q.calibrated)
+            True
+        """
+        v.check_floating("probs", probs)
+        v.check_floating("values", values)
+        check_nonnegative("probs", probs)
+        if probs.ndim < 2 or values.ndim < 2 or probs.shape[-1] != values.shape[-2]:
+            raise ValueError(
+                f"values must have shape (..., S, E) with S = probs.shape[-1], got probs "
+                f"{tuple(probs.shape)} and values {tuple(values.shape)}"
+            )
+        if value_bits is not None:
+            v.check_int("value_bits", value_bits, low=2, high=8)
+        v.check_int("search_round", search_round, low=1)
+        v.check_bool("fpcs", fpcs)
+        v.check_int("steps", steps, low=1)
+        a, vals = probs.double(), values.double()
+        raw, octaves = a @ vals, -torch.log2(a)
+        grid = list(range(10, 10 + self.eq_n))
+
+        def out_error(a_sim: torch.Tensor, v_sim: torch.Tensor) -> float:
+            return float(mse(a_sim @ v_sim, raw))
+
+        def search_q(v_sim: torch.Tensor) -> int:
+            scores = [out_error(self._fake(octaves, q), v_sim) for q in grid]
+            return grid[min(range(len(grid)), key=scores.__getitem__)]
+
+        if value_bits is None:
+            best_q, result = search_q(vals), None
+        else:
+            top = 2**value_bits - 1
+
+            def v_sim(scale: float, zero: float) -> torch.Tensor:
+                return (vals / scale).round_().add_(zero).clamp_(0, top).sub_(zero).mul_(scale)
+
+            scales, zeros = _value_candidates(vals, value_bits, self.eq_n)
+            state = (scales[-2], zeros[-2])
+            for _ in range(search_round):
+                best_q = search_q(v_sim(*state))
+                a_q = self._fake(octaves, best_q)
+
+                def err(pair, a_q=a_q):
+                    return out_error(a_q, v_sim(*pair))
+
+                pairs = list(zip(scales, zeros))
+                if not fpcs:
+                    state = min(pairs, key=err)
+                    continue
+                width, count = 16, max(self.eq_n // 16, 1)
+                spread = scales[1] - scales[0] if len(scales) > 1 else scales[0]
+                kept = sorted(pairs, key=err)[:width]
+                for step in range(steps - 1):
+                    offsets = [(i / max(count - 1, 1) - 0.5) * spread for i in range(count)]
+                    spread /= count - 0.5
+                    pairs = [(s + o, z) for s, z in kept for o in offsets]
+                    kept = sorted(pairs, key=err)[: 1 if step == steps - 2 else width]
+                state = kept[0]
+            result = (float(state[0]), float(state[1]))
+        self.q.fill_(best_q)
+        self.calibrated.fill_(True)
+        self._ready = True
+        self._sync()
+        return result
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mode={self.mode!r}, q={self._q}, r={self.r}"
+
+
+def _value_candidates(values: torch.Tensor, bits: int, eq_n: int) -> tuple[list, list]:
+    """AdaLog's ``calculate_percentile_candidates`` for V (per tensor): ``num_zp = min(16,
+    2^(b-1))`` zero points centred on :math:`2^{b-1}` times ``eq_n // num_zp`` scales from
+    the (0.1, 0.9)-quantile range to the (0, 1) range, over :math:`2^b - 1`; zero points
+    vary slowest (scale index fastest), as the official ``repeat`` / ``repeat_interleave``."""
+    flat = values.reshape(-1)
+    if flat.numel() > 1 << 24:  # torch.quantile's limit
+        flat = flat[
+            torch.randperm(flat.numel(), generator=torch.Generator().manual_seed(0))[: 1 << 24]
+        ]
+    levels = 2 ** (bits - 1)
+    num_zp = min(16, levels)
+    num_scale = max(eq_n // num_zp, 1)
+    q = torch.quantile(flat, torch.tensor([0.1, 0.9, 0.0, 1.0], dtype=flat.dtype))
+    low_range, high_range = float(q[1] - q[0]), float(q[3] - q[2])
+    steps = [i / max(num_scale - 1, 1) for i in range(num_scale)]
+    scales = [(low_range + t * (high_range - low_range)) / (2**bits - 1) for t in steps]
+    zeros = range(int(levels - num_zp / 2), int(levels + num_zp / 2))
+    pairs = [(s, float(z)) for z in zeros for s in scales]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
