@@ -52,14 +52,20 @@ from softmaxkit._ops.blocks import compute_dtype, maybe_any
 
 SOFTMAXES = ("softmax", "clipped")
 
-#: default key-block length of the blocked path. Measured on 2 cores, float32, clipped
-#: forward + backward at (B 2, H 8, L = S = 1024, E 64), time relative to block 256:
-#: see the module's report (64: 1.2, 128: 1.0, 256: 1.0, 512: 1.05, 1024: 1.1).
-DEFAULT_BLOCK = 256
 #: elements of one (batch, query block, key block) tile: the query block is sized so that
-#: a tile holds about this many entries (4 MiB of float32: it and its few same-sized
-#: temporaries stay in the last-level cache).
+#: a tile holds about this many entries (4 MiB of float32). Measured (float32 forward +
+#: backward, B 2, H 8, L = S = 1024, E 64, one thread, time / naive composition): 2^18: 1.1
+#: (2 threads), 2^20: 0.43, 2^22: 0.60, 2^23: 0.54.
 TILE_ELEMENTS = 1 << 20
+#: key-block length when rows are too long for whole-row tiles (or ``block_size``): with
+#: several key blocks a row costs two extra score matmuls and a few more element-wise
+#: passes, so blocks are only used where whole rows do not fit; measured at 2 threads
+#: (same shapes, block_size forced): 256: 2.9x naive, 512: 4.3x naive, whole rows 1.65x
+#: (on a loaded machine; whole rows win everywhere they fit).
+DEFAULT_BLOCK = 256
+#: by default a tile holds whole rows (one key block: the two walks share it and torch's
+#: fused softmax kernels compute the row statistics) while at least this many rows fit.
+MIN_ROWS = 8
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,14 +114,33 @@ def _scores(qs, k, mask, I: slice, J: slice, o: _Options) -> torch.Tensor:
     return s
 
 
-def _clip(p: torch.Tensor, o: _Options) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(y, kept)``: ``y = clamp((zeta - gamma) p + gamma, 0, 1)`` (or ``p`` for the plain
-    softmax) and the clip's gradient mask ``0 <= u <= 1`` (None where it passes everything)."""
-    if not o.clip:
-        return p, None
-    u = torch.mul(p, o.zeta - o.gamma).add_(o.gamma)
-    kept = (u >= 0) & (u <= 1)
-    return u.clamp_(0.0, 1.0), kept
+def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """The neighbours of 0 below and of 1 above in ``dtype``: ``lo < u < hi`` iff
+    ``0 <= u <= 1``, so the fused ``hardtanh_backward`` (exclusive bounds) passes the
+    gradient inclusively at 0 and 1 as ``torch.clamp`` does."""
+    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
+    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
+    return lo, hi
+
+
+def _probs(qs, k, mask, I: slice, J: slice, lse, o: _Options) -> torch.Tensor:
+    """The tile's softmax probabilities ``p``: from the row's ``lse`` when the row spans
+    several key blocks, else (``lse`` None: the tile holds whole rows) torch's fused softmax,
+    with rows that keep no key set to 0 (torch gives NaN there; a NaN in the first column is
+    its only possible sign, so the fill runs only when one is there)."""
+    s = _scores(qs, k, mask, I, J, o)
+    if lse is not None:
+        return s.sub_(lse).exp_()
+    p = torch.softmax(s, -1)
+    dead = p[..., :1].isnan()
+    if maybe_any(dead):
+        p.masked_fill_(dead, 0.0)
+    return p
+
+
+def _stretch(p: torch.Tensor, o: _Options) -> torch.Tensor:
+    """``u = (zeta - gamma) p + gamma`` (a new tensor); ``y = clamp(u, 0, 1)``."""
+    return torch.mul(p, o.zeta - o.gamma).add_(o.gamma)
 
 
 def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -137,30 +162,37 @@ def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor |
 # ----------------------------------------------------------------------------- forward
 
 
-def _row_lse(qs, k, mask, I: slice, o: _Options) -> torch.Tensor:
+def _row_lse(qs, k, mask, I: slice, spans: list[slice], o: _Options) -> torch.Tensor:
     """Pass 1: the (N, |I|, 1) log-sum-exp of query block ``I``'s scores; +inf for a row with
     nothing kept (so that its probabilities are exactly 0)."""
     lse = qs.new_full((qs.shape[0], I.stop - I.start, 1), -math.inf)
-    for J in _key_spans(I, k.shape[1], o):
+    for J in spans:
         s = _scores(qs, k, mask, I, J, o)
         torch.logaddexp(lse, torch.logsumexp(s, -1, keepdim=True), out=lse)
     return lse.masked_fill_(lse == -math.inf, math.inf)
 
 
 def _forward(qs, k, val, mask, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the output and the per-row lse (NaN in query blocks whose tile held whole
+    rows: backward recomputes those with the fused softmax)."""
     N, L = qs.shape[:2]
     out = qs.new_empty(N, L, val.shape[-1])
-    lse_all = qs.new_empty(N, L, 1)
+    lse_all = qs.new_full((N, L, 1), math.nan)
     for I in _spans(L, o.block_q):
-        lse = _row_lse(qs, k, mask, I, o)
-        acc = qs.new_zeros(N, I.stop - I.start, val.shape[-1])
-        for J in _key_spans(I, k.shape[1], o):
-            p = _scores(qs, k, mask, I, J, o).sub_(lse).exp_()  # pass 2
-            y, _ = _clip(p, o)
+        spans = _key_spans(I, k.shape[1], o)
+        lse = _row_lse(qs, k, mask, I, spans, o) if len(spans) > 1 else None
+        acc = None
+        for J in spans:  # pass 2
+            p = _probs(qs, k, mask, I, J, lse, o)
+            y = p.mul_(o.zeta - o.gamma).add_(o.gamma).clamp_(0.0, 1.0) if o.clip else p
             y, _ = _through_quantizer(y, None, o)
-            acc.baddbmm_(y, val[:, J])
+            if acc is None:
+                acc = torch.bmm(y, val[:, J])
+            else:
+                acc.baddbmm_(y, val[:, J])
         out[:, I] = acc
-        lse_all[:, I] = lse
+        if lse is not None:
+            lse_all[:, I] = lse
     return out, lse_all
 
 
@@ -168,32 +200,49 @@ def _forward(qs, k, val, mask, o: _Options) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def _tile_grads(qs, k, val, mask, lse, g, I, J, o):
-    """Recompute one tile: ``(p, Q(y), dL/dp)``."""
-    p = _scores(qs, k, mask, I, J, o).sub_(lse).exp_()
-    y, kept = _clip(p, o)
-    dy = torch.bmm(g, val[:, J].transpose(1, 2))  # dL/dQ(y)   (step 2)
+    """Recompute one tile: ``(p, Q(y), dL/dp)``; ``g`` is the output gradient of block I
+    times ``zeta - gamma`` (step 4 folded into the matmul of step 2; ``y`` and the clip's
+    test do not depend on it, and the quantizer's backward is linear in it)."""
+    p = _probs(qs, k, mask, I, J, lse, o)
+    dy = torch.bmm(g, val[:, J].transpose(1, 2))  # (zeta - gamma) dL/dQ(y)   (step 2)
+    if not o.clip:
+        yq, dp = _through_quantizer(p, dy, o)
+        return p, yq, dp
+    u = _stretch(p, o)
+    kept_lo, kept_hi = _open_bounds(u.dtype)
+    y = torch.clamp(u, 0.0, 1.0)
     yq, dy = _through_quantizer(y, dy, o)
-    if kept is not None:  # steps 3-4
-        dy.masked_fill_(~kept, 0.0).mul_(o.zeta - o.gamma)
-    return p, yq, dy
+    dp = torch.ops.aten.hardtanh_backward(dy, u, kept_lo, kept_hi)  # steps 3-4
+    return p, yq, dp
 
 
 def _backward(qs, k, val, mask, lse, g, o: _Options, need_mask_grad: bool):
     N, L = qs.shape[:2]
     dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(k), torch.zeros_like(val)
-    dmask = torch.zeros(mask.shape, dtype=qs.dtype, device=qs.device) if need_mask_grad else None
+    dmask = None
+    if need_mask_grad:
+        dmask = torch.zeros(mask.shape, dtype=qs.dtype, device=qs.device)
+    stretch = o.zeta - o.gamma if o.clip else 1.0
+    gs = g * stretch if stretch != 1.0 else g
     for I in _spans(L, o.block_q):
-        gI, lseI, qI = g[:, I], lse[:, I], qs[:, I]
-        D = qs.new_zeros(N, I.stop - I.start, 1)
+        gI, gsI, qI = g[:, I], gs[:, I], qs[:, I]
         spans = _key_spans(I, k.shape[1], o)
-        for J in spans:  # pass A: D_i = sum_j p_ij dp_ij   (step 5)
-            p, _, dp = _tile_grads(qs, k, val, mask, lseI, gI, I, J, o)
-            D += (p * dp).sum(-1, keepdim=True)
+        whole = len(spans) == 1
+        lseI = None if whole else lse[:, I]
+        D = None
+        if not whole:  # pass A: D_i = sum_j p_ij dp_ij   (step 5)
+            D = qs.new_zeros(N, I.stop - I.start, 1)
+            for J in spans:
+                p, _, dp = _tile_grads(qs, k, val, mask, lseI, gsI, I, J, o)
+                D += torch.linalg.vecdot(p, dp).unsqueeze(-1)
         dqI = torch.zeros_like(qI)
         for J in spans:  # pass B
-            p, yq, dp = _tile_grads(qs, k, val, mask, lseI, gI, I, J, o)
+            p, yq, dp = _tile_grads(qs, k, val, mask, lseI, gsI, I, J, o)
             dv[:, J] += torch.bmm(yq.transpose(1, 2), gI)  # step 1
-            ds = dp.sub_(D).mul_(p)  # step 5
+            if whole:  # the fused softmax backward: p (dp - sum_j p_j dp_j)
+                ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
+            else:
+                ds = dp.sub_(D).mul_(p)  # step 5
             dqI.baddbmm_(ds, k[:, J])  # step 6 (times scale below)
             dk[:, J] += torch.bmm(ds.transpose(1, 2), qI)  # qI is already scaled
             if dmask is not None:
@@ -411,7 +460,9 @@ def scaled_dot_product_attention(
         return _torch_sdpa(query, key, value, attn_mask, is_causal, scale)
     N = math.prod(batch)
     dtype = compute_dtype(query)
-    block_k = min(block_size or DEFAULT_BLOCK, S)
+    if block_size is None:  # whole rows while MIN_ROWS of them fit in one tile
+        block_size = S if N * S * MIN_ROWS <= TILE_ELEMENTS else DEFAULT_BLOCK
+    block_k = min(block_size, S)
     o = _Options(
         scale=scale,
         gamma=gamma,
