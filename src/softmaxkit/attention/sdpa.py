@@ -148,10 +148,12 @@ def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor |
     (its straight-through estimator). A calibrating quantizer returns its input unchanged and
     is not called again here (its statistics are gathered in the forward)."""
     q = o.quantizer
-    if q is None or getattr(q, "calibrating", False):
+    if q is None:
         return y, dy
-    if dy is None:
+    if dy is None:  # the forward
         return q(y), None
+    if getattr(q, "calibrating", False):  # returned y unchanged in the forward
+        return y, dy
     with torch.enable_grad():
         leaf = y.detach().requires_grad_(True)
         out = q(leaf)
