@@ -454,7 +454,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], 1)
             val = torch.cat([val, self.bias_v.expand(N, 1, E)], 1)
             attn_mask, key_padding_mask = _pad(attn_mask), _pad(key_padding_mask)
-        q, k, val = (t.view(N, -1, H, d).transpose(1, 2) for t in (q, k, val))
+        q, k, val = (t.view(N, t.shape[1], H, d).transpose(1, 2) for t in (q, k, val))
         if self.add_zero_attn:
             k = torch.cat([k, k.new_zeros(N, H, 1, d)], 2)
             val = torch.cat([val, val.new_zeros(N, H, 1, d)], 2)
