@@ -84,6 +84,17 @@ class _Options:
     out_dtype: torch.dtype
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """The blocked path's tensors: ``qs`` = q times the scale (N, L, E), ``k`` (N, S, E),
+    ``val`` (N, S, Ev), ``mask`` None / boolean / float (..., L, S)."""
+
+    qs: torch.Tensor
+    k: torch.Tensor
+    val: torch.Tensor
+    mask: torch.Tensor | None
+
+
 # ------------------------------------------------------------------------------- tiles
 
 
@@ -97,9 +108,10 @@ def _key_spans(rows: slice, S: int, o: _Options) -> list[slice]:
     return [J for J in _spans(S, o.block_k) if not o.causal or J.start < rows.stop]
 
 
-def _scores(qs, k, mask, I: slice, J: slice, o: _Options) -> torch.Tensor:
-    """The (N, |I|, |J|) tile of ``s = scale q k^T + mask`` (``qs`` is q already scaled)."""
-    s = torch.bmm(qs[:, I], k[:, J].transpose(1, 2))
+def _scores(x: _Inputs, I: slice, J: slice, o: _Options) -> torch.Tensor:
+    """The (N, |I|, |J|) tile of ``s = scale q k^T + mask``."""
+    s = torch.bmm(x.qs[:, I], x.k[:, J].transpose(1, 2))
+    mask = x.mask
     if mask is not None:
         tile = mask[..., I, J]
         view = s.view(*o.batch, *s.shape[1:])
@@ -123,12 +135,12 @@ def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return lo, hi
 
 
-def _probs(qs, k, mask, I: slice, J: slice, lse, o: _Options) -> torch.Tensor:
+def _probs(x: _Inputs, I: slice, J: slice, lse, o: _Options) -> torch.Tensor:
     """The tile's softmax probabilities ``p``: from the row's ``lse`` when the row spans
     several key blocks, else (``lse`` None: the tile holds whole rows) torch's fused softmax,
     with rows that keep no key set to 0 (torch gives NaN there; a NaN in the first column is
     its only possible sign, so the fill runs only when one is there)."""
-    s = _scores(qs, k, mask, I, J, o)
+    s = _scores(x, I, J, o)
     if lse is not None:
         return s.sub_(lse).exp_()
     p = torch.softmax(s, -1)
@@ -164,28 +176,29 @@ def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor |
 # ----------------------------------------------------------------------------- forward
 
 
-def _row_lse(qs, k, mask, I: slice, spans: list[slice], o: _Options) -> torch.Tensor:
+def _row_lse(x: _Inputs, I: slice, spans: list[slice], o: _Options) -> torch.Tensor:
     """Pass 1: the (N, |I|, 1) log-sum-exp of query block ``I``'s scores; +inf for a row with
     nothing kept (so that its probabilities are exactly 0)."""
-    lse = qs.new_full((qs.shape[0], I.stop - I.start, 1), -math.inf)
+    lse = x.qs.new_full((x.qs.shape[0], I.stop - I.start, 1), -math.inf)
     for J in spans:
-        s = _scores(qs, k, mask, I, J, o)
+        s = _scores(x, I, J, o)
         torch.logaddexp(lse, torch.logsumexp(s, -1, keepdim=True), out=lse)
     return lse.masked_fill_(lse == -math.inf, math.inf)
 
 
-def _forward(qs, k, val, mask, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
+def _forward(x: _Inputs, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output and the per-row lse (NaN in query blocks whose tile held whole
     rows: backward recomputes those with the fused softmax)."""
+    qs, val = x.qs, x.val
     N, L = qs.shape[:2]
     out = qs.new_empty(N, L, val.shape[-1])
     lse_all = qs.new_full((N, L, 1), math.nan)
     for I in _spans(L, o.block_q):
-        spans = _key_spans(I, k.shape[1], o)
-        lse = _row_lse(qs, k, mask, I, spans, o) if len(spans) > 1 else None
+        spans = _key_spans(I, x.k.shape[1], o)
+        lse = _row_lse(x, I, spans, o) if len(spans) > 1 else None
         acc = None
         for J in spans:  # pass 2
-            p = _probs(qs, k, mask, I, J, lse, o)
+            p = _probs(x, I, J, lse, o)
             y = p.mul_(o.zeta - o.gamma).add_(o.gamma).clamp_(0.0, 1.0) if o.clip else p
             y, _ = _through_quantizer(y, None, o)
             if acc is None:
@@ -201,12 +214,12 @@ def _forward(qs, k, val, mask, o: _Options) -> tuple[torch.Tensor, torch.Tensor]
 # ---------------------------------------------------------------------------- backward
 
 
-def _tile_grads(qs, k, val, mask, lse, g, I, J, o):
+def _tile_grads(x: _Inputs, I: slice, J: slice, lse, g, o: _Options):
     """Recompute one tile: ``(p, Q(y), dL/dp)``; ``g`` is the output gradient of block I
     times ``zeta - gamma`` (step 4 folded into the matmul of step 2; ``y`` and the clip's
     test do not depend on it, and the quantizer's backward is linear in it)."""
-    p = _probs(qs, k, mask, I, J, lse, o)
-    dy = torch.bmm(g, val[:, J].transpose(1, 2))  # (zeta - gamma) dL/dQ(y)   (step 2)
+    p = _probs(x, I, J, lse, o)
+    dy = torch.bmm(g, x.val[:, J].transpose(1, 2))  # (zeta - gamma) dL/dQ(y)   (step 2)
     if not o.clip:
         yq, dp = _through_quantizer(p, dy, o)
         return p, yq, dp
@@ -218,7 +231,8 @@ def _tile_grads(qs, k, val, mask, lse, g, I, J, o):
     return p, yq, dp
 
 
-def _backward(qs, k, val, mask, lse, g, o: _Options, need_mask_grad: bool):
+def _backward(x: _Inputs, lse, g, o: _Options, need_mask_grad: bool):
+    qs, k, val, mask = x.qs, x.k, x.val, x.mask
     N, L = qs.shape[:2]
     dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(k), torch.zeros_like(val)
     dmask = None
@@ -235,11 +249,11 @@ def _backward(qs, k, val, mask, lse, g, o: _Options, need_mask_grad: bool):
         if not whole:  # pass A: D_i = sum_j p_ij dp_ij   (step 5)
             D = qs.new_zeros(N, I.stop - I.start, 1)
             for J in spans:
-                p, _, dp = _tile_grads(qs, k, val, mask, lseI, gsI, I, J, o)
+                p, _, dp = _tile_grads(x, I, J, lseI, gsI, o)
                 D += torch.linalg.vecdot(p, dp).unsqueeze(-1)
         dqI = torch.zeros_like(qI)
         for J in spans:  # pass B
-            p, yq, dp = _tile_grads(qs, k, val, mask, lseI, gsI, I, J, o)
+            p, yq, dp = _tile_grads(x, I, J, lseI, gsI, o)
             dv[:, J] += torch.bmm(yq.transpose(1, 2), gI)  # step 1
             if whole:  # the fused softmax backward: p (dp - sum_j p_j dp_j)
                 ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
@@ -262,8 +276,7 @@ class _BlockedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, val, mask, o: _Options):
-        qs = q * o.scale
-        out, lse = _forward(qs, k, val, mask, o)
+        out, lse = _forward(_Inputs(q * o.scale, k, val, mask), o)
         ctx.o = o
         ctx.save_for_backward(q, k, val, mask, lse)
         return out.to(o.out_dtype)
@@ -275,7 +288,8 @@ class _BlockedAttention(torch.autograd.Function):
         o = ctx.o
         need_mask = mask is not None and mask.is_floating_point() and ctx.needs_input_grad[3]
         g = g.to(q.dtype).contiguous()
-        dq, dk, dv, dmask = _backward(q * o.scale, k, val, mask, lse, g, o, need_mask)
+        x = _Inputs(q * o.scale, k, val, mask)
+        dq, dk, dv, dmask = _backward(x, lse, g, o, need_mask)
         return dq, dk, dv, dmask, None
 
 
