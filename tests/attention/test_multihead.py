@@ -120,8 +120,9 @@ def test_new_path_with_plain_softmax_equals_torch(config, block_size):
     """gamma = 0, zeta = 1 makes the clipped softmax the plain one: the new path (projections,
     heads, masks, bias_kv, zero_attn, layouts) agrees with torch's to rounding."""
     theirs = torch_mha(**config)
-    ours = MultiheadAttention.from_torch(theirs, softmax="clipped", gamma=0.0, zeta=1.0,
-                                         block_size=block_size)
+    ours = MultiheadAttention.from_torch(
+        theirs, softmax="clipped", gamma=0.0, zeta=1.0, block_size=block_size
+    )
     q, k, v = inputs(config["batch_first"], config.get("kdim", E))
     for m, need in itertools.product(masks(), (True, False)):
         a = theirs(q, k, v, need_weights=need, average_attn_weights=False, **m)
@@ -177,9 +178,18 @@ GATES = ["conditional_per_token", "conditional_per_head", "unconditional_per_hea
 @pytest.mark.parametrize("hidden", [None, 3])
 def test_gated_clipped_attention_equals_the_reference(gate, gate_input, hidden):
     torch.manual_seed(0)
-    m = MultiheadAttention(E, H, softmax="clipped", gamma=-0.1, zeta=1.05, gate=gate,
-                           gate_input=gate_input, gate_mlp_hidden=hidden, gate_scale=1.5,
-                           dtype=F64)
+    m = MultiheadAttention(
+        E,
+        H,
+        softmax="clipped",
+        gamma=-0.1,
+        zeta=1.05,
+        gate=gate,
+        gate_input=gate_input,
+        gate_mlp_hidden=hidden,
+        gate_scale=1.5,
+        dtype=F64,
+    )
     with torch.no_grad():  # move the gate off its init so every weight matters
         for p in m.gate_proj.parameters():
             p.add_(rand(*p.shape, seed=11))
@@ -188,9 +198,17 @@ def test_gated_clipped_attention_equals_the_reference(gate, gate_input, hidden):
     for need in (True, False):
         out, _ = m(q, k, v, key_padding_mask=kpm, need_weights=need)
         ref = attention_ref.gated_mha(
-            q.numpy(), k.numpy(), v.numpy(), ref_params(m), num_heads=H, gate=gate,
-            gate_input=gate_input, gate_scale=1.5, keep=~kpm[:, None, :].expand(N, L, S).numpy(),
-            gamma=-0.1, zeta=1.05,
+            q.numpy(),
+            k.numpy(),
+            v.numpy(),
+            ref_params(m),
+            num_heads=H,
+            gate=gate,
+            gate_input=gate_input,
+            gate_scale=1.5,
+            keep=~kpm[:, None, :].expand(N, L, S).numpy(),
+            gamma=-0.1,
+            zeta=1.05,
         )
         np.testing.assert_allclose(out.detach().numpy(), ref, atol=1e-12, rtol=1e-10)
 
@@ -202,8 +220,16 @@ def test_gate_starts_at_gate_init(gate, gate_input, init):
     """With the gate's last weight at 0 (gate_init_std=0) the gate is exactly gate_init:
     the output is the ungated one with the context scaled by gate_init * gate_scale."""
     torch.manual_seed(0)
-    gated = MultiheadAttention(E, H, gate=gate, gate_input=gate_input, gate_init=init,
-                               gate_init_std=0.0, gate_scale=2.0, dtype=F64)
+    gated = MultiheadAttention(
+        E,
+        H,
+        gate=gate,
+        gate_input=gate_input,
+        gate_init=init,
+        gate_init_std=0.0,
+        gate_scale=2.0,
+        dtype=F64,
+    )
     plain = MultiheadAttention(E, H, dtype=F64)
     plain.load_state_dict(gated.state_dict(), strict=False)
     with torch.no_grad():
@@ -211,8 +237,9 @@ def test_gate_starts_at_gate_init(gate, gate_input, init):
     q, k, v = inputs()
     torch.testing.assert_close(gated(q, k, v)[0], plain(q, k, v)[0], atol=1e-12, rtol=1e-10)
     if gate == "unconditional_per_head":
-        torch.testing.assert_close(torch.sigmoid(gated.gate_proj.logit),
-                                   torch.full((H,), init, dtype=F64))
+        torch.testing.assert_close(
+            torch.sigmoid(gated.gate_proj.logit), torch.full((H,), init, dtype=F64)
+        )
 
 
 def test_official_default_init_of_the_per_head_linear():
@@ -225,8 +252,9 @@ def test_official_default_init_of_the_per_head_linear():
 
 def test_need_weights_path_equals_blocked_path_and_weights_are_clipped():
     torch.manual_seed(0)
-    m = MultiheadAttention(E, H, softmax="clipped", gamma=-0.2, gate="conditional_per_head",
-                           dtype=F64)
+    m = MultiheadAttention(
+        E, H, softmax="clipped", gamma=-0.2, gate="conditional_per_head", dtype=F64
+    )
     q, k, v = inputs()
     a, w = m(q, k, v, average_attn_weights=False)
     b, none = m(q, k, v, need_weights=False)
@@ -237,17 +265,22 @@ def test_need_weights_path_equals_blocked_path_and_weights_are_clipped():
 
 def test_gradcheck_gated_clipped():
     torch.manual_seed(0)
-    m = MultiheadAttention(E, H, softmax="clipped", gamma=-0.1, gate="conditional_per_token",
-                           gate_mlp_hidden=2, dtype=F64)
+    m = MultiheadAttention(
+        E,
+        H,
+        softmax="clipped",
+        gamma=-0.1,
+        gate="conditional_per_token",
+        gate_mlp_hidden=2,
+        dtype=F64,
+    )
     q, k, v = (t.requires_grad_() for t in inputs())
     kpm = masks()[1]["key_padding_mask"]
     assert torch.autograd.gradcheck(
         lambda a, b, c: m(a, b, c, key_padding_mask=kpm, need_weights=False)[0], (q, k, v)
     )
     m.block_size = 2
-    assert torch.autograd.gradcheck(
-        lambda a, b, c: m(a, b, c, need_weights=False)[0], (q, k, v)
-    )
+    assert torch.autograd.gradcheck(lambda a, b, c: m(a, b, c, need_weights=False)[0], (q, k, v))
 
 
 # ------------------------------------------------------------- torch's own layers
@@ -260,8 +293,7 @@ def test_inside_torch_encoder_layer_in_inference():
     layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=16, batch_first=True).eval()
     vanilla = nn.TransformerEncoderLayer(E, H, dim_feedforward=16, batch_first=True).eval()
     vanilla.load_state_dict(layer.state_dict())
-    layer.self_attn = MultiheadAttention.from_torch(layer.self_attn, softmax="clipped",
-                                                    gamma=-0.2)
+    layer.self_attn = MultiheadAttention.from_torch(layer.self_attn, softmax="clipped", gamma=-0.2)
     x = rand(N, L, E, dtype=torch.float32)
     with torch.no_grad():
         fast = layer(x)
@@ -363,8 +395,11 @@ def test_constructor_errors(kwargs, error, name):
     "kwargs,error,name",
     [
         ({"key_padding_mask": torch.ones(N, S, dtype=torch.long)}, TypeError, "key_padding_mask"),
-        ({"key_padding_mask": torch.ones(N, S + 1, dtype=torch.bool)}, ValueError,
-         "key_padding_mask"),
+        (
+            {"key_padding_mask": torch.ones(N, S + 1, dtype=torch.bool)},
+            ValueError,
+            "key_padding_mask",
+        ),
         ({"attn_mask": torch.ones(L, S, dtype=torch.int32)}, TypeError, "attn_mask"),
         ({"attn_mask": torch.ones(H, L, S, dtype=torch.bool)}, ValueError, "attn_mask"),
         ({"is_causal": True}, ValueError, "attn_mask"),

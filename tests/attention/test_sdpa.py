@@ -82,11 +82,23 @@ def test_clipped_masks_equal_the_reference(block_size, kind):
         mask = keep_mask()
     elif kind == "float":
         mask = rand(3, 1, S, seed=9).masked_fill(torch.arange(S) == 3, -math.inf)
-    out = sdpa(q, k, v, attn_mask=mask, is_causal=causal, softmax="clipped", gamma=-0.1,
-               block_size=block_size)
+    out = sdpa(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        is_causal=causal,
+        softmax="clipped",
+        gamma=-0.1,
+        block_size=block_size,
+    )
     ref = attention_ref.attention(
-        np64(q), np64(k), np64(v), None if mask is None else mask.numpy(),
-        causal=causal, gamma=-0.1,
+        np64(q),
+        np64(k),
+        np64(v),
+        None if mask is None else mask.numpy(),
+        causal=causal,
+        gamma=-0.1,
     )
     np.testing.assert_allclose(out.numpy(), ref, atol=1e-12, rtol=1e-10)
 
@@ -125,13 +137,13 @@ def test_plain_softmax_through_the_blocked_path_equals_torch(block_size, L, S):
     alignment) agrees with torch's SDPA, forward and backward."""
     q, k, v = (t.requires_grad_() for t in qkv(L=L, S=S))
     for causal in (False, True):
-        ours = sdpa(q, k, v, is_causal=causal, softmax="clipped", gamma=0.0,
-                    block_size=block_size)
+        ours = sdpa(q, k, v, is_causal=causal, softmax="clipped", gamma=0.0, block_size=block_size)
         theirs = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-10)
         g = rand(*ours.shape, seed=5)
-        for a, b in zip(torch.autograd.grad(ours, (q, k, v), g),
-                        torch.autograd.grad(theirs, (q, k, v), g)):
+        for a, b in zip(
+            torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(theirs, (q, k, v), g)
+        ):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
@@ -153,8 +165,17 @@ def test_gradcheck_blocked_clipped(block_size, kind):
 
     def fn(*xs):
         m = xs[3] if len(xs) == 4 else mask
-        return sdpa(xs[0], xs[1], xs[2], attn_mask=m, is_causal=causal, softmax="clipped",
-                    gamma=-0.1, zeta=1.05, block_size=block_size)
+        return sdpa(
+            xs[0],
+            xs[1],
+            xs[2],
+            attn_mask=m,
+            is_causal=causal,
+            softmax="clipped",
+            gamma=-0.1,
+            zeta=1.05,
+            block_size=block_size,
+        )
 
     assert torch.autograd.gradcheck(fn, inputs, atol=1e-8)
 
@@ -169,13 +190,22 @@ def test_gradient_equals_the_naive_composition_with_inputs_on_the_bounds(block_s
     mask[1] = False
     mask[1, 3] = True  # one key kept: p = 1
     for gamma, zeta in ((-0.2, 1.0), (0.0, 1.0), (-0.1, 1.2)):
-        ours = sdpa(q, k, v, attn_mask=mask, softmax="clipped", gamma=gamma, zeta=zeta,
-                    block_size=block_size)
+        ours = sdpa(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            softmax="clipped",
+            gamma=gamma,
+            zeta=zeta,
+            block_size=block_size,
+        )
         ref = naive(q, k, v, mask, gamma=gamma, zeta=zeta)
         torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
         g = rand(*ours.shape, seed=8)
-        for a, b in zip(torch.autograd.grad(ours, (q, k, v), g),
-                        torch.autograd.grad(ref, (q, k, v), g)):
+        for a, b in zip(
+            torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)
+        ):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
@@ -202,10 +232,11 @@ def test_saves_only_inputs_and_per_row_statistics():
 def test_output_does_not_depend_on_the_block_size(L, S, block, gamma, zeta, causal):
     q, k, v = qkv(B=(2,), L=L, S=S)
     whole = sdpa(q, k, v, is_causal=causal, softmax="clipped", gamma=gamma, zeta=zeta)
-    blocked = sdpa(q, k, v, is_causal=causal, softmax="clipped", gamma=gamma, zeta=zeta,
-                   block_size=block)
+    blocked = sdpa(
+        q, k, v, is_causal=causal, softmax="clipped", gamma=gamma, zeta=zeta, block_size=block
+    )
     torch.testing.assert_close(blocked, whole, atol=1e-12, rtol=1e-10)
-    assert bool(((blocked.abs() <= v.abs().sum(-2, keepdim=True) + 1e-12)).all())
+    assert bool((blocked.abs() <= v.abs().sum(-2, keepdim=True) + 1e-12).all())
 
 
 def test_query_blocks_of_one_row(monkeypatch):
@@ -334,18 +365,32 @@ def test_quantizer_per_block_equals_quantizer_on_the_matrix(softmax, block_size)
     mask = keep_mask()
     quant = RoundQuantizer()
     gamma = -0.1 if softmax == "clipped" else 0.0
-    ours = sdpa(q, k, v, attn_mask=mask, softmax=softmax, gamma=gamma,
-                probs_quantizer=quant, block_size=block_size)
+    ours = sdpa(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        softmax=softmax,
+        gamma=gamma,
+        probs_quantizer=quant,
+        block_size=block_size,
+    )
     ref = naive(q, k, v, mask, gamma=gamma, quantizer=quant)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=1e-10)
     refq = attention_ref.attention(
-        np64(q), np64(k), np64(v), mask.numpy(), gamma=gamma, clipped=softmax == "clipped",
+        np64(q),
+        np64(k),
+        np64(v),
+        mask.numpy(),
+        gamma=gamma,
+        clipped=softmax == "clipped",
         quantizer=lambda p: np.round(p * 15) / 15,
     )
     np.testing.assert_allclose(ours.detach().numpy(), refq, atol=1e-12)
     g = rand(*ours.shape, seed=3)
-    for a, b in zip(torch.autograd.grad(ours, (q, k, v), g),
-                    torch.autograd.grad(ref, (q, k, v), g)):
+    for a, b in zip(
+        torch.autograd.grad(ours, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)
+    ):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
@@ -378,8 +423,9 @@ def test_compile_equals_eager():
     compiled = torch.compile(both, backend="aot_eager")(q, k, v)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
     g = torch.randn(eager.shape)
-    for a, b in zip(torch.autograd.grad(compiled, (q, k, v), g),
-                    torch.autograd.grad(eager, (q, k, v), g)):
+    for a, b in zip(
+        torch.autograd.grad(compiled, (q, k, v), g), torch.autograd.grad(eager, (q, k, v), g)
+    ):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -397,8 +443,11 @@ def test_compile_equals_eager():
         ({"query": torch.ones(2, 3, 7, 5, dtype=torch.long)}, TypeError, "query"),
         ({"attn_mask": torch.ones(7, 9, dtype=torch.long)}, TypeError, "attn_mask"),
         ({"attn_mask": torch.ones(7, 8, dtype=torch.bool)}, ValueError, "attn_mask"),
-        ({"attn_mask": torch.ones(7, 9, dtype=torch.bool), "is_causal": True}, ValueError,
-         "is_causal"),
+        (
+            {"attn_mask": torch.ones(7, 9, dtype=torch.bool), "is_causal": True},
+            ValueError,
+            "is_causal",
+        ),
         ({"is_causal": 1}, TypeError, "is_causal"),
         ({"softmax": "sparsemax"}, ValueError, "softmax"),
         ({"gamma": 0.1}, ValueError, "gamma"),

@@ -50,13 +50,32 @@ def sdpa_samples(dtype):
     ]
 
 
-def sdpa_reference(q, k, v, *, attn_mask=None, is_causal=False, softmax="softmax",
-                   gamma=-0.025, zeta=1.0, block_size=None, **_):
+def sdpa_reference(
+    q,
+    k,
+    v,
+    *,
+    attn_mask=None,
+    is_causal=False,
+    softmax="softmax",
+    gamma=-0.025,
+    zeta=1.0,
+    block_size=None,
+    **_,
+):
     return attention_ref.attention(
-        np64(q), np64(k), np64(v),
-        None if attn_mask is None else attn_mask.numpy() if attn_mask.dtype == torch.bool
+        np64(q),
+        np64(k),
+        np64(v),
+        None
+        if attn_mask is None
+        else attn_mask.numpy()
+        if attn_mask.dtype == torch.bool
         else np64(attn_mask),
-        causal=is_causal, gamma=gamma, zeta=zeta, clipped=softmax == "clipped",
+        causal=is_causal,
+        gamma=gamma,
+        zeta=zeta,
+        clipped=softmax == "clipped",
     )
 
 
@@ -75,7 +94,8 @@ register(
         reference=sdpa_reference,
         baseline=sdpa_baseline,
         empty=lambda: Sample(
-            (randn(0, L, E), randn(0, S, E), randn(0, S, EV)), {"softmax": "clipped"},
+            (randn(0, L, E), randn(0, S, E), randn(0, S, EV)),
+            {"softmax": "clipped"},
             grad=(0, 1, 2),
         ),
         bad=[
@@ -125,30 +145,63 @@ def mha_samples(dtype):
     q, k, v = (randn(N, T + 1, D, dtype=dtype, seed=s) for s in (2, 3, 4))
     kpm = torch.tensor([[False, False, True, False, True], [True, False, False, False, False]])
     return [
-        Sample((x, x, x), {"softmax": "clipped", "gate": "conditional_per_token",
-                           "need_weights": False}, grad=(0,)),
+        Sample(
+            (x, x, x),
+            {"softmax": "clipped", "gate": "conditional_per_token", "need_weights": False},
+            grad=(0,),
+        ),
         Sample(
             (q[:, :T], k, v),
-            {"gate": "conditional_per_head", "gate_input": "all_features",
-             "key_padding_mask": kpm},
+            {"gate": "conditional_per_head", "gate_input": "all_features", "key_padding_mask": kpm},
             grad=(0, 1, 2),
         ),
         Sample((q[:, :T], k, v), {}, grad=(0, 1, 2)),
         Sample(
             (x, x, x),
-            {"softmax": "clipped", "gamma": -0.1, "gate": "unconditional_per_head",
-             "gate_mlp_hidden": 2},
+            {
+                "softmax": "clipped",
+                "gamma": -0.1,
+                "gate": "unconditional_per_head",
+                "gate_mlp_hidden": 2,
+            },
             grad=(0,),
         ),
-        Sample((x, x, x), {"softmax": "clipped", "gate": "conditional_per_token",
-                           "gate_mlp_hidden": 2, "need_weights": False}, grad=(0,)),
+        Sample(
+            (x, x, x),
+            {
+                "softmax": "clipped",
+                "gate": "conditional_per_token",
+                "gate_mlp_hidden": 2,
+                "need_weights": False,
+            },
+            grad=(0,),
+        ),
     ]
 
 
-def mha_reference(query, key, value, *, softmax="softmax", gamma=-0.025, zeta=1.0, gate=None,
-                  gate_input="head_slice", gate_mlp_hidden=None, key_padding_mask=None, **_):
-    m = build_mha(torch.float64, softmax=softmax, gamma=gamma, zeta=zeta, gate=gate,
-                  gate_input=gate_input, gate_mlp_hidden=gate_mlp_hidden)
+def mha_reference(
+    query,
+    key,
+    value,
+    *,
+    softmax="softmax",
+    gamma=-0.025,
+    zeta=1.0,
+    gate=None,
+    gate_input="head_slice",
+    gate_mlp_hidden=None,
+    key_padding_mask=None,
+    **_,
+):
+    m = build_mha(
+        torch.float64,
+        softmax=softmax,
+        gamma=gamma,
+        zeta=zeta,
+        gate=gate,
+        gate_input=gate_input,
+        gate_mlp_hidden=gate_mlp_hidden,
+    )
     p = {
         "in_proj_weight": np64(m.in_proj_weight),
         "in_proj_bias": np64(m.in_proj_bias),
@@ -166,12 +219,23 @@ def mha_reference(query, key, value, *, softmax="softmax", gamma=-0.025, zeta=1.
         p["w"], p["b"] = np64(g.proj.weight), np64(g.proj.bias)
     keep_mask = None
     if key_padding_mask is not None:
-        keep_mask = (~key_padding_mask)[:, None, :].expand(
-            query.shape[0], query.shape[1], key.shape[1]
-        ).numpy()
+        keep_mask = (
+            (~key_padding_mask)[:, None, :]
+            .expand(query.shape[0], query.shape[1], key.shape[1])
+            .numpy()
+        )
     return attention_ref.gated_mha(
-        np64(query), np64(key), np64(value), p, num_heads=H, gate=gate, gate_input=gate_input,
-        keep=keep_mask, gamma=gamma, zeta=zeta, clipped=softmax == "clipped",
+        np64(query),
+        np64(key),
+        np64(value),
+        p,
+        num_heads=H,
+        gate=gate,
+        gate_input=gate_input,
+        keep=keep_mask,
+        gamma=gamma,
+        zeta=zeta,
+        clipped=softmax == "clipped",
     )
 
 
@@ -194,8 +258,11 @@ register(
         bad=[
             Bad({"softmax": "entmax"}, ValueError, "softmax"),
             Bad({"gate": "per_token"}, ValueError, "gate"),
-            Bad({"key_padding_mask": torch.ones(N, T, dtype=torch.long)}, TypeError,
-                "key_padding_mask"),
+            Bad(
+                {"key_padding_mask": torch.ones(N, T, dtype=torch.long)},
+                TypeError,
+                "key_padding_mask",
+            ),
             Bad({}, ValueError, "query", args={0: randn(N, T, D + 1, dtype=torch.float32)}),
         ],
         skip={

@@ -82,8 +82,21 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def gated_mha(x, key, value, params, *, num_heads, gate=None, gate_input="head_slice",
-              gate_scale=1.0, keep=None, gamma=-0.025, zeta=1.0, clipped=True):
+def gated_mha(
+    x,
+    key,
+    value,
+    params,
+    *,
+    num_heads,
+    gate=None,
+    gate_input="head_slice",
+    gate_scale=1.0,
+    keep=None,
+    gamma=-0.025,
+    zeta=1.0,
+    clipped=True,
+):
     """Gated multi-head attention of batch-first (N, L, E) / (N, S, E) arrays.
 
     ``params``: in_proj_weight (3E, E), in_proj_bias (3E,), out_weight (E, E), out_bias (E,)
@@ -93,7 +106,7 @@ def gated_mha(x, key, value, params, *, num_heads, gate=None, gate_input="head_s
     ``keep``: boolean (N, L, S) keep-mask (True = attend). Returns (N, L, E)."""
     x, key, value = (np.asarray(t, dtype=np.float64) for t in (x, key, value))
     N, L, E = x.shape
-    S, H = key.shape[1], num_heads
+    H = num_heads
     d = E // H
     W, B = params["in_proj_weight"], params["in_proj_bias"]
     Q = x @ W[:E].T + B[:E]
@@ -104,8 +117,15 @@ def gated_mha(x, key, value, params, *, num_heads, gate=None, gate_input="head_s
         for h in range(H):
             cols = slice(h * d, (h + 1) * d)
             m = None if keep is None else keep[n]
-            head = attention(Q[n, :, cols], K[n, :, cols], V[n, :, cols], m,
-                             gamma=gamma, zeta=zeta, clipped=clipped)
+            head = attention(
+                Q[n, :, cols],
+                K[n, :, cols],
+                V[n, :, cols],
+                m,
+                gamma=gamma,
+                zeta=zeta,
+                clipped=clipped,
+            )
             if gate is not None:
                 head = head * gate_scale * _gate(x[n], h, params, gate, gate_input, d)
             ctx[n, :, cols] = head

@@ -67,8 +67,10 @@ class _Gate(nn.Module):
             return
         if gate_input == "all_features":
             last = nn.Linear(embed_dim if hidden is None else hidden, H, **factory)
-            self.proj = last if hidden is None else nn.Sequential(
-                nn.Linear(embed_dim, hidden, **factory), nn.ReLU(), last
+            self.proj = (
+                last
+                if hidden is None
+                else nn.Sequential(nn.Linear(embed_dim, hidden, **factory), nn.ReLU(), last)
             )
             weight, bias = last.weight, last.bias
         else:
@@ -100,7 +102,7 @@ class _Gate(nn.Module):
             h = x.reshape(N, L, H, E // H)
             if self.hidden is not None:
                 h = torch.relu(torch.einsum("nlhd,hmd->nlhm", h, self.weight1) + self.bias1)
-            pre = (torch.einsum("nlhd,hd->nhl", h, self.weight) + self.bias.view(H, 1))
+            pre = torch.einsum("nlhd,hd->nhl", h, self.weight) + self.bias.view(H, 1)
             pre = pre.unsqueeze(-1)
         if self.kind == "conditional_per_head":
             pre = pre.mean(2, keepdim=True)  # pooled before the sigmoid, as the official code
@@ -113,8 +115,9 @@ def _merge_masks(key_padding_mask, attn_mask, N: int, H: int, dtype: torch.dtype
     broadcast to (N, H, L, S)."""
     parts = []
     if attn_mask is not None:
-        parts.append(attn_mask.view(N, H, *attn_mask.shape[-2:]) if attn_mask.ndim == 3
-                     else attn_mask)
+        parts.append(
+            attn_mask.view(N, H, *attn_mask.shape[-2:]) if attn_mask.ndim == 3 else attn_mask
+        )
     if key_padding_mask is not None:
         parts.append(key_padding_mask.view(N, 1, 1, -1))
     if not parts:
@@ -124,9 +127,11 @@ def _merge_masks(key_padding_mask, attn_mask, N: int, H: int, dtype: torch.dtype
         return keep if len(parts) == 1 else keep & ~parts[1]
     total = None
     for p in parts:
-        add = p.to(dtype) if p.is_floating_point() else torch.zeros(
-            p.shape, dtype=dtype, device=p.device
-        ).masked_fill_(p, -math.inf)
+        add = (
+            p.to(dtype)
+            if p.is_floating_point()
+            else torch.zeros(p.shape, dtype=dtype, device=p.device).masked_fill_(p, -math.inf)
+        )
         total = add if total is None else total + add
     return total
 
@@ -263,15 +268,28 @@ class MultiheadAttention(nn.MultiheadAttention):
                 f"num_heads={num_heads}"
             )
         v.check_number("dropout", dropout, low=0.0, high=1.0)
-        for name, flag in (("bias", bias), ("add_bias_kv", add_bias_kv),
-                           ("add_zero_attn", add_zero_attn), ("batch_first", batch_first)):
+        for name, flag in (
+            ("bias", bias),
+            ("add_bias_kv", add_bias_kv),
+            ("add_zero_attn", add_zero_attn),
+            ("batch_first", batch_first),
+        ):
             v.check_bool(name, flag)
         for name, dim in (("kdim", kdim), ("vdim", vdim)):
             if dim is not None:
                 v.check_int(name, dim, low=1)
         super().__init__(
-            embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
-            batch_first, device=device, dtype=dtype,
+            embed_dim,
+            num_heads,
+            dropout,
+            bias,
+            add_bias_kv,
+            add_zero_attn,
+            kdim,
+            vdim,
+            batch_first,
+            device=device,
+            dtype=dtype,
         )
         self.softmax = v.check_choice("softmax", softmax, SOFTMAXES)
         self.gamma = v.check_number("gamma", gamma, high=0.0)
@@ -280,22 +298,28 @@ class MultiheadAttention(nn.MultiheadAttention):
         self.gate_input = v.check_choice("gate_input", gate_input, GATE_INPUTS)
         if gate_mlp_hidden is not None:
             v.check_int("gate_mlp_hidden", gate_mlp_hidden, low=1)
-        self.gate_init = v.check_number("gate_init", gate_init, low=0.0, high=1.0,
-                                        low_open=True, high_open=True)
+        self.gate_init = v.check_number(
+            "gate_init", gate_init, low=0.0, high=1.0, low_open=True, high_open=True
+        )
         self.gate_scale = v.check_number("gate_scale", gate_scale, low=0.0, low_open=True)
         if gate_init_std is not None:
             v.check_number("gate_init_std", gate_init_std, low=0.0)
         if probs_quantizer is not None:
             v.check_callable("probs_quantizer", probs_quantizer)
         self.probs_quantizer = probs_quantizer
-        self.block_size = None if block_size is None else v.check_int(
-            "block_size", block_size, low=1
+        self.block_size = (
+            None if block_size is None else v.check_int("block_size", block_size, low=1)
         )
         self.gate_proj = None
         if gate is not None:
             self.gate_proj = _Gate(
-                gate, embed_dim, num_heads, gate_input=gate_input, hidden=gate_mlp_hidden,
-                init=gate_init, init_std=gate_init_std,
+                gate,
+                embed_dim,
+                num_heads,
+                gate_input=gate_input,
+                hidden=gate_mlp_hidden,
+                init=gate_init,
+                init_std=gate_init_std,
                 factory={"device": device, "dtype": dtype},
             )
 
@@ -366,11 +390,19 @@ class MultiheadAttention(nn.MultiheadAttention):
         torch's own layers pass them by keyword)."""
         if self._plain():
             return super().forward(
-                query, key, value, key_padding_mask, need_weights, attn_mask,
-                average_attn_weights=average_attn_weights, is_causal=is_causal,
+                query,
+                key,
+                value,
+                key_padding_mask,
+                need_weights,
+                attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
             )
         return self._extended(
-            (query, key, value), key_padding_mask, attn_mask,
+            (query, key, value),
+            key_padding_mask,
+            attn_mask,
             (need_weights, average_attn_weights, is_causal),
         )
 
@@ -391,8 +423,11 @@ class MultiheadAttention(nn.MultiheadAttention):
             query, key, value = (t.unsqueeze(0) for t in (query, key, value))
         elif not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-        dims = (("query", query, self.embed_dim), ("key", key, self.kdim),
-                ("value", value, self.vdim))
+        dims = (
+            ("query", query, self.embed_dim),
+            ("key", key, self.kdim),
+            ("value", value, self.vdim),
+        )
         for name, t, d in dims:
             if t.shape[-1] != d:
                 raise ValueError(f"{name} must have {d} features, got shape {tuple(t.shape)}")
@@ -404,8 +439,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             )
         N, L, S = query.shape[0], query.shape[1], key.shape[1]
         if key_padding_mask is not None:
-            self._check_mask("key_padding_mask", key_padding_mask, [(N, S)] if batched else
-                             [(S,)])
+            self._check_mask("key_padding_mask", key_padding_mask, [(N, S)] if batched else [(S,)])
             key_padding_mask = key_padding_mask.view(N, S)
         if attn_mask is not None:
             self._check_mask("attn_mask", attn_mask, [(L, S), (N * self.num_heads, L, S)])
@@ -465,8 +499,14 @@ class MultiheadAttention(nn.MultiheadAttention):
             ctx, weights = self._explicit(q, k, val, mask)
         else:
             ctx = scaled_dot_product_attention(
-                q, k, val, attn_mask=mask, softmax=self.softmax, gamma=self.gamma,
-                zeta=self.zeta, probs_quantizer=self.probs_quantizer,
+                q,
+                k,
+                val,
+                attn_mask=mask,
+                softmax=self.softmax,
+                gamma=self.gamma,
+                zeta=self.zeta,
+                probs_quantizer=self.probs_quantizer,
                 block_size=self.block_size,
             )
         if self.gate_proj is not None:
@@ -501,13 +541,19 @@ class MultiheadAttention(nn.MultiheadAttention):
         return torch.matmul(p, val), p
 
     def extra_repr(self) -> str:
-        parts = [f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}",
-                 f"batch_first={self.batch_first}", f"softmax={self.softmax!r}"]
+        parts = [
+            f"embed_dim={self.embed_dim}",
+            f"num_heads={self.num_heads}",
+            f"batch_first={self.batch_first}",
+            f"softmax={self.softmax!r}",
+        ]
         if self.softmax == "clipped":
             parts.append(f"gamma={self.gamma}, zeta={self.zeta}")
         if self.gate is not None:
-            parts.append(f"gate={self.gate!r}, gate_input={self.gate_input!r}, "
-                         f"gate_init={self.gate_init}, gate_scale={self.gate_scale}")
+            parts.append(
+                f"gate={self.gate!r}, gate_input={self.gate_input!r}, "
+                f"gate_init={self.gate_init}, gate_scale={self.gate_scale}"
+            )
         return ", ".join(parts)
 
 

@@ -105,24 +105,24 @@ def _spans(n: int, step: int) -> list[slice]:
 def _key_spans(rows: slice, S: int, o: _Options) -> list[slice]:
     """The key blocks that query block ``rows`` sees: all, or (causal) those starting at or
     before its last row (a block wholly above the diagonal contributes exactly 0)."""
-    return [J for J in _spans(S, o.block_k) if not o.causal or J.start < rows.stop]
+    return [cols for cols in _spans(S, o.block_k) if not o.causal or cols.start < rows.stop]
 
 
-def _scores(x: _Inputs, I: slice, J: slice, o: _Options) -> torch.Tensor:
+def _scores(x: _Inputs, rows: slice, cols: slice, o: _Options) -> torch.Tensor:
     """The (N, |I|, |J|) tile of ``s = scale q k^T + mask``."""
-    s = torch.bmm(x.qs[:, I], x.k[:, J].transpose(1, 2))
+    s = torch.bmm(x.qs[:, rows], x.k[:, cols].transpose(1, 2))
     mask = x.mask
     if mask is not None:
-        tile = mask[..., I, J]
+        tile = mask[..., rows, cols]
         view = s.view(*o.batch, *s.shape[1:])
         if mask.dtype == torch.bool:
             view.masked_fill_(~tile, -math.inf)
         else:
             view.add_(tile)
-    if o.causal and J.stop - 1 > I.start:  # the tile crosses the diagonal (top-left aligned)
-        rows = torch.arange(I.start, I.stop, device=s.device).unsqueeze(1)
-        cols = torch.arange(J.start, J.stop, device=s.device)
-        s.masked_fill_(cols > rows, -math.inf)
+    if o.causal and cols.stop - 1 > rows.start:  # crosses the diagonal (top-left aligned)
+        i = torch.arange(rows.start, rows.stop, device=s.device).unsqueeze(1)
+        j = torch.arange(cols.start, cols.stop, device=s.device)
+        s.masked_fill_(j > i, -math.inf)
     return s
 
 
@@ -135,12 +135,12 @@ def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
     return lo, hi
 
 
-def _probs(x: _Inputs, I: slice, J: slice, lse, o: _Options) -> torch.Tensor:
+def _probs(x: _Inputs, rows: slice, cols: slice, lse, o: _Options) -> torch.Tensor:
     """The tile's softmax probabilities ``p``: from the row's ``lse`` when the row spans
     several key blocks, else (``lse`` None: the tile holds whole rows) torch's fused softmax,
     with rows that keep no key set to 0 (torch gives NaN there; a NaN in the first column is
     its only possible sign, so the fill runs only when one is there)."""
-    s = _scores(x, I, J, o)
+    s = _scores(x, rows, cols, o)
     if lse is not None:
         return s.sub_(lse).exp_()
     p = torch.softmax(s, -1)
@@ -176,12 +176,12 @@ def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor |
 # ----------------------------------------------------------------------------- forward
 
 
-def _row_lse(x: _Inputs, I: slice, spans: list[slice], o: _Options) -> torch.Tensor:
+def _row_lse(x: _Inputs, rows: slice, spans: list[slice], o: _Options) -> torch.Tensor:
     """Pass 1: the (N, |I|, 1) log-sum-exp of query block ``I``'s scores; +inf for a row with
     nothing kept (so that its probabilities are exactly 0)."""
-    lse = x.qs.new_full((x.qs.shape[0], I.stop - I.start, 1), -math.inf)
-    for J in spans:
-        s = _scores(x, I, J, o)
+    lse = x.qs.new_full((x.qs.shape[0], rows.stop - rows.start, 1), -math.inf)
+    for cols in spans:
+        s = _scores(x, rows, cols, o)
         torch.logaddexp(lse, torch.logsumexp(s, -1, keepdim=True), out=lse)
     return lse.masked_fill_(lse == -math.inf, math.inf)
 
@@ -193,33 +193,33 @@ def _forward(x: _Inputs, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
     N, L = qs.shape[:2]
     out = qs.new_empty(N, L, val.shape[-1])
     lse_all = qs.new_full((N, L, 1), math.nan)
-    for I in _spans(L, o.block_q):
-        spans = _key_spans(I, x.k.shape[1], o)
-        lse = _row_lse(x, I, spans, o) if len(spans) > 1 else None
+    for rows in _spans(L, o.block_q):
+        spans = _key_spans(rows, x.k.shape[1], o)
+        lse = _row_lse(x, rows, spans, o) if len(spans) > 1 else None
         acc = None
-        for J in spans:  # pass 2
-            p = _probs(x, I, J, lse, o)
+        for cols in spans:  # pass 2
+            p = _probs(x, rows, cols, lse, o)
             y = p.mul_(o.zeta - o.gamma).add_(o.gamma).clamp_(0.0, 1.0) if o.clip else p
             y, _ = _through_quantizer(y, None, o)
             if acc is None:
-                acc = torch.bmm(y, val[:, J])
+                acc = torch.bmm(y, val[:, cols])
             else:
-                acc.baddbmm_(y, val[:, J])
-        out[:, I] = acc
+                acc.baddbmm_(y, val[:, cols])
+        out[:, rows] = acc
         if lse is not None:
-            lse_all[:, I] = lse
+            lse_all[:, rows] = lse
     return out, lse_all
 
 
 # ---------------------------------------------------------------------------- backward
 
 
-def _tile_grads(x: _Inputs, I: slice, J: slice, lse, g, o: _Options):
-    """Recompute one tile: ``(p, Q(y), dL/dp)``; ``g`` is the output gradient of block I
+def _tile_grads(x: _Inputs, rows: slice, cols: slice, lse, g, o: _Options):
+    """Recompute one tile: ``(p, Q(y), dL/dp)``; ``g`` is the output gradient of the query block
     times ``zeta - gamma`` (step 4 folded into the matmul of step 2; ``y`` and the clip's
     test do not depend on it, and the quantizer's backward is linear in it)."""
-    p = _probs(x, I, J, lse, o)
-    dy = torch.bmm(g, x.val[:, J].transpose(1, 2))  # (zeta - gamma) dL/dQ(y)   (step 2)
+    p = _probs(x, rows, cols, lse, o)
+    dy = torch.bmm(g, x.val[:, cols].transpose(1, 2))  # (zeta - gamma) dL/dQ(y)   (step 2)
     if not o.clip:
         yq, dp = _through_quantizer(p, dy, o)
         return p, yq, dp
@@ -240,31 +240,31 @@ def _backward(x: _Inputs, lse, g, o: _Options, need_mask_grad: bool):
         dmask = torch.zeros(mask.shape, dtype=qs.dtype, device=qs.device)
     stretch = o.zeta - o.gamma if o.clip else 1.0
     gs = g * stretch if stretch != 1.0 else g
-    for I in _spans(L, o.block_q):
-        gI, gsI, qI = g[:, I], gs[:, I], qs[:, I]
-        spans = _key_spans(I, k.shape[1], o)
+    for rows in _spans(L, o.block_q):
+        g_rows, gs_rows, q_rows = g[:, rows], gs[:, rows], qs[:, rows]
+        spans = _key_spans(rows, k.shape[1], o)
         whole = len(spans) == 1
-        lseI = None if whole else lse[:, I]
+        lse_rows = None if whole else lse[:, rows]
         D = None
         if not whole:  # pass A: D_i = sum_j p_ij dp_ij   (step 5)
-            D = qs.new_zeros(N, I.stop - I.start, 1)
-            for J in spans:
-                p, _, dp = _tile_grads(x, I, J, lseI, gsI, o)
+            D = qs.new_zeros(N, rows.stop - rows.start, 1)
+            for cols in spans:
+                p, _, dp = _tile_grads(x, rows, cols, lse_rows, gs_rows, o)
                 D += torch.linalg.vecdot(p, dp).unsqueeze(-1)
-        dqI = torch.zeros_like(qI)
-        for J in spans:  # pass B
-            p, yq, dp = _tile_grads(x, I, J, lseI, gsI, o)
-            dv[:, J] += torch.bmm(yq.transpose(1, 2), gI)  # step 1
+        dq_rows = torch.zeros_like(q_rows)
+        for cols in spans:  # pass B
+            p, yq, dp = _tile_grads(x, rows, cols, lse_rows, gs_rows, o)
+            dv[:, cols] += torch.bmm(yq.transpose(1, 2), g_rows)  # step 1
             if whole:  # the fused softmax backward: p (dp - sum_j p_j dp_j)
                 ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
             else:
                 ds = dp.sub_(D).mul_(p)  # step 5
-            dqI.baddbmm_(ds, k[:, J])  # step 6 (times scale below)
-            dk[:, J] += torch.bmm(ds.transpose(1, 2), qI)  # qI is already scaled
+            dq_rows.baddbmm_(ds, k[:, cols])  # step 6 (times scale below)
+            dk[:, cols] += torch.bmm(ds.transpose(1, 2), q_rows)  # q_rows is already scaled
             if dmask is not None:
                 tile = ds.view(*o.batch, *ds.shape[1:])
-                dmask[..., I, J] += tile.sum_to_size(dmask[..., I, J].shape)
-        dq[:, I] = dqI
+                dmask[..., rows, cols] += tile.sum_to_size(dmask[..., rows, cols].shape)
+        dq[:, rows] = dq_rows
     return dq.mul_(o.scale), dk, dv, dmask
 
 
@@ -301,7 +301,9 @@ def _check_inputs(query, key, value, attn_mask, is_causal) -> tuple[tuple[int, .
     for name, t in (("query", query), ("key", key), ("value", value)):
         v.check_floating(name, t)
         if t.ndim < 2:
-            raise ValueError(f"{name} must have shape (..., length, features), got {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have shape (..., length, features), got {tuple(t.shape)}"
+            )
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(f"{name} must have query's dtype {query.dtype}, got {t.dtype}")
@@ -358,8 +360,10 @@ def _torch_sdpa(query, key, value, attn_mask, is_causal, scale):
     if attn_mask is not None and attn_mask.shape[-1] > 0:
         dead = _dead_rows(attn_mask)
         if maybe_any(dead):
-            patched = attn_mask | dead if attn_mask.dtype == torch.bool else (
-                attn_mask.masked_fill(dead, 0.0)
+            patched = (
+                attn_mask | dead
+                if attn_mask.dtype == torch.bool
+                else (attn_mask.masked_fill(dead, 0.0))
             )
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=patched, scale=scale)
             return out.masked_fill(dead, 0.0)
