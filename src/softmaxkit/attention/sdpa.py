@@ -254,13 +254,13 @@ def _backward(x: _Inputs, lse, g, o: _Options, need_mask_grad: bool):
         dq_rows = torch.zeros_like(q_rows)
         for cols in spans:  # pass B
             p, yq, dp = _tile_grads(x, rows, cols, lse_rows, gs_rows, o)
-            dv[:, cols] += torch.bmm(yq.transpose(1, 2), g_rows)  # step 1
+            dv[:, cols].baddbmm_(yq.transpose(1, 2), g_rows)  # step 1
             if whole:  # the fused softmax backward: p (dp - sum_j p_j dp_j)
                 ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
             else:
                 ds = dp.sub_(D).mul_(p)  # step 5
             dq_rows.baddbmm_(ds, k[:, cols])  # step 6 (times scale below)
-            dk[:, cols] += torch.bmm(ds.transpose(1, 2), q_rows)  # q_rows is already scaled
+            dk[:, cols].baddbmm_(ds.transpose(1, 2), q_rows)  # q_rows is already scaled
             if dmask is not None:
                 tile = ds.view(*o.batch, *ds.shape[1:])
                 dmask[..., rows, cols] += tile.sum_to_size(dmask[..., rows, cols].shape)
