@@ -11,7 +11,12 @@ FlashAttention cannot be used. The forward walks the key blocks of each query bl
 pass 1 reduces each row to its log-sum-exp ``lse``; pass 2 forms the clipped probabilities
 of each (query block, key block) tile from ``lse`` and accumulates them times V. Only
 ``lse`` (one number per query row) is saved besides the inputs; no ``(L, S)`` tensor is
-ever built (one tile of about :data:`TILE_ELEMENTS` entries is alive at a time).
+ever built: one tile of about :data:`TILE_ELEMENTS` entries (and its few same-sized
+temporaries) is alive at a time. When whole rows fit in a tile (the default while
+:data:`MIN_ROWS` rows of all S keys fit: S up to 8192 at batch x heads = 16), there is one
+key block per query block: the two walks share its tile, torch's fused softmax computes the
+row statistics, and backward uses torch's fused softmax backward; longer rows are cut into
+key blocks of :data:`DEFAULT_BLOCK` (or ``block_size``) keys.
 
 **The gradient** (derived here, computed in :func:`_backward`). With
 ``s_ij = scale q_i . k_j + b_ij`` (``b`` the mask), ``p_ij = exp(s_ij - lse_i)``,
@@ -54,14 +59,14 @@ SOFTMAXES = ("softmax", "clipped")
 
 #: elements of one (batch, query block, key block) tile: the query block is sized so that
 #: a tile holds about this many entries (4 MiB of float32). Measured (float32 forward +
-#: backward, B 2, H 8, L = S = 1024, E 64, one thread, time / naive composition): 2^18: 1.1
-#: (2 threads), 2^20: 0.43, 2^22: 0.60, 2^23: 0.54.
+#: backward, B 2, H 8, L = S = 1024, E 64, one thread, time / naive composition): 2^20:
+#: 0.43, 2^22: 0.60, 2^23: 0.54 (and 2^18 slower still at two threads).
 TILE_ELEMENTS = 1 << 20
-#: key-block length when rows are too long for whole-row tiles (or ``block_size``): with
-#: several key blocks a row costs two extra score matmuls and a few more element-wise
-#: passes, so blocks are only used where whole rows do not fit; measured at 2 threads
-#: (same shapes, block_size forced): 256: 2.9x naive, 512: 4.3x naive, whole rows 1.65x
-#: (on a loaded machine; whole rows win everywhere they fit).
+#: key-block length when rows are too long for whole-row tiles, or ``block_size``'s
+#: default meaning. Measured (same shapes, one thread, block size forced, time / naive):
+#: 128: 0.76, 256: 0.74, 512: 0.79, whole rows: 0.54 -- several key blocks cost two more
+#: score matmuls per tile and a few more element-wise passes, so whole rows are used
+#: wherever they fit (:data:`MIN_ROWS`). All on a shared, loaded 2-core machine.
 DEFAULT_BLOCK = 256
 #: by default a tile holds whole rows (one key block: the two walks share it and torch's
 #: fused softmax kernels compute the row statistics) while at least this many rows fit.
@@ -403,9 +408,10 @@ def scaled_dot_product_attention(
       ``torch.nn.functional.scaled_dot_product_attention`` (its fused kernels, in the input
       dtype: torch accumulates half precision in float32).
     * ``softmax="clipped"`` (or a quantizer) runs the blocked path: the key blocks of each
-      query block are walked twice (row log-sum-exp, then clipped probabilities times V)
-      and an exact custom backward walks them again; only the inputs and one float per
-      query row are saved, no (L, S) matrix is built. float16/bfloat16 are computed in
+      query block are walked twice (row log-sum-exp, then clipped probabilities times V;
+      one shared tile when whole rows fit) and an exact custom backward walks them again;
+      only the inputs and one float per query row are saved, no (L, S) matrix is built
+      (see the module docstring for the gradient). float16/bfloat16 are computed in
       float32 and returned in the input dtype.
 
     The clipped softmax is from Y. Bondarenko, M. Nagel, T. Blankevoort, "Quantizable
@@ -441,8 +447,9 @@ def scaled_dot_product_attention(
             used through ``torch.autograd.grad`` per block; its own parameters receive no
             gradient on this path. A calibrating quantizer (``q.calibrating``) is called once
             per block in the forward only.
-        block_size: keys per block of the blocked path (default :data:`DEFAULT_BLOCK`,
-            chosen by measurement).
+        block_size: keys per block of the blocked path. Default: whole rows while
+            :data:`MIN_ROWS` of them fit in :data:`TILE_ELEMENTS` entries, else
+            :data:`DEFAULT_BLOCK` (both chosen by measurement, see their comments).
 
     Returns:
         ``(..., L, Ev)`` in the input dtype.
