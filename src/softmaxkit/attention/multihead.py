@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.blocks import upcast
 from softmaxkit.attention.sdpa import SOFTMAXES, scaled_dot_product_attention
 from softmaxkit.functional import clipped_softmax
 from softmaxkit.functional import softmax as safe_softmax
@@ -524,13 +525,17 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     def _explicit(self, q, k, val, mask):
         """Attention with the (N, H, L, S) probabilities materialised: returned (after
-        quantizer and dropout, as torch returns them after dropout)."""
+        quantizer and dropout, as torch returns them after dropout). float16/bfloat16 are
+        computed in float32 (the quantizer sees float32 probabilities, as on the blocked
+        path) and returned in the input dtype."""
+        dtype = q.dtype
+        q, k, val = (upcast(t) for t in (q, k, val))
         s = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
         keep = None
         if mask is not None and mask.dtype == torch.bool:
             keep = mask.expand(s.shape)
         elif mask is not None:
-            s = s + mask
+            s = s + mask.to(s.dtype)
         if self.softmax == "clipped":
             p = clipped_softmax(s, gamma=self.gamma, zeta=self.zeta, mask=keep)
         else:
@@ -538,7 +543,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         if self.probs_quantizer is not None:
             p = self.probs_quantizer(p)
         p = F.dropout(p, self.dropout, self.training)
-        return torch.matmul(p, val), p
+        return torch.matmul(p, val).to(dtype), p.to(dtype)
 
     def extra_repr(self) -> str:
         parts = [
