@@ -355,6 +355,9 @@ def test_empty_batch():
     out, w = m(x, x, x)
     assert out.shape == (0, L, E) and w.shape == (0, L, L)
     out.sum().backward()
+    kpm = torch.zeros(0, L, dtype=torch.bool)
+    out, _ = m(x, x, x, key_padding_mask=kpm, need_weights=False)
+    assert out.shape == (0, L, E)
 
 
 def test_compile_equals_eager():

@@ -120,7 +120,7 @@ def _merge_masks(key_padding_mask, attn_mask, N: int, H: int, dtype: torch.dtype
             attn_mask.view(N, H, *attn_mask.shape[-2:]) if attn_mask.ndim == 3 else attn_mask
         )
     if key_padding_mask is not None:
-        parts.append(key_padding_mask.view(N, 1, 1, -1))
+        parts.append(key_padding_mask.view(N, 1, 1, key_padding_mask.shape[-1]))
     if not parts:
         return None
     if all(p.dtype == torch.bool for p in parts):
@@ -163,7 +163,8 @@ class MultiheadAttention(nn.MultiheadAttention):
     * ``"conditional_per_token"``: :math:`\pi_h` per token, gate shape (N, H, L, 1) (the
       paper's runs: BERT with an MLP gate, OPT with a linear gate and ``gate_init=0.25``);
     * ``"conditional_per_head"``: :math:`\pi_h` mean-pooled over the tokens **before** the
-      sigmoid (as the official code), gate (N, H, 1, 1);
+      sigmoid (as the official code; padded query positions count in the mean there and
+      here), gate (N, H, 1, 1);
     * ``"unconditional_per_head"``: a learned vector of H logits, gate (H,).
 
     ``gate_input="head_slice"`` (official default): head h's :math:`\pi_h` sees only the
