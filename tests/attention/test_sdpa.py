@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import softmaxkit.attention.sdpa as sdpa_module
 from softmaxkit.attention import scaled_dot_product_attention as sdpa
@@ -218,6 +220,41 @@ def test_saves_only_inputs_and_per_row_statistics():
     sizes = sorted(t.numel() for t in saved if t is not None)
     assert max(sizes) <= max(q.numel(), k.numel(), v.numel())
     assert 64 * 80 not in sizes
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        given = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_leaves(out):
+            # new memory only (views and in-place results share an input's storage)
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in given:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("block_size", [None, 32])
+def test_no_op_builds_the_score_matrix(monkeypatch, block_size):
+    """Forward and backward at L = S = 256 with 4096-entry tiles: no aten op produces a
+    tensor of L x S entries or more (the largest are the inputs and their gradients)."""
+    monkeypatch.setattr(sdpa_module, "TILE_ELEMENTS", 4096)
+    L = S = 256
+    q, k, v = (t.requires_grad_() for t in qkv(B=(1,), L=L, S=S, E=4, Ev=4))
+    mask = torch.ones(L, S, dtype=torch.bool).tril()  # as big as a score matrix: kept out
+    with LargestTensor() as seen:
+        out = sdpa(q, k, v, attn_mask=mask, softmax="clipped", block_size=block_size)
+        torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert seen.largest <= max(4096, q.numel()) < L * S
 
 
 @settings(max_examples=20, deadline=None)
