@@ -114,7 +114,7 @@ def _key_spans(rows: slice, S: int, o: _Options) -> list[slice]:
 
 
 def _scores(x: _Inputs, rows: slice, cols: slice, o: _Options) -> torch.Tensor:
-    """The (N, |I|, |J|) tile of ``s = scale q k^T + mask``."""
+    """The (N, |rows|, |cols|) tile of ``s = scale q k^T + mask``."""
     s = torch.bmm(x.qs[:, rows], x.k[:, cols].transpose(1, 2))
     mask = x.mask
     if mask is not None:
@@ -138,6 +138,10 @@ def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
     zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
     lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
     return lo, hi
+
+
+#: the clip's open bounds in the two compute dtypes (read once, not per tile)
+_BOUNDS = {dtype: _open_bounds(dtype) for dtype in (torch.float32, torch.float64)}
 
 
 def _probs(x: _Inputs, rows: slice, cols: slice, lse, o: _Options) -> torch.Tensor:
@@ -182,7 +186,7 @@ def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor |
 
 
 def _row_lse(x: _Inputs, rows: slice, spans: list[slice], o: _Options) -> torch.Tensor:
-    """Pass 1: the (N, |I|, 1) log-sum-exp of query block ``I``'s scores; +inf for a row with
+    """Pass 1: the (N, |rows|, 1) log-sum-exp of the query block's scores; +inf for a row with
     nothing kept (so that its probabilities are exactly 0)."""
     lse = x.qs.new_full((x.qs.shape[0], rows.stop - rows.start, 1), -math.inf)
     for cols in spans:
@@ -229,7 +233,7 @@ def _tile_grads(x: _Inputs, rows: slice, cols: slice, lse, g, o: _Options):
         yq, dp = _through_quantizer(p, dy, o)
         return p, yq, dp
     u = _stretch(p, o)
-    kept_lo, kept_hi = _open_bounds(u.dtype)
+    kept_lo, kept_hi = _BOUNDS[u.dtype]
     y = torch.clamp(u, 0.0, 1.0)
     yq, dy = _through_quantizer(y, dy, o)
     dp = torch.ops.aten.hardtanh_backward(dy, u, kept_lo, kept_hi)  # steps 3-4
