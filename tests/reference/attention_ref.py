@@ -2,11 +2,11 @@
 attention (Bondarenko, Nagel, Blankevoort, "Quantizable Transformers: Removing Outliers by
 Helping Attention Heads Do Nothing", NeurIPS 2023, arXiv:2306.12929).
 
-Written from the paper's equations (Eq. 4: clip((zeta - gamma) softmax(x) + gamma, 0, 1);
-Eq. 5: gated attention, the gate multiplying each head's output before the output
-projection) and the official code's gate details (per-head gate on the head's slice of the
-hidden state, per-head pooling before the sigmoid), one query row and one head at a time.
-Shares nothing with the implementation.
+Written from the paper's formulas (the clipped softmax clip((zeta - gamma) softmax(x) +
+gamma, 0, 1); gated attention, sigmoid(pi(x)) multiplying each head's output before the
+output projection) and the official code's gate details (the per-head gate reads the head's
+slice of the hidden state; the per-head gate pools its pre-activation over the tokens before
+the sigmoid), one query row and one head at a time. Shares nothing with the implementation.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _row_probs(scores, keep, gamma, zeta, clipped):
             p[j] = math.exp(scores[j] - top) / denom
     if not clipped:
         return p
-    # Eq. 4; a masked key has p = 0, so (zeta - gamma) 0 + gamma = gamma <= 0 clips to 0
+    # the clip; a masked key has p = 0, so (zeta - gamma) 0 + gamma = gamma <= 0 clips to 0
     return np.array([min(1.0, max(0.0, (zeta - gamma) * pj + gamma)) for pj in p])
 
 
