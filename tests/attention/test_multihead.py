@@ -420,3 +420,18 @@ def test_forward_errors(kwargs, error, name):
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="module"):
         MultiheadAttention.from_torch(nn.Linear(2, 2))
+
+
+def test_deepcopy_and_save_load_keep_the_module():
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    m = MultiheadAttention(E, H, kdim=6, vdim=6, softmax="clipped", gate="conditional_per_token")
+    x, k = torch.randn(N, L, E), torch.randn(N, S, 6)
+    buffer = io.BytesIO()
+    torch.save(m, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(m), torch.load(buffer, weights_only=False)):
+        assert torch.equal(other(x, k, k)[0], m(x, k, k)[0])
+        assert not other._qkv_same_embed_dim
