@@ -1,0 +1,580 @@
+r"""Re-ttention: very sparse attention for a denoising loop that reuses softmax statistics.
+
+Paper: R. Chen, K. G. Mills, L. Jiang, C. Gao, D. Niu, "Re-ttention: Ultra Sparse Visual
+Generation via Attention Statistical Reshape", NeurIPS 2025, arXiv:2505.22918. Official
+code: ``cccrrrccc/Re-ttention`` (``module/pixart_processor.py``, ``module/Cog_processor.py``,
+``module/hunyuan_processor.py``; MIT licence), read for every detail below.
+
+The method, per attention layer of a diffusion transformer and per denoising step
+:math:`t`, with scores :math:`s_{ij} = q_i \cdot k_j / \sqrt{E}` and the local band
+:math:`M_i = \{j : |i - j| \le \lfloor w / 2 \rfloor\}`:
+
+* **full step**: ordinary attention :math:`o_i = \sum_j \operatorname{softmax}(s_i)_j v_j`;
+* **refresh step**: full attention, and the statistics of the step are cached: the in-band
+  softmax mass
+
+  .. math:: \rho_i = \frac{\sum_{j \in M_i} e^{s_{ij}}}{\sum_j e^{s_{ij}}}
+
+  per batch entry, head and query row, and the residual :math:`r_i = o_i - \rho_i
+  \sum_{j \in M_i} \operatorname{softmax}_{M_i}(s_i)_j v_j` between full attention and the
+  rescaled sparse attention of the same step;
+* **sparse step**: only the keys of the band are computed,
+
+  .. math:: o_i = \rho_i \sum_{j \in M_i} \frac{e^{s_{ij}}}{\sum_{l \in M_i} e^{s_{il}}} v_j
+            + r_i, \qquad \rho_i \leftarrow \rho_i + \lambda
+
+  (the sparse softmax carries the cached full-attention mass instead of 1; the residual
+  cached at the last refresh step is added; after the step the mass grows by the drift
+  :math:`\lambda`, ``ratio_drift``, official 0.04).
+
+Which step is which is a :class:`RettentionSchedule` (the official presets for PixArt,
+CogVideoX and Hunyuan-DiT are its class methods).
+
+**Deliberate differences from the official code**, each a recommendation of the reference
+notes:
+
+* The official processors compute the dense :math:`QK^\top` on sparse steps too and add
+  :math:`-10^5` outside the mask (no compute is saved, and :math:`-10^5` is not
+  representable in float16). Here a sparse step computes only the band: queries are taken
+  in blocks of ``b`` rows, each block's scores are computed against its ``b + 2h`` band
+  keys (a strided view of the keys; no :math:`(S, S)` tensor is built) and keys outside a
+  query's band are removed by exact boolean masking, so each query's softmax runs over
+  exactly its band :math:`M_i`.
+* Key padding masks are honoured on every path (the official full path ignores the
+  attention mask, and the window path has none).
+* The residual is kept per head in attention-output space, before the output projection;
+  the official code keeps it after ``to_out`` (linear + dropout). For a linear ``to_out``
+  in inference (dropout off) the two are the same: :math:`W(a + r) + b = (W a + b) + W r`.
+* Statistics are computed and kept in float32 for float16/bfloat16 inputs (float64 for
+  float64), and the output is returned in the input dtype.
+* The official PixArt/Hunyuan processors also compute :math:`\rho` on every full step; it is
+  overwritten at the refresh step before any sparse step reads it, so it is not computed
+  here (the outputs are the same).
+* ``clamp_ratio=True`` (not official) keeps :math:`\rho \le 1` while it drifts; by default
+  it is not clamped and can exceed 1, as in the official code.
+* The official code's 4-D input branch (undefined variables) and its import of a missing
+  ``sparse_mask`` module are not reproduced.
+
+Inference only: Rettention mutates its cache on every call and defines no gradient; it
+raises if called with gradients enabled on inputs that require grad (use
+``torch.no_grad()`` or ``torch.inference_mode()``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from softmaxkit import _validation as v
+from softmaxkit._ops.blocks import compute_dtype, maybe_any
+
+#: the fraction of keys in the official band, ``window = int(S * density)`` (the official
+#: attribute ``sparsity = 0.03125``, which is the kept fraction despite its name)
+DEFAULT_DENSITY = 0.03125
+#: the official drift of the cached mass per sparse step (``cached_ratio += 0.04``)
+DEFAULT_RATIO_DRIFT = 0.04
+#: score entries per block of the full path with statistics (32 MiB of float32)
+_FULL_BLOCK_ELEMENTS = 1 << 23
+
+KINDS = ("full", "refresh", "sparse")
+
+
+# --------------------------------------------------------------------------- the band
+
+
+def _half_width(window: int, size: int) -> int:
+    """The band's half-width ``window // 2`` (official), capped at ``size - 1`` (beyond it
+    the band already holds every key)."""
+    return max(0, min(window // 2, size - 1))
+
+
+def local_band_mask(size: int, window: int, *, device: torch.device | str | None = None):
+    r"""The official local attention band as a dense boolean mask (True = attend).
+
+    .. math:: M_{ij} = [\,|i - j| \le \lfloor w / 2 \rfloor\,], \qquad i, j < S
+
+    Every row keeps :math:`2 \lfloor w/2 \rfloor + 1` keys, fewer within
+    :math:`\lfloor w/2 \rfloor` of either end: the band is clipped at the edges, not
+    shifted inward (the official ``create_local_attention_mask`` of the PixArt and Hunyuan
+    processors; their older ``create_local_attention_mask_old`` shifted it). The official
+    window is ``int(S * sparsity)`` with ``sparsity = 0.03125``.
+
+    This is for inspection and for dense code of one's own: :class:`Rettention` never
+    builds it (its sparse step computes only the band's keys).
+
+    Paper: Chen et al., "Re-ttention: Ultra Sparse Visual Generation via Attention
+    Statistical Reshape", NeurIPS 2025, arXiv:2505.22918.
+
+    Args:
+        size: the sequence length :math:`S` (queries and keys), at least 0.
+        window: the official window :math:`w` (at least 0); the half-width is ``w // 2``.
+        device: where to build the mask.
+
+    Returns:
+        A boolean tensor of shape (S, S).
+
+    Example:
+        >>> from softmaxkit.attention import local_band_mask
+        >>> local_band_mask(5, 2).int()
+        tensor([[1, 1, 0, 0, 0],
+                [1, 1, 1, 0, 0],
+                [0, 1, 1, 1, 0],
+                [0, 0, 1, 1, 1],
+                [0, 0, 0, 1, 1]], dtype=torch.int32)
+    """
+    v.check_int("size", size, low=0)
+    v.check_int("window", window, low=0)
+    index = torch.arange(size, device=device)
+    return (index[None, :] - index[:, None]).abs() <= window // 2
+
+
+def _band_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    scale: float,
+    half: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each query over its band only: (output, scores).
+
+    q, k: (B, H, S, E), val: (B, H, S, Ev) in the compute dtype; key_mask (B, S) or None.
+    Queries go in blocks of ``b`` rows; block ``n`` (rows ``nb .. nb + b - 1``) gathers the
+    ``b + 2h`` keys and values ``nb - h .. nb + b - 1 + h`` (indices clipped into range;
+    the clipped ones are masked), and a constant (b, b + 2h) band mask with the key
+    validity removes every key outside a query's band by exact boolean masking. A query
+    with no valid key gives zeros. ``scores`` (B, H, n, b, b + 2h) are the masked scores
+    (-inf outside the band), for the log-sum-exp of a refresh step.
+    """
+    size = q.shape[2]
+    block = max(16, min(64, half))
+    blocks = -(-size // block)
+    span = block + 2 * half
+    tail = blocks * block - size
+    device = q.device
+    rows = torch.arange(block, device=device)
+    cols = torch.arange(span, device=device)
+    offset = cols[None, :] - rows[:, None]
+    allowed = (offset >= 0) & (offset <= 2 * half)  # (b, span): |i - j| <= h
+    absolute = torch.arange(blocks, device=device)[:, None] * block - half + cols  # (n, span)
+    inside = (absolute >= 0) & (absolute < size)
+    index = absolute.clamp(0, max(size - 1, 0)).flatten()
+
+    qb = q * scale
+    if tail:
+        qb = F.pad(qb, (0, 0, 0, tail))
+    qb = qb.unflatten(2, (blocks, block))
+    kb = k.index_select(2, index).unflatten(2, (blocks, span))  # (B, H, n, span, E)
+    vb = val.index_select(2, index).unflatten(2, (blocks, span))  # (B, H, n, span, Ev)
+    scores = torch.matmul(qb, kb.transpose(-1, -2))  # (B, H, n, b, span)
+    keep = inside[None, None, :, None, :]  # (1, 1, n, 1, span)
+    if key_mask is not None:
+        keep = keep & key_mask[:, index].unflatten(1, (blocks, span))[:, None, :, None, :]
+    keep = keep & allowed
+    scores = scores.masked_fill_(~keep, -math.inf)
+    weights = torch.softmax(scores, -1)  # NaN rows where nothing is kept: zeroed below
+    out = torch.matmul(weights, vb)  # (B, H, n, b, Ev)
+    if key_mask is not None:  # without one, every row of the sequence keeps its diagonal
+        empty = ~keep.any(-1, keepdim=True)  # (B, 1, n, b, 1)
+        if maybe_any(empty):
+            out = out.masked_fill_(empty, 0.0)
+    return out.flatten(2, 3)[:, :, :size], scores
+
+
+def _band_lse(scores: torch.Tensor, size: int) -> torch.Tensor:
+    """The band's log-sum-exp (B, H, S, 1) from :func:`_band_attention`'s scores."""
+    return torch.logsumexp(scores, -1, keepdim=True).flatten(2, 3)[:, :, :size]
+
+
+def _full_attention_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full softmax attention and each row's log-sum-exp, in blocks of query rows (no
+    (S, S) score matrix per head at once). A row with no valid key gives zeros, -inf."""
+    batch, heads, size, _ = q.shape
+    step = max(1, _FULL_BLOCK_ELEMENTS // max(1, batch * heads * size))
+    outs, lses = [], []
+    drop = None if key_mask is None else ~key_mask[:, None, None, :]
+    for start in range(0, size, step):
+        scores = torch.matmul(q[:, :, start : start + step], k.transpose(-1, -2)).mul_(scale)
+        if drop is not None:
+            scores = scores.masked_fill_(drop, -math.inf)
+        top = scores.amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        weights = scores.sub_(top).exp_()
+        total = weights.sum(-1, keepdim=True)
+        out = torch.matmul(weights, val)
+        outs.append(out / torch.where(total > 0, total, torch.ones_like(total)))
+        lses.append(top + total.log())
+    if not outs:  # S = 0
+        return val.new_zeros(val.shape), q.new_zeros(q.shape[:-1] + (1,))
+    return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+def _full_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Plain full attention through torch's SDPA; a batch entry with no valid key gives 0."""
+    if key_mask is None:
+        return F.scaled_dot_product_attention(q, k, val, scale=scale)
+    out = F.scaled_dot_product_attention(
+        q, k, val, attn_mask=key_mask[:, None, None, :], scale=scale
+    )
+    return out.masked_fill(~key_mask.any(-1)[:, None, None, None], 0.0)
+
+
+# ----------------------------------------------------------------------- the schedule
+
+
+@dataclass(frozen=True)
+class RettentionSchedule:
+    r"""Which denoising steps of a Re-ttention layer are full, refresh or sparse.
+
+    Step :math:`t` (counted from 0 per layer, one step per call, as the official
+    ``stepi``) is
+
+    * ``"full"`` when :math:`t <` ``full_steps``: full attention, nothing cached;
+    * ``"refresh"`` when :math:`t` is in ``refresh_steps`` or
+      :math:`t - \text{full\_steps}` is a multiple of ``refresh_every``: full attention,
+      and the in-band mass :math:`\rho` and the residual are cached;
+    * ``"sparse"`` otherwise: band attention scaled by :math:`\rho`, plus the residual,
+      then :math:`\rho \leftarrow \rho + \lambda`.
+
+    The first step after the full ones must be a refresh step (a sparse step needs the
+    cache): always so with ``refresh_every``; with ``refresh_steps`` alone, ``full_steps``
+    must be listed. The official code refreshes where ``stepi % 5 == 0``; counting from
+    ``full_steps`` instead gives the same steps for its presets (their ``full_steps`` are
+    multiples of 5) and keeps the rule valid for any ``full_steps``.
+
+    The official presets (class methods), read from the official processors and run
+    scripts of ``cccrrrccc/Re-ttention``:
+
+    ============== =========== ==================================== ===============
+    preset          full steps  refresh steps                        official steps
+    ============== =========== ==================================== ===============
+    ``pixart()``    0-4         5, 10, 15 (an explicit list)         20
+    ``cogvideox()`` 0-14        every multiple of 5 from 15          50
+    ``hunyuan()``   0-9         every multiple of 5 from 10          50
+    ============== =========== ==================================== ===============
+
+    (PixArt: ``module/pixart_processor.py``, ``stepi < 5`` and ``stepi in [5, 10, 15]``,
+    20 steps in ``scripts/sigma_*.py``/``alpha_*.py``; CogVideoX: ``module/Cog_processor.py``,
+    ``stepi < 15`` and ``stepi % 5 == 0``, 50 steps in ``scripts/Vbench_category.py``;
+    Hunyuan: ``module/hunyuan_processor.py``, ``stepi < 10`` and ``stepi % 5 == 0``, 50 steps
+    in ``scripts/hunyuan_*.py``.) ``num_steps`` records the official run length; it is
+    informational (steps beyond it follow the same rule; the PixArt list then has no more
+    refreshes, as in the official code).
+
+    Paper: Chen et al., "Re-ttention: Ultra Sparse Visual Generation via Attention
+    Statistical Reshape", NeurIPS 2025, arXiv:2505.22918.
+
+    Args:
+        full_steps: steps ``0 .. full_steps - 1`` are full (at least 0).
+        refresh_every: refresh every this many steps (at least 1) from ``full_steps`` on;
+            ``None`` for none.
+        refresh_steps: explicit refresh steps (each at least ``full_steps``).
+        num_steps: the official run's number of steps, or ``None``.
+
+    Example:
+        >>> from softmaxkit.attention import RettentionSchedule
+        >>> s = RettentionSchedule.pixart()
+        >>> [s.kind(t) for t in (0, 4, 5, 6, 10, 19)]
+        ['full', 'full', 'refresh', 'sparse', 'refresh', 'sparse']
+        >>> [RettentionSchedule(full_steps=2, refresh_every=3).kind(t) for t in range(6)]
+        ['full', 'full', 'refresh', 'sparse', 'sparse', 'refresh']
+    """
+
+    full_steps: int
+    refresh_every: int | None = None
+    refresh_steps: tuple[int, ...] = ()
+    num_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        v.check_int("full_steps", self.full_steps, low=0)
+        if self.refresh_every is not None:
+            v.check_int("refresh_every", self.refresh_every, low=1)
+        if not isinstance(self.refresh_steps, (tuple, list)):
+            raise TypeError(
+                f"refresh_steps must be a tuple of ints, got {type(self.refresh_steps).__name__}"
+            )
+        steps = tuple(
+            v.check_int(f"refresh_steps[{i}]", s, low=self.full_steps)
+            for i, s in enumerate(self.refresh_steps)
+        )
+        object.__setattr__(self, "refresh_steps", tuple(sorted(set(steps))))
+        if self.num_steps is not None:
+            v.check_int("num_steps", self.num_steps, low=1)
+        if self._kind(self.full_steps) != "refresh":
+            raise ValueError(
+                f"refresh_steps/refresh_every must make step full_steps={self.full_steps} a "
+                "refresh step (the first sparse step needs the statistics of a refresh step)"
+            )
+
+    def _kind(self, step: int) -> str:
+        if step < self.full_steps:
+            return "full"
+        every = self.refresh_every
+        if step in self.refresh_steps or (
+            every is not None and (step - self.full_steps) % every == 0
+        ):
+            return "refresh"
+        return "sparse"
+
+    def kind(self, step: int) -> str:
+        """``"full"``, ``"refresh"`` or ``"sparse"`` for step ``step`` (from 0)."""
+        return self._kind(v.check_int("step", step, low=0))
+
+    @classmethod
+    def pixart(cls) -> RettentionSchedule:
+        """PixArt-alpha/Sigma: full steps 0-4, refresh at 5, 10, 15; 20 steps (official)."""
+        return cls(full_steps=5, refresh_steps=(5, 10, 15), num_steps=20)
+
+    @classmethod
+    def cogvideox(cls) -> RettentionSchedule:
+        """CogVideoX: full steps 0-14, refresh every 5 steps from 15; 50 steps (official)."""
+        return cls(full_steps=15, refresh_every=5, num_steps=50)
+
+    @classmethod
+    def hunyuan(cls) -> RettentionSchedule:
+        """Hunyuan-DiT: full steps 0-9, refresh every 5 steps from 10; 50 steps (official)."""
+        return cls(full_steps=10, refresh_every=5, num_steps=50)
+
+
+# ----------------------------------------------------------------------- the module
+
+
+def _check_qkv(query, key, value) -> tuple[int, int, int, int, int]:
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        v.check_floating(name, t)
+        if t.ndim != 4:
+            raise ValueError(
+                f"{name} must have shape (batch, heads, sequence, features), "
+                f"got shape {tuple(t.shape)}"
+            )
+    for name, t in (("key", key), ("value", value)):
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} must have the query's dtype {query.dtype}, got {t.dtype}")
+    batch, heads, size, features = query.shape
+    if tuple(key.shape) != (batch, heads, size, features):
+        raise ValueError(
+            f"key must have the query's shape {tuple(query.shape)} (Rettention's band is for "
+            f"self-attention), got {tuple(key.shape)}"
+        )
+    if tuple(value.shape[:3]) != (batch, heads, size):
+        raise ValueError(
+            f"value must have shape ({batch}, {heads}, {size}, Ev) to match the query, "
+            f"got {tuple(value.shape)}"
+        )
+    return batch, heads, size, features, value.shape[-1]
+
+
+def _check_key_mask(key_mask, batch: int, size: int) -> torch.Tensor | None:
+    if key_mask is None:
+        return None
+    v.check_tensor("key_mask", key_mask)
+    if key_mask.dtype != torch.bool:
+        raise TypeError(
+            f"key_mask must be a boolean tensor (True = attend), got dtype {key_mask.dtype}"
+        )
+    if tuple(key_mask.shape) != (batch, size):
+        raise ValueError(
+            f"key_mask must have shape (batch, sequence) = ({batch}, {size}), "
+            f"got {tuple(key_mask.shape)}"
+        )
+    return key_mask
+
+
+class Rettention(torch.nn.Module):
+    r"""Re-ttention: sparse attention for a denoising loop that reuses softmax statistics.
+
+    Replaces the attention computation of one self-attention layer of a diffusion
+    transformer, called once per denoising step with that step's (B, H, S, E) queries,
+    keys and values. Full steps compute ordinary attention; refresh steps compute it too
+    and cache, per batch entry, head and query row, the in-band softmax mass
+    :math:`\rho_i` and the residual :math:`r_i`; sparse steps compute only the keys of a
+    local band of width :math:`2\lfloor w/2 \rfloor + 1` and return
+
+    .. math:: o_i = \rho_i \sum_{j \in M_i}
+              \frac{e^{s_{ij}}}{\sum_{l \in M_i} e^{s_{il}}} v_j + r_i,
+              \qquad\text{then } \rho_i \leftarrow \rho_i + \lambda
+
+    with :math:`\rho_i = \sum_{j \in M_i} e^{s_{ij}} / \sum_j e^{s_{ij}}` and
+    :math:`r_i = o^{\text{full}}_i - \rho_i\, o^{\text{band}}_i` from the last refresh step
+    (see the module docstring of :mod:`softmaxkit.attention.rettention` for the method and
+    every difference from the official code). A sparse step costs about
+    :math:`S (b + 2h) E` multiply-adds per head for the band (:math:`b` = query block,
+    :math:`h` = half-width) instead of :math:`S^2 E`.
+
+    Call order: ``reset()`` before each generation (or build a new module), then one call
+    per denoising step, in order; ``step=`` (optional) is checked against the step the
+    module expects. The cached ``ratio`` (B, H, S, 1) and ``residual`` (B, H, S, Ev) are
+    non-persistent buffers (float32 for half inputs).
+
+    Inference only: no gradient is defined and the cache changes on every call; calling it
+    with gradients enabled on inputs that require grad raises a RuntimeError.
+
+    Paper: R. Chen, K. G. Mills, L. Jiang, C. Gao, D. Niu, "Re-ttention: Ultra Sparse
+    Visual Generation via Attention Statistical Reshape", NeurIPS 2025, arXiv:2505.22918
+    (the paper reports CogVideoX-2B at 96.9% sparsity with PSNR 27.96, and lambda = 0.04 as
+    the best drift of its ablation). Official code: ``cccrrrccc/Re-ttention``.
+
+    Args:
+        window: the official window :math:`w`; the band keeps keys with
+            :math:`|i - j| \le \lfloor w/2 \rfloor`. ``None`` (default) uses
+            ``int(S * density)`` for each call's sequence length, as the official code.
+        density: the kept fraction of keys when ``window`` is None, in (0, 1]; default
+            0.03125 (the official ``sparsity`` attribute: 96.9% sparsity).
+        schedule: a :class:`RettentionSchedule`; default :meth:`RettentionSchedule.pixart`.
+        ratio_drift: :math:`\lambda`, added to :math:`\rho` after each sparse step, at
+            least 0; default 0.04 (official code, hard-coded there; the paper's best).
+        clamp_ratio: keep :math:`\rho \le 1` while it drifts (not official; default False).
+
+    Shape:
+        query, key: (B, H, S, E); value: (B, H, S, Ev); ``key_mask``: (B, S) boolean,
+        True = attend (the softmaxkit convention: the opposite of
+        ``nn.MultiheadAttention``'s ``key_padding_mask``); output (B, H, S, Ev) in the
+        input dtype. The sequence length and batch must stay the same within a
+        generation.
+
+    Example:
+        >>> import torch
+        >>> from softmaxkit.attention import Rettention, RettentionSchedule
+        >>> rett = Rettention(window=4, schedule=RettentionSchedule(full_steps=1, refresh_every=3))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, k, val = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+        >>> with torch.no_grad():
+        ...     outs = [rett(q, k, val) for _ in range(3)]  # full, refresh, sparse
+        >>> full = torch.nn.functional.scaled_dot_product_attention(q, k, val)
+        >>> bool(torch.allclose(outs[2], full, atol=1e-5))  # same inputs: exact again
+        True
+        >>> rett.step, [rett.schedule.kind(t) for t in range(3)]
+        (3, ['full', 'refresh', 'sparse'])
+    """
+
+    ratio: torch.Tensor | None
+    residual: torch.Tensor | None
+
+    def __init__(
+        self,
+        *,
+        window: int | None = None,
+        density: float = DEFAULT_DENSITY,
+        schedule: RettentionSchedule | None = None,
+        ratio_drift: float = DEFAULT_RATIO_DRIFT,
+        clamp_ratio: bool = False,
+    ) -> None:
+        super().__init__()
+        if window is not None:
+            v.check_int("window", window, low=0)
+        self.window = window
+        self.density = v.check_number("density", density, low=0.0, high=1.0, low_open=True)
+        if schedule is None:
+            schedule = RettentionSchedule.pixart()
+        elif not isinstance(schedule, RettentionSchedule):
+            raise TypeError(f"schedule must be a RettentionSchedule, got {type(schedule).__name__}")
+        self.schedule = schedule
+        self.ratio_drift = v.check_number("ratio_drift", ratio_drift, low=0.0)
+        self.clamp_ratio = v.check_bool("clamp_ratio", clamp_ratio)
+        self.step = 0
+        self.register_buffer("ratio", None, persistent=False)
+        self.register_buffer("residual", None, persistent=False)
+
+    def extra_repr(self) -> str:
+        size = f"window={self.window}" if self.window is not None else f"density={self.density}"
+        return f"{size}, schedule={self.schedule}, ratio_drift={self.ratio_drift}"
+
+    def reset(self) -> None:
+        """Forget the cache and restart at step 0 (call between generations)."""
+        self.step = 0
+        self.ratio = None
+        self.residual = None
+
+    def half_width(self, size: int) -> int:
+        """The band's half-width for sequence length ``size``: ``w // 2`` with the
+        official ``w = int(size * density)`` unless ``window`` was given."""
+        window = self.window if self.window is not None else int(size * self.density)
+        return _half_width(window, size)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        step: int | None = None,
+        key_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor:
+        """One denoising step of the layer's attention (see the class docstring).
+
+        Args:
+            query, key: (B, H, S, E); value: (B, H, S, Ev); one floating dtype.
+            step: the step being run, checked against :attr:`step` (the calls so far since
+                :meth:`reset`); ``None`` to take the next one.
+            key_mask: (B, S) boolean, True = attend; honoured on every path.
+            scale: the score scale; default :math:`1/\\sqrt{E}`.
+
+        Returns:
+            (B, H, S, Ev) in the input dtype.
+        """
+        batch, heads, size, features, _ = _check_qkv(query, key, value)
+        mask = _check_key_mask(key_mask, batch, size)
+        if step is not None:
+            v.check_int("step", step, low=0)
+            if step != self.step:
+                raise ValueError(
+                    f"step must be {self.step} (the next step of this generation), got {step}; "
+                    "call reset() before a new generation"
+                )
+        if scale is None:
+            scale = 1.0 / math.sqrt(features) if features else 1.0
+        else:
+            scale = v.check_number("scale", scale)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+            raise RuntimeError(
+                "Rettention is inference only (its cache changes on every call and it defines "
+                "no gradient): call it under torch.no_grad() or torch.inference_mode()"
+            )
+        kind = self.schedule.kind(self.step)
+        dtype = compute_dtype(query)
+        q, k, val = query.to(dtype), key.to(dtype), value.to(dtype)
+        if kind == "full":
+            out = _full_attention(q, k, val, mask, scale)
+        elif kind == "refresh":
+            out, lse_full = _full_attention_stats(q, k, val, mask, scale)
+            band, scores = _band_attention(q, k, val, mask, scale, self.half_width(size))
+            lse_band = _band_lse(scores, size)
+            kept = torch.isfinite(lse_band) & torch.isfinite(lse_full)
+            ratio = torch.where(kept, (lse_band - lse_full).exp(), torch.zeros_like(lse_band))
+            self.ratio = ratio
+            self.residual = out - ratio * band
+        else:
+            ratio, residual = self.ratio, self.residual
+            if ratio is None or residual is None:
+                raise RuntimeError(
+                    f"step {self.step} is sparse but nothing is cached: call reset() before a "
+                    "generation and run its steps in order from 0"
+                )
+            expected = tuple(residual.shape)
+            if (batch, heads, size, value.shape[-1]) != expected:
+                raise ValueError(
+                    f"query/value shapes ({batch}, {heads}, {size}, {value.shape[-1]}) differ "
+                    f"from the cached statistics {expected}; call reset() between generations"
+                )
+            band, _ = _band_attention(q, k, val, mask, scale, self.half_width(size))
+            out = torch.addcmul(residual.to(dtype), ratio.to(dtype), band)
+            ratio = ratio + self.ratio_drift
+            self.ratio = ratio.clamp(max=1.0) if self.clamp_ratio else ratio
+        self.step += 1
+        return out.to(query.dtype)
