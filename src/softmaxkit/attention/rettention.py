@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -131,38 +132,55 @@ def local_band_mask(size: int, window: int, *, device: torch.device | str | None
     return (index[None, :] - index[:, None]).abs() <= window // 2
 
 
-def _band_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    val: torch.Tensor,
-    key_mask: torch.Tensor | None,
-    scale: float,
-    half: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention of each query over its band only: (output, scores).
+class _BandPlan(NamedTuple):
+    """The index structure of the band for one (size, half-width, device): queries in
+    blocks of ``block`` rows; block ``n`` meets the ``span = block + 2h`` keys
+    ``n * block - h ..`` whose (clipped) positions are ``index`` (n * span,), and ``drop``
+    (n, block, span) is True where a key is outside the query's band or the sequence."""
 
-    q, k: (B, H, S, E), val: (B, H, S, Ev) in the compute dtype; key_mask (B, S) or None.
-    Queries go in blocks of ``b`` rows; block ``n`` (rows ``nb .. nb + b - 1``) gathers the
-    ``b + 2h`` keys and values ``nb - h .. nb + b - 1 + h`` (indices clipped into range;
-    the clipped ones are masked), and a constant (b, b + 2h) band mask with the key
-    validity removes every key outside a query's band by exact boolean masking. A query
-    with no valid key gives zeros. ``scores`` (B, H, n, b, b + 2h) are the masked scores
-    (-inf outside the band), for the log-sum-exp of a refresh step.
-    """
-    size = q.shape[2]
+    block: int
+    blocks: int
+    span: int
+    tail: int
+    index: torch.Tensor
+    drop: torch.Tensor
+
+
+def _band_plan(size: int, half: int, device: torch.device) -> _BandPlan:
     block = max(16, min(64, half))
     blocks = -(-size // block)
     span = block + 2 * half
-    tail = blocks * block - size
-    device = q.device
     rows = torch.arange(block, device=device)
     cols = torch.arange(span, device=device)
     offset = cols[None, :] - rows[:, None]
     allowed = (offset >= 0) & (offset <= 2 * half)  # (b, span): |i - j| <= h
     absolute = torch.arange(blocks, device=device)[:, None] * block - half + cols  # (n, span)
     inside = (absolute >= 0) & (absolute < size)
+    drop = ~(inside[:, None, :] & allowed)  # (n, b, span)
     index = absolute.clamp(0, max(size - 1, 0)).flatten()
+    return _BandPlan(block, blocks, span, blocks * block - size, index, drop)
 
+
+def _band_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    scale: float,
+    plan: _BandPlan,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of each query over its band only: (output, scores).
+
+    q, k: (B, H, S, E), val: (B, H, S, Ev) in the compute dtype; key_mask (B, S) or None.
+    Queries go in blocks of ``b`` rows; block ``n`` (rows ``nb .. nb + b - 1``) gathers the
+    ``b + 2h`` keys and values ``nb - h .. nb + b - 1 + h`` (indices clipped into range;
+    the clipped ones are masked), and the plan's (n, b, b + 2h) mask with the key padding
+    removes every key outside a query's band by exact boolean masking. A query with no
+    valid key gives zeros. ``scores`` (B, H, n, b, b + 2h) are the masked scores (-inf
+    outside the band), for the log-sum-exp of a refresh step.
+    """
+    size = q.shape[2]
+    block, blocks, span, tail, index, drop = plan
     qb = q * scale
     if tail:
         qb = F.pad(qb, (0, 0, 0, tail))
@@ -170,15 +188,14 @@ def _band_attention(
     kb = k.index_select(2, index).unflatten(2, (blocks, span))  # (B, H, n, span, E)
     vb = val.index_select(2, index).unflatten(2, (blocks, span))  # (B, H, n, span, Ev)
     scores = torch.matmul(qb, kb.transpose(-1, -2))  # (B, H, n, b, span)
-    keep = inside[None, None, :, None, :]  # (1, 1, n, 1, span)
     if key_mask is not None:
-        keep = keep & key_mask[:, index].unflatten(1, (blocks, span))[:, None, :, None, :]
-    keep = keep & allowed
-    scores = scores.masked_fill_(~keep, -math.inf)
+        padded = ~key_mask[:, index].unflatten(1, (blocks, span))[:, :, None, :]  # (B, n, 1, span)
+        drop = (drop | padded)[:, None]  # (B, 1, n, b, span)
+    scores = scores.masked_fill_(drop, -math.inf)
     weights = torch.softmax(scores, -1)  # NaN rows where nothing is kept: zeroed below
     out = torch.matmul(weights, vb)  # (B, H, n, b, Ev)
     if key_mask is not None:  # without one, every row of the sequence keeps its diagonal
-        empty = ~keep.any(-1, keepdim=True)  # (B, 1, n, b, 1)
+        empty = drop.all(-1, keepdim=True)  # (B, 1, n, b, 1)
         if maybe_any(empty):
             out = out.masked_fill_(empty, 0.0)
     return out.flatten(2, 3)[:, :, :size], scores
@@ -487,6 +504,8 @@ class Rettention(torch.nn.Module):
         self.ratio_drift = v.check_number("ratio_drift", ratio_drift, low=0.0)
         self.clamp_ratio = v.check_bool("clamp_ratio", clamp_ratio)
         self.step = 0
+        self._plan_key: tuple | None = None
+        self._band: _BandPlan | None = None
         self.register_buffer("ratio", None, persistent=False)
         self.register_buffer("residual", None, persistent=False)
 
@@ -499,6 +518,14 @@ class Rettention(torch.nn.Module):
         self.step = 0
         self.ratio = None
         self.residual = None
+
+    def _plan(self, size: int, device: torch.device) -> _BandPlan:
+        """The band's index structure, built once per (size, half-width, device)."""
+        key = (size, self.half_width(size), device)
+        if self._plan_key != key:
+            self._band = _band_plan(size, key[1], device)
+            self._plan_key = key
+        return self._band
 
     def half_width(self, size: int) -> int:
         """The band's half-width for sequence length ``size``: ``w // 2`` with the
@@ -553,7 +580,7 @@ class Rettention(torch.nn.Module):
             out = _full_attention(q, k, val, mask, scale)
         elif kind == "refresh":
             out, lse_full = _full_attention_stats(q, k, val, mask, scale)
-            band, scores = _band_attention(q, k, val, mask, scale, self.half_width(size))
+            band, scores = _band_attention(q, k, val, mask, scale, self._plan(size, q.device))
             lse_band = _band_lse(scores, size)
             kept = torch.isfinite(lse_band) & torch.isfinite(lse_full)
             ratio = torch.where(kept, (lse_band - lse_full).exp(), torch.zeros_like(lse_band))
@@ -572,7 +599,7 @@ class Rettention(torch.nn.Module):
                     f"query/value shapes ({batch}, {heads}, {size}, {value.shape[-1]}) differ "
                     f"from the cached statistics {expected}; call reset() between generations"
                 )
-            band, _ = _band_attention(q, k, val, mask, scale, self.half_width(size))
+            band, _ = _band_attention(q, k, val, mask, scale, self._plan(size, q.device))
             out = torch.addcmul(residual.to(dtype), ratio.to(dtype), band)
             ratio = ratio + self.ratio_drift
             self.ratio = ratio.clamp(max=1.0) if self.clamp_ratio else ratio
