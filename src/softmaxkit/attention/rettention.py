@@ -147,7 +147,7 @@ class _BandPlan(NamedTuple):
 
 
 def _band_plan(size: int, half: int, device: torch.device) -> _BandPlan:
-    block = max(16, min(64, half))
+    block = max(32, min(64, half))
     blocks = -(-size // block)
     span = block + 2 * half
     rows = torch.arange(block, device=device)
