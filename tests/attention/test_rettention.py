@@ -428,3 +428,35 @@ def test_claim_rho_reshaped_sparse_is_closer_to_full_than_plain_sparse():
     assert 0.968 <= r["sparsity"] <= 0.97
     assert r["rho"] < 0.9 * r["plain"]
     assert r["rettention"] < 0.6 * r["rho"]
+
+
+# ------------------------------------------------------------- the SDPA-shaped entry
+
+
+def test_sdpa_entry_equals_forward_with_the_key_mask():
+    q, k, v = qkv()
+    key_mask = torch.ones(2, 23, dtype=torch.bool)
+    key_mask[1, 17:] = False
+    schedule = RettentionSchedule(full_steps=1, refresh_every=2)
+    a, b, c = (Rettention(window=4, schedule=schedule) for _ in range(3))
+    with torch.no_grad():
+        for _ in range(4):
+            want = a(q, k, v, key_mask=key_mask)
+            torch.testing.assert_close(
+                b.sdpa(q, k, v, attn_mask=key_mask[:, None, None, :]), want, atol=0, rtol=0
+            )
+            torch.testing.assert_close(c.sdpa(q, k, v, attn_mask=key_mask), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "options,error,name",
+    [
+        ({"dropout_p": 0.1}, ValueError, "dropout_p"),
+        ({"is_causal": True}, ValueError, "is_causal"),
+        ({"attn_mask": torch.zeros(2, 1, 1, 23)}, TypeError, "attn_mask"),
+        ({"attn_mask": torch.ones(2, 1, 23, 23, dtype=torch.bool)}, ValueError, "attn_mask"),
+    ],
+)
+def test_sdpa_entry_refuses_what_it_cannot_do(options, error, name):
+    with pytest.raises(error, match=name), torch.no_grad():
+        Rettention(window=4).sdpa(*qkv(), **options)

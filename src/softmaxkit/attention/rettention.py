@@ -36,10 +36,18 @@ notes:
 * The official processors compute the dense :math:`QK^\top` on sparse steps too and add
   :math:`-10^5` outside the mask (no compute is saved, and :math:`-10^5` is not
   representable in float16). Here a sparse step computes only the band: queries are taken
-  in blocks of ``b`` rows, each block's scores are computed against its ``b + 2h`` band
-  keys (a strided view of the keys; no :math:`(S, S)` tensor is built) and keys outside a
-  query's band are removed by exact boolean masking, so each query's softmax runs over
-  exactly its band :math:`M_i`.
+  in blocks of ``b`` rows (32 to 64), the ``b + 2h`` keys and values of each block's band
+  are gathered (``index_select`` with an index built once per sequence length; no
+  :math:`(S, S)` tensor is built), and keys outside a query's own band are removed by exact
+  boolean masking (-inf, never a finite constant), so each query's softmax runs over
+  exactly its band :math:`M_i`. The work is :math:`S (b + 2h) E` multiply-adds per head
+  instead of :math:`S^2 E`. The refresh step's full attention is computed in blocks of
+  query rows (it needs each row's log-sum-exp), the full steps by torch's
+  ``scaled_dot_product_attention``.
+* Sparsity is a band of the flattened token sequence, as in the PixArt and Hunyuan
+  processors. The CogVideoX processor's mask (text tokens attended by and attending
+  every token; the band replicated in every frame) is not built: the CogVideoX preset
+  gives its schedule only.
 * Key padding masks are honoured on every path (the official full path ignores the
   attention mask, and the window path has none).
 * The residual is kept per head in attention-output space, before the output projection;
@@ -532,6 +540,62 @@ class Rettention(torch.nn.Module):
         official ``w = int(size * density)`` unless ``window`` was given."""
         window = self.window if self.window is not None else int(size * self.density)
         return _half_width(window, size)
+
+    def sdpa(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        *,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+    ) -> torch.Tensor:
+        """This layer behind ``torch.nn.functional.scaled_dot_product_attention``'s
+        signature, to wrap an attention processor that calls SDPA on (B, H, S, E) tensors
+        (diffusers' ``AttnProcessor2_0`` and its kin): each call is the next denoising step.
+
+        ``attn_mask`` may be ``None`` or a boolean key-padding mask (True = attend) of shape
+        (B, 1, 1, S) (or (B, S)); other masks, ``dropout_p > 0`` and ``is_causal=True`` are
+        refused (a diffusion transformer's self-attention uses none of them in inference).
+
+        A processor wraps it by calling ``rett.sdpa`` where it called
+        ``F.scaled_dot_product_attention``, one :class:`Rettention` per layer, and calls
+        :meth:`reset` on every layer between generations (the official scripts' own
+        ``clear_stepi``).
+
+        Example:
+            >>> import torch
+            >>> from softmaxkit.attention import Rettention
+            >>> q = k = val = torch.randn(2, 4, 32, 8)
+            >>> with torch.no_grad():
+            ...     out = Rettention().sdpa(q, k, val, attn_mask=torch.ones(2, 1, 1, 32).bool())
+            >>> out.shape
+            torch.Size([2, 4, 32, 8])
+        """
+        v.check_number("dropout_p", dropout_p, low=0.0, high=0.0)
+        if v.check_bool("is_causal", is_causal):
+            raise ValueError("is_causal must be False: Rettention's band is not causal")
+        key_mask = None
+        if attn_mask is not None:
+            v.check_tensor("attn_mask", attn_mask)
+            size = query.shape[-2] if query.ndim else 0
+            if attn_mask.dtype != torch.bool:
+                raise TypeError(
+                    "attn_mask must be a boolean key-padding mask (True = attend), "
+                    f"got dtype {attn_mask.dtype}"
+                )
+            if attn_mask.ndim == 4 and attn_mask.shape[1] == 1 and attn_mask.shape[2] == 1:
+                key_mask = attn_mask[:, 0, 0]
+            elif attn_mask.ndim == 2:
+                key_mask = attn_mask
+            else:
+                raise ValueError(
+                    f"attn_mask must be a key-padding mask of shape (B, 1, 1, {size}) or "
+                    f"(B, {size}), got shape {tuple(attn_mask.shape)}"
+                )
+        return self(query, key, value, key_mask=key_mask, scale=scale)
 
     def forward(
         self,
