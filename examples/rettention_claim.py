@@ -20,7 +20,9 @@ relative error ||out - full|| / ||full|| over the whole output:
 * plain sparse (Eq. 7): softmax over the band only (rows sum to 1);
 * rho-reshaped (Eq. 9): the band softmax times rho cached at the last refresh step;
 * Re-ttention: ``softmaxkit.attention.Rettention`` (rho with the official drift 0.04, plus
-  the residual cached at the last refresh step).
+  the residual cached at the last refresh step);
+* the same with ``clamp_ratio=True`` (not official: rho stops drifting at 1), and with
+  ``ratio_drift=0`` (the paper's lambda = 0 ablation).
 
 Run: ``PYTHONPATH=src python examples/rettention_claim.py`` (``--quick`` for S = 1024).
 """
@@ -96,14 +98,18 @@ def claim_errors(loop, schedule: RettentionSchedule | None = None) -> dict:
     worst), with the mean in-band mass rho and the sparsity of the band."""
     schedule = RettentionSchedule.pixart() if schedule is None else schedule
     rett = Rettention(density=DENSITY, schedule=schedule)
+    clamped = Rettention(density=DENSITY, schedule=schedule, clamp_ratio=True)
+    no_drift = Rettention(density=DENSITY, schedule=schedule, ratio_drift=0.0)
     size = loop[0][0].shape[2]
     band = local_band_mask(size, int(size * DENSITY))
-    errors = {"plain": [], "rho": [], "rettention": []}
+    errors = {"plain": [], "rho": [], "rettention": [], "clamped": [], "no_drift": []}
     masses = []
     cached = None
     with torch.no_grad():
         for step, (q, k, v) in enumerate(loop):
             out = rett(q, k, v)
+            out_clamped = clamped(q, k, v)
+            out_no_drift = no_drift(q, k, v)
             kind = schedule.kind(step)
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             probs = torch.softmax(scores, -1)
@@ -118,6 +124,8 @@ def claim_errors(loop, schedule: RettentionSchedule | None = None) -> dict:
             errors["plain"].append(float((sparse - full).norm() / norm))
             errors["rho"].append(float((cached * sparse - full).norm() / norm))
             errors["rettention"].append(float((out - full).norm() / norm))
+            errors["clamped"].append(float((out_clamped - full).norm() / norm))
+            errors["no_drift"].append(float((out_no_drift - full).norm() / norm))
             masses.append(float(mass.mean()))
     result = {name: statistics.mean(e) for name, e in errors.items()}
     result.update({f"{name}_max": max(e) for name, e in errors.items()})
@@ -139,8 +147,9 @@ def table(side: int) -> str:
         f"S = {side * side} tokens ({side}x{side} grid), PixArt schedule (20 steps, 12 sparse)",
         "",
         "| scenario | sparsity | mean rho | plain sparse (Eq. 7) | rho-reshaped (Eq. 9) "
-        "| Re-ttention (rho + drift + residual) |",
-        "|---|---|---|---|---|---|",
+        "| Re-ttention (rho + drift + residual) | Re-ttention, rho clamped at 1 "
+        "| Re-ttention, drift 0 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, options in SCENARIOS.items():
         r = claim_errors(synthetic_denoising_loop(side=side, **options))
@@ -148,7 +157,9 @@ def table(side: int) -> str:
             f"| {name} | {100 * r['sparsity']:.1f}% | {r['mass']:.3f} "
             f"| {r['plain']:.3f} (max {r['plain_max']:.3f}) "
             f"| {r['rho']:.3f} (max {r['rho_max']:.3f}) "
-            f"| {r['rettention']:.3f} (max {r['rettention_max']:.3f}) |"
+            f"| {r['rettention']:.3f} (max {r['rettention_max']:.3f}) "
+            f"| {r['clamped']:.3f} (max {r['clamped_max']:.3f}) "
+            f"| {r['no_drift']:.3f} (max {r['no_drift_max']:.3f}) |"
         )
     return "\n".join(lines)
 
