@@ -88,8 +88,6 @@ DEFAULT_RATIO_DRIFT = 0.04
 #: score entries per block of the full path with statistics (32 MiB of float32)
 _FULL_BLOCK_ELEMENTS = 1 << 23
 
-KINDS = ("full", "refresh", "sparse")
-
 
 # --------------------------------------------------------------------------- the band
 
@@ -100,7 +98,9 @@ def _half_width(window: int, size: int) -> int:
     return max(0, min(window // 2, size - 1))
 
 
-def local_band_mask(size: int, window: int, *, device: torch.device | str | None = None):
+def local_band_mask(
+    size: int, window: int, *, device: torch.device | str | None = None
+) -> torch.Tensor:
     r"""The official local attention band as a dense boolean mask (True = attend).
 
     .. math:: M_{ij} = [\,|i - j| \le \lfloor w / 2 \rfloor\,], \qquad i, j < S
