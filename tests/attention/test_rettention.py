@@ -460,3 +460,18 @@ def test_sdpa_entry_equals_forward_with_the_key_mask():
 def test_sdpa_entry_refuses_what_it_cannot_do(options, error, name):
     with pytest.raises(error, match=name), torch.no_grad():
         Rettention(window=4).sdpa(*qkv(), **options)
+
+
+def test_use_ratio_false_is_the_official_residual_only_mode():
+    q, k, v = qkv()
+    q2, k2, v2 = (t + 0.1 * torch.randn_like(t) for t in (q, k, v))
+    rett = refresh_then(window=4, use_ratio=False)
+    with torch.no_grad():
+        rett(q, k, v)
+        out = rett(q2, k2, v2)
+    full, band, mass = dense_band(q, k, v, 4)
+    _, band2, _ = dense_band(q2, k2, v2, 4)
+    torch.testing.assert_close(out, band2 + (full - band), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(rett.ratio, mass + 0.04)  # still cached and drifting
+    with pytest.raises(TypeError, match="use_ratio"):
+        Rettention(use_ratio=1)

@@ -49,6 +49,7 @@ def rettention_op(
     refresh_steps=(),
     ratio_drift=0.04,
     clamp_ratio=False,
+    use_ratio=True,
     key_mask=None,
 ):
     schedule = A.RettentionSchedule(
@@ -60,6 +61,7 @@ def rettention_op(
         schedule=schedule,
         ratio_drift=ratio_drift,
         clamp_ratio=clamp_ratio,
+        use_ratio=use_ratio,
     )
     with torch.no_grad():
         outs = [rett(q, k, v, key_mask=key_mask) for q, k, v in zip(qs, ks, vs)]
@@ -78,6 +80,7 @@ def rettention_reference(
     refresh_steps=(),
     ratio_drift=0.04,
     clamp_ratio=False,
+    use_ratio=True,
     key_mask=None,
 ):
     size = qs.shape[-2]
@@ -93,6 +96,7 @@ def rettention_reference(
         drift=ratio_drift,
         key_keep=None if key_mask is None else key_mask.numpy(),
         clamp=clamp_ratio,
+        use_ratio=use_ratio,
     )
 
 
@@ -113,6 +117,11 @@ def rettention_samples(dtype):
             + (drifting(4, 1, 2, 16, 6, dtype=dtype, seed=9),),
             {"density": 0.25, "full_steps": 0, "refresh_every": 4, "clamp_ratio": True},
         ),
+        # the official residual-only mode (use_ratio = False)
+        Sample(
+            loop(4, dtype=dtype, seed=12),
+            {"window": 3, "full_steps": 1, "refresh_every": 5, "use_ratio": False},
+        ),
     ]
 
 
@@ -130,6 +139,7 @@ RETTENTION = Case(
         Bad({"density": 0.0}, ValueError, "density"),
         Bad({"ratio_drift": -0.1}, ValueError, "ratio_drift"),
         Bad({"clamp_ratio": 1}, TypeError, "clamp_ratio"),
+        Bad({"use_ratio": None}, TypeError, "use_ratio"),
         Bad({"key_mask": torch.ones(1, 11)}, TypeError, "key_mask"),
         Bad({"key_mask": torch.ones(1, 10, dtype=torch.bool)}, ValueError, "key_mask"),
         Bad({}, ValueError, "key", args={1: randn(6, 1, 2, 10, 4, dtype=torch.float32)}),

@@ -115,9 +115,11 @@ def run(
     drift: float = 0.04,
     key_keep=None,
     clamp=False,
+    use_ratio=True,
 ):
     """Outputs of a whole denoising loop: qs, ks (T, B, H, S, E), vs (T, B, H, S, Ev);
-    key_keep (B, S) bool or None. Returns (T, B, H, S, Ev)."""
+    key_keep (B, S) bool or None. ``use_ratio=False`` is the official processors' mode
+    without the reshape (the band softmax with weight 1). Returns (T, B, H, S, Ev)."""
     qs, ks, vs = (np.asarray(a, dtype=np.float64) for a in (qs, ks, vs))
     steps, batch, heads, size, _ = qs.shape
     sparse = band(size, window)
@@ -135,14 +137,13 @@ def run(
                 elif kind == "refresh":
                     full = full_attention(q, k, v, keep)
                     ratio[b, h] = in_mask_ratio(q, k, sparse, keep)
-                    residual[b, h] = full - reshaped_sparse_attention(
-                        q, k, v, sparse, ratio[b, h], keep
-                    )
+                    weight = ratio[b, h] if use_ratio else np.ones(size)
+                    residual[b, h] = full - reshaped_sparse_attention(q, k, v, sparse, weight, keep)
                     outs[t, b, h] = full
                 else:
+                    weight = ratio[b, h] if use_ratio else np.ones(size)
                     outs[t, b, h] = (
-                        reshaped_sparse_attention(q, k, v, sparse, ratio[b, h], keep)
-                        + residual[b, h]
+                        reshaped_sparse_attention(q, k, v, sparse, weight, keep) + residual[b, h]
                     )
         if kind == "sparse":
             ratio = ratio + drift

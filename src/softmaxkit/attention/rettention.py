@@ -464,6 +464,10 @@ class Rettention(torch.nn.Module):
         ratio_drift: :math:`\lambda`, added to :math:`\rho` after each sparse step, at
             least 0; default 0.04 (official code, hard-coded there; the paper's best).
         clamp_ratio: keep :math:`\rho \le 1` while it drifts (not official; default False).
+        use_ratio: scale the band softmax by :math:`\rho` (default True). False is the
+            official processors' ``use_ratio = False`` mode (residual caching only: the
+            band softmax sums to 1, and the residual is taken against it), the paper's
+            ablation without the statistical reshape; :math:`\rho` is still cached.
 
     Shape:
         query, key: (B, H, S, E); value: (B, H, S, Ev); ``key_mask``: (B, S) boolean,
@@ -498,6 +502,7 @@ class Rettention(torch.nn.Module):
         schedule: RettentionSchedule | None = None,
         ratio_drift: float = DEFAULT_RATIO_DRIFT,
         clamp_ratio: bool = False,
+        use_ratio: bool = True,
     ) -> None:
         super().__init__()
         if window is not None:
@@ -511,6 +516,7 @@ class Rettention(torch.nn.Module):
         self.schedule = schedule
         self.ratio_drift = v.check_number("ratio_drift", ratio_drift, low=0.0)
         self.clamp_ratio = v.check_bool("clamp_ratio", clamp_ratio)
+        self.use_ratio = v.check_bool("use_ratio", use_ratio)
         self.step = 0
         self._plan_key: tuple | None = None
         self._band: _BandPlan | None = None
@@ -649,7 +655,7 @@ class Rettention(torch.nn.Module):
             kept = torch.isfinite(lse_band) & torch.isfinite(lse_full)
             ratio = torch.where(kept, (lse_band - lse_full).exp(), torch.zeros_like(lse_band))
             self.ratio = ratio
-            self.residual = out - ratio * band
+            self.residual = out - ratio * band if self.use_ratio else out - band
         else:
             ratio, residual = self.ratio, self.residual
             if ratio is None or residual is None:
@@ -664,7 +670,10 @@ class Rettention(torch.nn.Module):
                     f"from the cached statistics {expected}; call reset() between generations"
                 )
             band, _ = _band_attention(q, k, val, mask, scale, self._plan(size, q.device))
-            out = torch.addcmul(residual.to(dtype), ratio.to(dtype), band)
+            if self.use_ratio:
+                out = torch.addcmul(residual.to(dtype), ratio.to(dtype), band)
+            else:
+                out = residual.to(dtype) + band
             ratio = ratio + self.ratio_drift
             self.ratio = ratio.clamp(max=1.0) if self.clamp_ratio else ratio
         self.step += 1
