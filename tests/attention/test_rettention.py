@@ -475,3 +475,82 @@ def test_use_ratio_false_is_the_official_residual_only_mode():
     torch.testing.assert_close(rett.ratio, mass + 0.04)  # still cached and drifting
     with pytest.raises(TypeError, match="use_ratio"):
         Rettention(use_ratio=1)
+
+
+# ------------------------------------------------ the CogVideoX mask (prefix + frames)
+
+
+@pytest.mark.parametrize("prefix,frames,frame,window", [(3, 4, 7, 3), (0, 3, 9, 4), (5, 1, 12, 6)])
+def test_frame_mask_equals_the_official_loops(prefix, frames, frame, window):
+    size = prefix + frames * frame
+    got = local_band_mask(size, window, prefix_tokens=prefix, frames=frames)
+    np.testing.assert_array_equal(got.numpy(), ref.cog_mask(size, prefix, frames, window))
+
+
+def dense_masked(q, k, v, allowed, key_mask=None):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if key_mask is not None:
+        keep = keep & key_mask[:, None, None, :]
+    full_p = torch.softmax(scores.masked_fill(~keep, -math.inf), -1).nan_to_num(0.0)
+    band_p = torch.softmax(scores.masked_fill(~(keep & allowed), -math.inf), -1).nan_to_num(0.0)
+    return full_p @ v, band_p @ v, (full_p * allowed).sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("prefix,frames,frame,window", [(3, 4, 7, 3), (0, 3, 9, 4), (4, 2, 40, 70)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_frame_band_path_equals_dense_masked(prefix, frames, frame, window, masked):
+    size = prefix + frames * frame
+    q, k, v = qkv(size=size, value_features=3)
+    key_mask = None
+    if masked:
+        key_mask = torch.rand(2, size, generator=torch.Generator().manual_seed(2)) > 0.3
+        key_mask[1] = False
+    allowed = local_band_mask(size, window, prefix_tokens=prefix, frames=frames)
+    rett = Rettention(
+        window=window,
+        prefix_tokens=prefix,
+        frames=frames,
+        schedule=RettentionSchedule(full_steps=0, refresh_every=100),
+    )
+    q2, k2, v2 = (t + 0.1 * torch.randn_like(t) for t in (q, k, v))
+    with torch.no_grad():
+        rett(q, k, v, key_mask=key_mask)
+        out = rett(q2, k2, v2, key_mask=key_mask)
+    full, band, mass = dense_masked(q, k, v, allowed, key_mask)
+    _, band2, _ = dense_masked(q2, k2, v2, allowed, key_mask)
+    torch.testing.assert_close(rett.ratio, mass + 0.04, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(out, mass * band2 + full - mass * band, atol=1e-12, rtol=1e-10)
+    if prefix:  # text rows attend everything: mass 1, no residual
+        torch.testing.assert_close(
+            rett.ratio[0, :, :prefix], torch.full_like(mass[0, :, :prefix], 1.04)
+        )
+
+
+def test_frame_loop_equals_the_reference_with_the_official_mask():
+    g = torch.Generator().manual_seed(4)
+    steps, size = 7, 2 + 3 * 6
+    qs, ks, vs = (
+        torch.randn(steps, 1, 2, size, 4, generator=g, dtype=torch.float64) for _ in range(3)
+    )
+    rett = Rettention(
+        window=3,
+        prefix_tokens=2,
+        frames=3,
+        schedule=RettentionSchedule(full_steps=1, refresh_every=3),
+    )
+    with torch.no_grad():
+        got = torch.stack([rett(q, k, v) for q, k, v in zip(qs, ks, vs)])
+    want = ref.run(qs.numpy(), ks.numpy(), vs.numpy(), 3, 1, 3, sparse=ref.cog_mask(size, 2, 3, 3))
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
+
+
+def test_official_cogvideox_layout():
+    rett = Rettention(prefix_tokens=226, frames=13, schedule=RettentionSchedule.cogvideox())
+    assert rett.half_width(17776) == 21  # int(1350 * 0.03125) = 42
+    with pytest.raises(ValueError, match="frames=13"), torch.no_grad():
+        rett(*qkv(batch=1, heads=1, size=300, features=2))
+    with pytest.raises(ValueError, match="frames"):
+        Rettention(frames=0)
+    with pytest.raises(ValueError, match="prefix_tokens"):
+        local_band_mask(10, 2, prefix_tokens=11)

@@ -50,6 +50,8 @@ def rettention_op(
     ratio_drift=0.04,
     clamp_ratio=False,
     use_ratio=True,
+    prefix_tokens=0,
+    frames=1,
     key_mask=None,
 ):
     schedule = A.RettentionSchedule(
@@ -62,6 +64,8 @@ def rettention_op(
         ratio_drift=ratio_drift,
         clamp_ratio=clamp_ratio,
         use_ratio=use_ratio,
+        prefix_tokens=prefix_tokens,
+        frames=frames,
     )
     with torch.no_grad():
         outs = [rett(q, k, v, key_mask=key_mask) for q, k, v in zip(qs, ks, vs)]
@@ -81,10 +85,14 @@ def rettention_reference(
     ratio_drift=0.04,
     clamp_ratio=False,
     use_ratio=True,
+    prefix_tokens=0,
+    frames=1,
     key_mask=None,
 ):
     size = qs.shape[-2]
-    window = int(size * density) if window is None else window
+    frame = (size - prefix_tokens) // frames
+    window = int(frame * density) if window is None else window
+    sparse = rettention_ref.cog_mask(size, prefix_tokens, frames, window)
     return rettention_ref.run(
         np64(qs),
         np64(ks),
@@ -97,6 +105,7 @@ def rettention_reference(
         key_keep=None if key_mask is None else key_mask.numpy(),
         clamp=clamp_ratio,
         use_ratio=use_ratio,
+        sparse=sparse,
     )
 
 
@@ -116,6 +125,18 @@ def rettention_samples(dtype):
             (*loop(4, size=16, features=4, dtype=dtype, seed=6)[:2],)
             + (drifting(4, 1, 2, 16, 6, dtype=dtype, seed=9),),
             {"density": 0.25, "full_steps": 0, "refresh_every": 4, "clamp_ratio": True},
+        ),
+        # the CogVideoX layout: always-attended prefix (text) tokens, a band per frame
+        Sample(
+            loop(5, batch=2, size=2 + 3 * 5, dtype=dtype, seed=15),
+            {
+                "window": 2,
+                "prefix_tokens": 2,
+                "frames": 3,
+                "full_steps": 1,
+                "refresh_every": 2,
+                "key_mask": keep(2, 17, seed=16, p=0.2),
+            },
         ),
         # the official residual-only mode (use_ratio = False)
         Sample(
@@ -140,6 +161,8 @@ RETTENTION = Case(
         Bad({"ratio_drift": -0.1}, ValueError, "ratio_drift"),
         Bad({"clamp_ratio": 1}, TypeError, "clamp_ratio"),
         Bad({"use_ratio": None}, TypeError, "use_ratio"),
+        Bad({"frames": 2}, ValueError, "frames=2"),
+        Bad({"prefix_tokens": -1}, ValueError, "prefix_tokens"),
         Bad({"key_mask": torch.ones(1, 11)}, TypeError, "key_mask"),
         Bad({"key_mask": torch.ones(1, 10, dtype=torch.bool)}, ValueError, "key_mask"),
         Bad({}, ValueError, "key", args={1: randn(6, 1, 2, 10, 4, dtype=torch.float32)}),

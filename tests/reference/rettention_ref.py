@@ -32,6 +32,27 @@ def band(size: int, window: int) -> np.ndarray:
     return out
 
 
+def cog_mask(seq_length: int, always_attended: int, frames: int, window: int) -> np.ndarray:
+    """The official CogVideoX mask (``generate_sliding_window_attention_mask``), loop by
+    loop: the first ``always_attended`` rows and columns are all kept; a token at in-frame
+    offset i keeps offsets max(0, i - w // 2) .. min(F, i + w // 2 + 1) - 1 of its own frame
+    and of every other frame."""
+    frame_size = (seq_length - always_attended) // frames
+    mask = np.zeros((seq_length, seq_length), dtype=bool)
+    mask[:always_attended, :] = True
+    mask[:, :always_attended] = True
+    half = window // 2
+    for j in range(frames):
+        frame_start = always_attended + j * frame_size
+        for i in range(frame_size):
+            token = frame_start + i
+            start, end = max(0, i - half), min(frame_size, i + half + 1)
+            for other in range(frames):
+                other_start = always_attended + other * frame_size
+                mask[token, other_start + start : other_start + end] = True
+    return mask
+
+
 def _row_terms(scores: np.ndarray, keep: np.ndarray):
     """exp(s_j - max) over the kept entries of one row (zeros elsewhere), and the max."""
     kept = [j for j in range(len(scores)) if keep[j]]
@@ -116,13 +137,15 @@ def run(
     key_keep=None,
     clamp=False,
     use_ratio=True,
+    sparse=None,
 ):
     """Outputs of a whole denoising loop: qs, ks (T, B, H, S, E), vs (T, B, H, S, Ev);
     key_keep (B, S) bool or None. ``use_ratio=False`` is the official processors' mode
-    without the reshape (the band softmax with weight 1). Returns (T, B, H, S, Ev)."""
+    without the reshape (the band softmax with weight 1); ``sparse`` (S, S) replaces the
+    band (e.g. :func:`cog_mask`). Returns (T, B, H, S, Ev)."""
     qs, ks, vs = (np.asarray(a, dtype=np.float64) for a in (qs, ks, vs))
     steps, batch, heads, size, _ = qs.shape
-    sparse = band(size, window)
+    sparse = band(size, window) if sparse is None else np.asarray(sparse, bool)
     ratio = np.zeros((batch, heads, size))
     residual = np.zeros((batch, heads, size, vs.shape[-1]))
     outs = np.zeros(vs.shape)

@@ -44,10 +44,11 @@ notes:
   instead of :math:`S^2 E`. The refresh step's full attention is computed in blocks of
   query rows (it needs each row's log-sum-exp), the full steps by torch's
   ``scaled_dot_product_attention``.
-* Sparsity is a band of the flattened token sequence, as in the PixArt and Hunyuan
-  processors. The CogVideoX processor's mask (text tokens attended by and attending
-  every token; the band replicated in every frame) is not built: the CogVideoX preset
-  gives its schedule only.
+* The sparse set is the band of the flattened token sequence (the PixArt and Hunyuan
+  processors), or with ``prefix_tokens``/``frames`` the CogVideoX mask (always-attended
+  text tokens, the band at the same in-frame offset of every frame), gathered the same way:
+  the image queries of one in-frame block of every frame share the prefix keys and the
+  band windows of all frames; the text queries attend every key (their mass is 1).
 * Key padding masks are honoured on every path (the official full path ignores the
   attention mask, and the window path has none).
 * The residual is kept per head in attention-output space, before the output projection;
@@ -99,7 +100,12 @@ def _half_width(window: int, size: int) -> int:
 
 
 def local_band_mask(
-    size: int, window: int, *, device: torch.device | str | None = None
+    size: int,
+    window: int,
+    *,
+    prefix_tokens: int = 0,
+    frames: int = 1,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     r"""The official local attention band as a dense boolean mask (True = attend).
 
@@ -111,6 +117,15 @@ def local_band_mask(
     processors; their older ``create_local_attention_mask_old`` shifted it). The official
     window is ``int(S * sparsity)`` with ``sparsity = 0.03125``.
 
+    With ``prefix_tokens`` :math:`P` or ``frames`` :math:`T > 1` it is the CogVideoX mask
+    (the official ``generate_sliding_window_attention_mask``): the first :math:`P` tokens
+    (text) attend every token and every token attends them; the other :math:`S - P` tokens
+    form :math:`T` frames of :math:`F = (S - P) / T` tokens, and a token at in-frame offset
+    :math:`o` attends the tokens at offsets :math:`|o - o'| \le \lfloor w/2 \rfloor` of
+    every frame (clipped at the frame's edges). The official CogVideoX run has
+    :math:`S = 17776`, :math:`P = 226`, :math:`T = 13`, :math:`F = 1350` and
+    :math:`w = \operatorname{int}(1350 \cdot 0.03125) = 42`.
+
     This is for inspection and for dense code of one's own: :class:`Rettention` never
     builds it (its sparse step computes only the band's keys).
 
@@ -120,6 +135,8 @@ def local_band_mask(
     Args:
         size: the sequence length :math:`S` (queries and keys), at least 0.
         window: the official window :math:`w` (at least 0); the half-width is ``w // 2``.
+        prefix_tokens: always-attended leading tokens :math:`P` (default 0).
+        frames: frames :math:`T` after the prefix (default 1); ``S - P`` must divide.
         device: where to build the mask.
 
     Returns:
@@ -133,11 +150,31 @@ def local_band_mask(
                 [0, 1, 1, 1, 0],
                 [0, 0, 1, 1, 1],
                 [0, 0, 0, 1, 1]], dtype=torch.int32)
+        >>> local_band_mask(5, 0, prefix_tokens=1, frames=2).int()
+        tensor([[1, 1, 1, 1, 1],
+                [1, 1, 0, 1, 0],
+                [1, 0, 1, 0, 1],
+                [1, 1, 0, 1, 0],
+                [1, 0, 1, 0, 1]], dtype=torch.int32)
     """
     v.check_int("size", size, low=0)
     v.check_int("window", window, low=0)
+    v.check_int("prefix_tokens", prefix_tokens, low=0)
+    v.check_int("frames", frames, low=1)
+    if size < prefix_tokens or (size - prefix_tokens) % frames:
+        raise ValueError(
+            f"size {size} must be prefix_tokens={prefix_tokens} plus frames={frames} frames "
+            "of equal length"
+        )
     index = torch.arange(size, device=device)
-    return (index[None, :] - index[:, None]).abs() <= window // 2
+    if prefix_tokens == 0 and frames == 1:
+        return (index[None, :] - index[:, None]).abs() <= window // 2
+    frame = max((size - prefix_tokens) // frames, 1)
+    offset = (index - prefix_tokens) % frame
+    mask = (offset[None, :] - offset[:, None]).abs() <= window // 2
+    mask[:prefix_tokens] = True
+    mask[:, :prefix_tokens] = True
+    return mask
 
 
 class _BandPlan(NamedTuple):
@@ -212,6 +249,95 @@ def _band_attention(
 def _band_lse(scores: torch.Tensor, size: int) -> torch.Tensor:
     """The band's log-sum-exp (B, H, S, 1) from :func:`_band_attention`'s scores."""
     return torch.logsumexp(scores, -1, keepdim=True).flatten(2, 3)[:, :, :size]
+
+
+class _FramePlan(NamedTuple):
+    """The index structure of the per-frame band with always-attended prefix tokens (the
+    CogVideoX mask): image queries at the same in-frame block of every frame share their
+    keys, the ``prefix`` keys and the in-frame band window of every frame. ``qidx``
+    (n * frames * b,) gathers the queries, ``inv`` (frames * F,) puts them back, ``kidx``
+    (n * L,) gathers the keys, ``drop`` (n, 1, b, L) masks keys outside the band."""
+
+    prefix: int
+    frames: int
+    block: int
+    blocks: int
+    keys: int
+    qidx: torch.Tensor
+    inv: torch.Tensor
+    kidx: torch.Tensor
+    drop: torch.Tensor
+
+
+def _frame_plan(size: int, half: int, prefix: int, frames: int, device: torch.device) -> _FramePlan:
+    frame = (size - prefix) // frames
+    block = max(1, min(max(32, min(64, half)), frame))
+    blocks = -(-frame // block) if frame else 0
+    span = block + 2 * half
+    ar = torch.arange
+    offsets = ar(blocks, device=device)[:, None] * block + ar(block, device=device)  # (n, b)
+    starts = prefix + ar(frames, device=device) * frame  # (frames,)
+    qidx = starts[None, :, None] + offsets.clamp(max=max(frame - 1, 0))[:, None, :]
+    o = ar(frame, device=device)
+    inv = (o // block) * (frames * block) + (o % block)  # (F,) position in the blocked rows
+    inv = (inv[None, :] + ar(frames, device=device)[:, None] * block).flatten()
+    cols = ar(blocks, device=device)[:, None] * block - half + ar(span, device=device)  # (n, span)
+    inside = (cols >= 0) & (cols < frame)
+    kframes = starts[None, :, None] + cols.clamp(0, max(frame - 1, 0))[:, None, :]
+    kidx = torch.cat(
+        [ar(prefix, device=device).expand(blocks, prefix), kframes.flatten(1)], 1
+    )  # (n, L)
+    offset = ar(span, device=device)[None, :] - ar(block, device=device)[:, None]
+    allowed = (offset >= 0) & (offset <= 2 * half)  # (b, span)
+    dropped = ~(inside[:, None, :] & allowed)  # (n, b, span)
+    drop = torch.cat(
+        [
+            torch.zeros(blocks, block, prefix, dtype=torch.bool, device=device),
+            dropped[:, :, None, :].expand(blocks, block, frames, span).flatten(2),
+        ],
+        -1,
+    )[:, None]  # (n, 1, b, L)
+    keys = prefix + frames * span
+    return _FramePlan(
+        prefix, frames, block, blocks, keys, qidx.flatten(), inv, kidx.flatten(), drop
+    )
+
+
+def _frame_band_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    val: torch.Tensor,
+    key_mask: torch.Tensor | None,
+    scale: float,
+    plan: _FramePlan,
+    with_lse: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention over the per-frame band plus the prefix keys (output, log-sum-exp or
+    None); the prefix (text) queries attend every key, as in the official mask."""
+    prefix, frames, block, blocks, keys, qidx, inv, kidx, drop = plan
+    outs, lses = [], []
+    if prefix:
+        out_t, lse_t = _full_attention_stats(q[:, :, :prefix], k, val, key_mask, scale)
+        outs.append(out_t)
+        lses.append(lse_t)
+    qb = (q * scale).index_select(2, qidx).unflatten(2, (blocks, frames * block))
+    kb = k.index_select(2, kidx).unflatten(2, (blocks, keys))  # (B, H, n, L, E)
+    vb = val.index_select(2, kidx).unflatten(2, (blocks, keys))  # (B, H, n, L, Ev)
+    scores = torch.matmul(qb, kb.transpose(-1, -2))  # (B, H, n, frames * b, L)
+    if key_mask is not None:
+        padded = ~key_mask[:, kidx].unflatten(1, (blocks, keys))[:, :, None, None, :]
+        drop = (drop | padded)[:, None]  # (B, 1, n, 1, b, L)
+    scores.unflatten(3, (frames, block)).masked_fill_(drop, -math.inf)
+    if with_lse:
+        lse = torch.logsumexp(scores, -1, keepdim=True).flatten(2, 3).index_select(2, inv)
+        lses.append(lse)
+    out = torch.matmul(torch.softmax(scores, -1), vb)  # (B, H, n, frames * b, Ev)
+    if key_mask is not None:
+        empty = drop.all(-1, keepdim=True)  # (B, 1, n, 1, b, 1)
+        if maybe_any(empty):
+            out.unflatten(3, (frames, block)).masked_fill_(empty, 0.0)
+    outs.append(out.flatten(2, 3).index_select(2, inv))
+    return torch.cat(outs, 2), (torch.cat(lses, 2) if with_lse else None)
 
 
 def _full_attention_stats(
@@ -297,9 +423,10 @@ class RettentionSchedule:
     20 steps in ``scripts/sigma_*.py``/``alpha_*.py``; CogVideoX: ``module/Cog_processor.py``,
     ``stepi < 15`` and ``stepi % 5 == 0``, 50 steps in ``scripts/Vbench_category.py``;
     Hunyuan: ``module/hunyuan_processor.py``, ``stepi < 10`` and ``stepi % 5 == 0``, 50 steps
-    in ``scripts/hunyuan_*.py``.) ``num_steps`` records the official run length; it is
-    informational (steps beyond it follow the same rule; the PixArt list then has no more
-    refreshes, as in the official code).
+    in ``scripts/hunyuan_*.py``.) The official CogVideoX mask is
+    ``Rettention(prefix_tokens=226, frames=13)`` (17776 tokens). ``num_steps`` records the
+    official run length; it is informational (steps beyond it follow the same rule; the
+    PixArt list then has no more refreshes, as in the official code).
 
     Paper: Chen et al., "Re-ttention: Ultra Sparse Visual Generation via Attention
     Statistical Reshape", NeurIPS 2025, arXiv:2505.22918.
@@ -464,6 +591,12 @@ class Rettention(torch.nn.Module):
         ratio_drift: :math:`\lambda`, added to :math:`\rho` after each sparse step, at
             least 0; default 0.04 (official code, hard-coded there; the paper's best).
         clamp_ratio: keep :math:`\rho \le 1` while it drifts (not official; default False).
+        prefix_tokens: always-attended leading tokens (CogVideoX's 226 text tokens; default
+            0): they attend every key and every query attends them.
+        frames: the tokens after the prefix form this many frames of equal length
+            (CogVideoX: 13 of 1350); the band applies at the same in-frame offset in
+            every frame, and the default window is ``int(F * density)`` for the frame
+            length ``F`` (official ``int(1350 * sparsity)``). Default 1.
         use_ratio: scale the band softmax by :math:`\rho` (default True). False is the
             official processors' ``use_ratio = False`` mode (residual caching only: the
             band softmax sums to 1, and the residual is taken against it), the paper's
@@ -503,6 +636,8 @@ class Rettention(torch.nn.Module):
         ratio_drift: float = DEFAULT_RATIO_DRIFT,
         clamp_ratio: bool = False,
         use_ratio: bool = True,
+        prefix_tokens: int = 0,
+        frames: int = 1,
     ) -> None:
         super().__init__()
         if window is not None:
@@ -517,6 +652,8 @@ class Rettention(torch.nn.Module):
         self.ratio_drift = v.check_number("ratio_drift", ratio_drift, low=0.0)
         self.clamp_ratio = v.check_bool("clamp_ratio", clamp_ratio)
         self.use_ratio = v.check_bool("use_ratio", use_ratio)
+        self.prefix_tokens = v.check_int("prefix_tokens", prefix_tokens, low=0)
+        self.frames = v.check_int("frames", frames, low=1)
         self.step = 0
         self._plan_key: tuple | None = None
         self._band: _BandPlan | None = None
@@ -533,19 +670,39 @@ class Rettention(torch.nn.Module):
         self.ratio = None
         self.residual = None
 
-    def _plan(self, size: int, device: torch.device) -> _BandPlan:
+    def _frame_size(self, size: int) -> int:
+        return (size - self.prefix_tokens) // self.frames
+
+    def _plan(self, size: int, device: torch.device) -> _BandPlan | _FramePlan:
         """The band's index structure, built once per (size, half-width, device)."""
         key = (size, self.half_width(size), device)
         if self._plan_key != key:
-            self._band = _band_plan(size, key[1], device)
+            if self.prefix_tokens or self.frames > 1:
+                self._band = _frame_plan(size, key[1], self.prefix_tokens, self.frames, device)
+            else:
+                self._band = _band_plan(size, key[1], device)
             self._plan_key = key
         return self._band
 
     def half_width(self, size: int) -> int:
         """The band's half-width for sequence length ``size``: ``w // 2`` with the
-        official ``w = int(size * density)`` unless ``window`` was given."""
-        window = self.window if self.window is not None else int(size * self.density)
-        return _half_width(window, size)
+        official ``w = int(F * density)`` unless ``window`` was given, where ``F`` is the
+        frame length ``(size - prefix_tokens) // frames`` (``size`` for one frame and no
+        prefix), capped at ``F - 1``."""
+        frame = self._frame_size(size)
+        window = self.window if self.window is not None else int(frame * self.density)
+        return _half_width(window, frame)
+
+    def _sparse(
+        self, q, k, val, mask, scale: float, with_lse: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention over the sparse set only: (output, log-sum-exp if ``with_lse``)."""
+        size = q.shape[2]
+        plan = self._plan(size, q.device)
+        if isinstance(plan, _FramePlan):
+            return _frame_band_attention(q, k, val, mask, scale, plan, with_lse)
+        band, scores = _band_attention(q, k, val, mask, scale, plan)
+        return band, (_band_lse(scores, size) if with_lse else None)
 
     def sdpa(
         self,
@@ -627,6 +784,11 @@ class Rettention(torch.nn.Module):
         """
         batch, heads, size, features, _ = _check_qkv(query, key, value)
         mask = _check_key_mask(key_mask, batch, size)
+        if size < self.prefix_tokens or (size - self.prefix_tokens) % self.frames:
+            raise ValueError(
+                f"query's sequence length {size} must be prefix_tokens={self.prefix_tokens} "
+                f"plus frames={self.frames} frames of equal length"
+            )
         if step is not None:
             v.check_int("step", step, low=0)
             if step != self.step:
@@ -650,8 +812,7 @@ class Rettention(torch.nn.Module):
             out = _full_attention(q, k, val, mask, scale)
         elif kind == "refresh":
             out, lse_full = _full_attention_stats(q, k, val, mask, scale)
-            band, scores = _band_attention(q, k, val, mask, scale, self._plan(size, q.device))
-            lse_band = _band_lse(scores, size)
+            band, lse_band = self._sparse(q, k, val, mask, scale, True)
             kept = torch.isfinite(lse_band) & torch.isfinite(lse_full)
             ratio = torch.where(kept, (lse_band - lse_full).exp(), torch.zeros_like(lse_band))
             self.ratio = ratio
@@ -669,7 +830,7 @@ class Rettention(torch.nn.Module):
                     f"query/value shapes ({batch}, {heads}, {size}, {value.shape[-1]}) differ "
                     f"from the cached statistics {expected}; call reset() between generations"
                 )
-            band, _ = _band_attention(q, k, val, mask, scale, self._plan(size, q.device))
+            band, _ = self._sparse(q, k, val, mask, scale, False)
             if self.use_ratio:
                 out = torch.addcmul(residual.to(dtype), ratio.to(dtype), band)
             else:
