@@ -310,6 +310,7 @@ def _frame_band_attention(
     key_mask: torch.Tensor | None,
     scale: float,
     plan: _FramePlan,
+    *,
     with_lse: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention over the per-frame band plus the prefix keys (output, log-sum-exp or
@@ -700,7 +701,7 @@ class Rettention(torch.nn.Module):
         size = q.shape[2]
         plan = self._plan(size, q.device)
         if isinstance(plan, _FramePlan):
-            return _frame_band_attention(q, k, val, mask, scale, plan, with_lse)
+            return _frame_band_attention(q, k, val, mask, scale, plan, with_lse=with_lse)
         band, scores = _band_attention(q, k, val, mask, scale, plan)
         return band, (_band_lse(scores, size) if with_lse else None)
 
