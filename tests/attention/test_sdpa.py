@@ -499,3 +499,19 @@ def test_errors_name_the_argument(change, error, name):
     args = {"query": q, "key": k, "value": v, **change}
     with pytest.raises(error, match=name):
         sdpa(args.pop("query"), args.pop("key"), args.pop("value"), **args)
+
+
+def test_a_rowwise_quantizer_sees_whole_rows():
+    """quant.SoftmaxBinarizer(per_row=True) compares each entry with its row's max: the
+    blocked path gives it whole rows, equal to binarizing the full probability matrix."""
+    from softmaxkit import quant
+
+    g = torch.Generator().manual_seed(0)
+    q, k, val = (torch.randn(2, 5, 40, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    binarizer = quant.SoftmaxBinarizer()
+    assert binarizer.elementwise is False
+    out = sdpa(q, k, val, probs_quantizer=binarizer)
+    p = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1)
+    torch.testing.assert_close(out, binarizer(p) @ val)
+    with pytest.raises(ValueError, match="block_size"):
+        sdpa(q, k, val, probs_quantizer=binarizer, block_size=8)

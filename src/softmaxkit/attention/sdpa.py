@@ -450,7 +450,8 @@ def scaled_dot_product_attention(
             same result as on the whole matrix), and its backward (straight-through) is
             used through ``torch.autograd.grad`` per block; its own parameters receive no
             gradient on this path. A calibrating quantizer (``q.calibrating``) is called once
-            per block in the forward only.
+            per block in the forward only. A quantizer whose ``elementwise`` attribute is
+            False (``quant.SoftmaxBinarizer(per_row=True)``) gets whole rows (one key block).
         block_size: keys per block of the blocked path. Default: whole rows while
             :data:`MIN_ROWS` of them fit in :data:`TILE_ELEMENTS` entries, else
             :data:`DEFAULT_BLOCK` (both chosen by measurement, see their comments).
@@ -491,8 +492,16 @@ def scaled_dot_product_attention(
         return _torch_sdpa(query, key, value, attn_mask, is_causal, scale)
     N = math.prod(batch)
     dtype = compute_dtype(query)
+    # a quantizer that is not element-wise (quant.SoftmaxBinarizer(per_row=True) compares each
+    # entry with its row max) must see whole rows: one key block
+    rowwise = not getattr(probs_quantizer, "elementwise", True)
+    if rowwise and block_size is not None and block_size < S:
+        raise ValueError(
+            f"block_size must be at least the number of keys ({S}) with a probs_quantizer that "
+            f"is not element-wise (it needs whole rows), got {block_size}"
+        )
     if block_size is None:  # whole rows while MIN_ROWS of them fit in one tile
-        block_size = S if N * S * MIN_ROWS <= TILE_ELEMENTS else DEFAULT_BLOCK
+        block_size = S if rowwise or N * S * MIN_ROWS <= TILE_ELEMENTS else DEFAULT_BLOCK
     block_k = min(block_size, S)
     o = _Options(
         scale=scale,

@@ -57,7 +57,7 @@ _QUANTILE_LIMIT = 1 << 24
 def check_nonnegative(name: str, value: torch.Tensor) -> torch.Tensor:
     """Entries >= 0 (NaN fails), read in one pass (a minimum) on CPU outside
     ``torch.compile`` only (elsewhere reading them would synchronise the device)."""
-    if value.device.type != "cpu" or value.numel() == 0 or torch.compiler.is_compiling():
+    if not v.readable(value):
         return value
     low = value.detach().min()
     if not bool(low >= 0):
