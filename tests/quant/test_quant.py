@@ -60,6 +60,7 @@ def all_quantizers(bits: int) -> dict[str, Q.Quantizer]:
         "log2": Q.Log2Quantizer(bits),
         "logsqrt2": Q.LogSqrt2Quantizer(bits),
         "adalog": Q.AdaLogQuantizer(bits, eq_n=16),
+        "adalog_simulated": Q.AdaLogQuantizer(bits, eq_n=16, mode="simulated"),
         "fp": Q.FPQuantizer(bits, eq_n=10),
         "binary_tensor": Q.SoftmaxBinarizer(per_row=False),
     }
@@ -409,6 +410,8 @@ def test_properties_range_monotone_and_idempotent(seed, bits):
         assert (y >= 0).all() and torch.isfinite(y).all(), name
         order = x.reshape(-1).argsort()
         assert (y.reshape(-1)[order].diff() >= 0).all(), f"{name}: not monotone"
+        if getattr(q, "mode", None) == "hardware":
+            continue  # AdaLog's hardware levels are not fixed points (its docstring)
         torch.testing.assert_close(q(y), y, rtol=1e-12, atol=0, msg=name)  # levels are fixed
 
 

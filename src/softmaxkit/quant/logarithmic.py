@@ -260,14 +260,17 @@ class AdaLogQuantizer(_LogQuantizer):
       \lfloor 2^{-((qc) \bmod r)/r}(2^{b+1} - 2) \rceil / (2^{b+1} - 2)`;
     * ``"simulated"`` (the official training mode): :math:`\hat x = s\,2^{-cq/r}`.
 
-    The two differ by the mantissa rounding; pin the mode you test. Calibration searches
-    :math:`q \in \{10, \dots, 10 + n_{eq} - 1\}` (the official effective grid: the code
-    builds :math:`n_{eq} + 1` candidates and evaluates the first :math:`n_{eq}`) for the
-    smallest error, with :math:`n_{eq} = 128` (the official 3/4/6-bit configs; the class
-    default is 100). The scale :math:`s` of post-softmax inputs is fixed at 1 and never
-    searched, as in the official code. Wu et al., "AdaLog: Post-Training Quantization for
-    Vision Transformers with Adaptive Logarithm Quantizer", ECCV 2024, arXiv 2407.12951;
-    GoatWu/AdaLog, ``quantizers/logarithm.py`` and ``quant_layers/matmul.py``.
+    The two differ by the mantissa rounding; pin the mode you test. In ``"hardware"`` mode
+    quantizing is not idempotent: a level's rounded mantissa can fall below the next code's boundary
+    (at 2 bits with :math:`q = 10`, code 3 decodes to 0.5, which encodes as code 4, i.e. zero), as
+    in the official tables; ``"simulated"`` levels are fixed points. Calibration searches :math:`q
+    \in \{10, \dots, 10 + n_{eq} - 1\}` (the official effective grid: the code builds :math:`n_{eq}
+    + 1` candidates and evaluates the first :math:`n_{eq}`) for the smallest error, with
+    :math:`n_{eq} = 128` (the official 3/4/6-bit configs; the class default is 100). The scale
+    :math:`s` of post-softmax inputs is fixed at 1 and never searched, as in the official code. Wu
+    et al., "AdaLog: Post-Training Quantization for Vision Transformers with Adaptive Logarithm
+    Quantizer", ECCV 2024, arXiv 2407.12951; GoatWu/AdaLog, ``quantizers/logarithm.py`` and
+    ``quant_layers/matmul.py``.
 
     Bits: :math:`b` means :math:`2^b` codes, as everywhere in ``softmaxkit.quant``; the
     official code writes ``n_levels = 2^(b-1)`` and clamps to ``2 * n_levels - 1``, the
