@@ -176,7 +176,7 @@ class ActQuant(nn.Module):
         if self.keep:
             self.last = x.detach()
         if self.mode == "calib":
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = float(x.detach().min()), float(x.detach().max())
             if self.low is None:
                 self.low, self.high = lo, hi
             else:
