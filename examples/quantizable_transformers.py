@@ -31,7 +31,9 @@ key (one content lookup). Accuracy is measured on the query tokens (chance 1 / v
 A vanilla-softmax head can only "do nothing" for a token by putting its whole mass on a
 token with a near-zero value (``[BOS]`` is there for that), which needs ever larger
 logits; the clipped softmax reaches exact zeros with finite logits and the gate switches a
-head off per token. (Handwritten digits as row tokens with a [CLS] token were not used:
+head off per token. ``--noise s`` adds Gaussian noise of std ``s`` to the non-[BOS]
+embeddings, so that any attention away from [BOS] costs something (an experiment; default
+0). (Handwritten digits as row tokens with a [CLS] token were not used:
 only [CLS] is read, so nothing asks the other tokens to be left alone.)
 
 **Outliers** (as the official ``validate_mlm.py``): for each sample the infinity norm
@@ -111,6 +113,7 @@ class Config:
     calib_batches: int = 16
     batch_eval: int = 128
     gate_mlp: bool = False
+    noise: float = 0.0  # std of Gaussian noise on the non-[BOS] token embeddings
     seed: int = 0
 
 
@@ -235,11 +238,15 @@ class Encoder(nn.Module):
         self.q_embed = ActQuant()
         self.layers = nn.ModuleList(EncoderLayer(cfg, variant) for _ in range(cfg.layers))
         self.head = nn.Linear(cfg.d_model, cfg.values)
+        self.noise = cfg.noise
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         pos = self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         kind, key, val = tokens.unbind(-1)
-        return self.q_embed(self.ln(self.kind(kind) + self.key(key) + self.val(val) + pos))
+        x = self.kind(kind) + self.key(key) + self.val(val) + pos
+        if self.noise > 0:  # seeded per call through the global generator
+            x = x + self.noise * torch.randn_like(x) * (kind != 0).unsqueeze(-1)
+        return self.q_embed(self.ln(x))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
@@ -451,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, help="encoder layers (default 4; quick 2)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     parser.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    parser.add_argument("--noise", type=float, help="embedding noise std (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gate-mlp", action="store_true", help="the BERT run's MLP gate")
     parser.add_argument(
@@ -464,6 +472,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = replace(cfg, steps=args.steps)
     if args.layers is not None:
         cfg = replace(cfg, layers=args.layers)
+    if args.noise is not None:
+        cfg = replace(cfg, noise=args.noise)
     if args.lr is not None:
         cfg = replace(cfg, lr=args.lr)
     if args.weight_decay is not None:
