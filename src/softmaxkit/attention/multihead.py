@@ -190,18 +190,19 @@ class MultiheadAttention(nn.MultiheadAttention):
     official code has no MLP for all features — here ``gate_mlp_hidden`` gives one.
 
     Drop-in: the constructor takes torch's arguments (keyword-only after ``num_heads``;
-    ``batch_first`` defaults to **True** here, False in torch), the parameters have torch's
-    names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``, ...) so torch
-    state dicts load (``strict=False`` when a gate adds parameters), and ``forward`` has
-    torch's signature and return values. **Masks follow torch's MultiheadAttention**:
-    ``key_padding_mask`` (N, S) and ``attn_mask`` (L, S) or (N*H, L, S) are True where
-    attention is NOT allowed (or additive floats) — the opposite of the rest of softmaxkit.
-    With ``softmax="softmax"``, no gate and no quantizer, ``forward`` is
-    ``torch.nn.MultiheadAttention.forward`` itself (bit for bit). Otherwise: attention
-    weights (``need_weights=True``) or dropout in training are computed with the explicit
-    (L, S) probabilities (as torch does for weights); else through
-    :func:`softmaxkit.attention.scaled_dot_product_attention` (blocked, no (L, S) matrix).
-    A query row with no key kept gives zeros (torch too, in recent versions).
+    ``batch_first`` defaults to **True** here, False in torch), the parameters have torch's names
+    (``in_proj_weight``, ``in_proj_bias``, ``out_proj``, ``bias_k``, ...) so torch state dicts load
+    (``strict=False`` when a gate adds parameters), and ``forward`` has torch's signature and return
+    values. **Masks follow torch's MultiheadAttention**: ``key_padding_mask`` (N, S) and
+    ``attn_mask`` (L, S) or (N*H, L, S) are True where attention is NOT allowed (or additive floats)
+    — the opposite of the rest of softmaxkit. With ``softmax="softmax"``, no gate and no quantizer,
+    ``forward`` is ``torch.nn.MultiheadAttention.forward`` itself (bit for bit; like torch's, that
+    path applies ``out_proj`` inside a fused function, so forward hooks on ``out_proj`` do not fire
+    there: pass an identity ``probs_quantizer`` to take softmaxkit's path). Otherwise: attention
+    weights (``need_weights=True``) or dropout in training are computed with the explicit (L, S)
+    probabilities (as torch does for weights); else through
+    :func:`softmaxkit.attention.scaled_dot_product_attention` (blocked, no (L, S) matrix). A query
+    row with no key kept gives zeros (torch too, in recent versions).
 
     Args:
         embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
