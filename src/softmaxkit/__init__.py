@@ -2,13 +2,25 @@
 
 The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts are
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
-:mod:`softmaxkit.distributed`, :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`,
-:mod:`softmaxkit.ood`, :mod:`softmaxkit.calibration`).
+:mod:`softmaxkit.attention`, :mod:`softmaxkit.quant`, :mod:`softmaxkit.distributed`,
+:mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`, :mod:`softmaxkit.ood`,
+:mod:`softmaxkit.calibration`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from softmaxkit import calibration, distributed, dynamics, functional, heads, labels, losses, ood
+from softmaxkit import (
+    attention,
+    calibration,
+    distributed,
+    dynamics,
+    functional,
+    heads,
+    labels,
+    losses,
+    ood,
+    quant,
+)
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -21,6 +33,8 @@ __all__ = [
     "functional",
     "losses",
     "heads",
+    "attention",
+    "quant",
     "distributed",
     "dynamics",
     "labels",
