@@ -34,17 +34,11 @@ def _interval(low: float | None, high: float | None, low_open: bool, high_open: 
     return f"{left}{lo}, {hi}{right}"
 
 
-def _readable(value: torch.Tensor) -> bool:
+def readable(value: torch.Tensor) -> bool:
     """Whether a check may read ``value``'s entries: a non-empty CPU tensor outside
     ``torch.compile`` (elsewhere reading them would synchronise the device or break the
     graph; an out-of-range index is then caught by the device-side check that reads it)."""
     return value.device.type == "cpu" and value.numel() > 0 and not torch.compiler.is_compiling()
-
-
-def readable(value: torch.Tensor) -> bool:
-    """Whether a check outside this module may read ``value``'s entries (see
-    :func:`_readable`): the one rule for value checks written beside their callers."""
-    return _readable(value)
 
 
 _Check = TypeVar("_Check", bound=Callable[..., torch.Tensor])
@@ -52,11 +46,11 @@ _Check = TypeVar("_Check", bound=Callable[..., torch.Tensor])
 
 def _reads_values(check: _Check) -> _Check:
     """A check ``check(name, value, ...)`` of ``value``'s entries, run only where they may
-    be read (:func:`_readable`); elsewhere ``value`` passes unchecked. Returns ``value``."""
+    be read (:func:`readable`); elsewhere ``value`` passes unchecked. Returns ``value``."""
 
     @functools.wraps(check)
     def checked(name: str, value: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return check(name, value, *args, **kwargs) if _readable(value) else value
+        return check(name, value, *args, **kwargs) if readable(value) else value
 
     return checked  # type: ignore[return-value]
 
@@ -184,7 +178,7 @@ def check_class_target(
             f"{name} must have shape {tuple(expected)} (the logits' shape without the class "
             f"dimension {class_dim}), got {tuple(target.shape)}"
         )
-    if _readable(target):
+    if readable(target):
         num_classes = logits.shape[class_dim]
         kept = target[target != ignore_index]
         if kept.numel() > 0:
@@ -366,7 +360,7 @@ def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> 
         raise ValueError(
             f"missing must lie outside the class range [0, {num_classes - 1}], got {missing}"
         )
-    if _readable(value):
+    if readable(value):
         bad = (value != missing) & ((value < 0) | (value >= num_classes))
         if bool(bad.any()):
             got = int(value[bad].flatten()[0])
@@ -389,7 +383,7 @@ def check_class_indices(
     value = check_index_dtype(name, value)
     if tuple(value.shape) != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(value.shape)}")
-    if _readable(value):
+    if readable(value):
         lo, hi = int(value.min()), int(value.max())
         bad = lo if lo < 0 else hi
         if not 0 <= bad < num_classes:

@@ -23,6 +23,7 @@ mode rounds with a straight-through ``round`` on the code, whose gradient with r
 
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -62,8 +63,9 @@ class _LogQuantizer(Quantizer):
     def _sync(self) -> None:
         self.levels = self._level_table().to(self.levels.device)
 
+    @abc.abstractmethod
     def _per_octave(self) -> float:
-        raise NotImplementedError
+        """Codes per octave: ``k`` in ``c = round(-k log2(x / scale))``."""
 
     def _codes(self, x: torch.Tensor, scale: float | torch.Tensor, k: float) -> torch.Tensor:
         # clamp to [0, 2^b]: every code >= 2^b (and +inf from x = 0) lands on the zero code
@@ -90,10 +92,10 @@ class _ScaledLogQuantizer(_LogQuantizer):
         self,
         bits: int,
         *,
-        scale: float | None,
-        percentile: Any,
-        max_samples: int,
-        seed: int,
+        scale: float | None = None,
+        percentile: Any = REPQ_PERCENTILES,
+        max_samples: int = MAX_SAMPLES,
+        seed: int = 0,
     ) -> None:
         super().__init__(bits, max_samples=max_samples, seed=seed)
         self.fixed_scale = (
@@ -161,19 +163,6 @@ class Log2Quantizer(_ScaledLogQuantizer):
         tensor([0.0000, 0.0000, 0.2500, 0.2500, 1.0000])
     """
 
-    def __init__(
-        self,
-        bits: int,
-        *,
-        scale: float | None = None,
-        percentile: Any = REPQ_PERCENTILES,
-        max_samples: int = MAX_SAMPLES,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            bits, scale=scale, percentile=percentile, max_samples=max_samples, seed=seed
-        )
-
     def _per_octave(self) -> float:
         return 1.0
 
@@ -219,19 +208,6 @@ class LogSqrt2Quantizer(_ScaledLogQuantizer):
         >>> q.quantize(torch.tensor([0.0, 0.5, 0.7, 1.0]))
         tensor([8, 2, 1, 0], dtype=torch.uint8)
     """
-
-    def __init__(
-        self,
-        bits: int,
-        *,
-        scale: float | None = None,
-        percentile: Any = REPQ_PERCENTILES,
-        max_samples: int = MAX_SAMPLES,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            bits, scale=scale, percentile=percentile, max_samples=max_samples, seed=seed
-        )
 
     def _per_octave(self) -> float:
         return 2.0
