@@ -8,6 +8,7 @@ are computed in their own dtype. Where several tensors meet, the widest wins
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -125,3 +126,13 @@ def store(dst: torch.Tensor, value: torch.Tensor) -> None:
     """Copy ``value`` into ``dst`` unless it was computed there already."""
     if value.data_ptr() != dst.data_ptr():
         dst.copy_(value)
+
+
+@functools.cache
+def unit_open_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """The neighbours of 0 below and of 1 above in ``dtype``: ``lo < u < hi`` iff
+    ``0 <= u <= 1``, so the fused ``hardtanh_backward`` (exclusive bounds) passes a clip's
+    gradient inclusively at 0 and 1 as ``torch.clamp`` does. Computed once per dtype."""
+    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
+    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
+    return lo, hi

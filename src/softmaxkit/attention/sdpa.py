@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
-from softmaxkit._ops.blocks import compute_dtype, maybe_any
+from softmaxkit._ops.blocks import compute_dtype, maybe_any, unit_open_bounds
 
 SOFTMAXES = ("softmax", "clipped")
 
@@ -129,19 +129,6 @@ def _scores(x: _Inputs, rows: slice, cols: slice, o: _Options) -> torch.Tensor:
         j = torch.arange(cols.start, cols.stop, device=s.device)
         s.masked_fill_(j > i, -math.inf)
     return s
-
-
-def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """The neighbours of 0 below and of 1 above in ``dtype``: ``lo < u < hi`` iff
-    ``0 <= u <= 1``, so the fused ``hardtanh_backward`` (exclusive bounds) passes the
-    gradient inclusively at 0 and 1 as ``torch.clamp`` does."""
-    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
-    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
-    return lo, hi
-
-
-#: the clip's open bounds in the two compute dtypes (read once, not per tile)
-_BOUNDS = {dtype: _open_bounds(dtype) for dtype in (torch.float32, torch.float64)}
 
 
 def _probs(x: _Inputs, rows: slice, cols: slice, lse, o: _Options) -> torch.Tensor:
@@ -233,7 +220,7 @@ def _tile_grads(x: _Inputs, rows: slice, cols: slice, lse, g, o: _Options):
         yq, dp = _through_quantizer(p, dy, o)
         return p, yq, dp
     u = _stretch(p, o)
-    kept_lo, kept_hi = _BOUNDS[u.dtype]
+    kept_lo, kept_hi = unit_open_bounds(u.dtype)  # cached per dtype
     y = torch.clamp(u, 0.0, 1.0)
     yq, dy = _through_quantizer(y, dy, o)
     dp = torch.ops.aten.hardtanh_backward(dy, u, kept_lo, kept_hi)  # steps 3-4

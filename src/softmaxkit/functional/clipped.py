@@ -14,17 +14,11 @@ from softmaxkit._ops.blocks import (
     in_dtype,
     row_blocks,
     store,
+    unit_open_bounds,
     workspace,
 )
 from softmaxkit.functional._softmax import masked_logits
 from softmaxkit.functional.two_pass import safe_normalize
-
-
-def _open_bounds(dtype: torch.dtype) -> tuple[float, float]:
-    """The neighbours of 0 and 1 below and above, in ``dtype``: lo < u < hi iff 0 <= u <= 1."""
-    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
-    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
-    return lo, hi
 
 
 class _ClippedSoftmax(torch.autograd.Function):
@@ -56,7 +50,7 @@ class _ClippedSoftmax(torch.autograd.Function):
         work = workspace(z2, z2.dtype, 3)
         # torch.clamp passes the gradient where 0 <= u <= 1, bounds included; the clip's
         # backward kernel excludes its bounds, so it gets their outer neighbours
-        lo, hi = _open_bounds(z2.dtype)
+        lo, hi = unit_open_bounds(z2.dtype)
         for b in row_blocks(*z2.shape):
             p_buf, u_buf, g_buf = (w[: b.stop - b.start] for w in work)
             p, _ = safe_normalize(z2[b], 1, log=False, out=p_buf)
