@@ -230,6 +230,7 @@ class _TemperatureGate(nn.Module):
         self,
         d_model: int,
         num_experts: int,
+        *,
         temperature: float,
         learn_temperature: bool,
         final_temperature: float | None,
@@ -346,11 +347,11 @@ class DenseToSparseGate(_TemperatureGate):
         super().__init__(
             d_model,
             num_experts,
-            temperature,
-            learn_temperature,
-            final_temperature,
-            anneal_steps,
-            bias_placement,
+            temperature=temperature,
+            learn_temperature=learn_temperature,
+            final_temperature=final_temperature,
+            anneal_steps=anneal_steps,
+            bias_placement=bias_placement,
         )
 
     def _scores(self, xc: torch.Tensor) -> torch.Tensor:
@@ -406,11 +407,11 @@ class ActivationGate(_TemperatureGate):
         super().__init__(
             d_model,
             num_experts,
-            temperature,
-            learn_temperature,
-            final_temperature,
-            anneal_steps,
-            bias_placement,
+            temperature=temperature,
+            learn_temperature=learn_temperature,
+            final_temperature=final_temperature,
+            anneal_steps=anneal_steps,
+            bias_placement=bias_placement,
         )
         self.activation = v.check_callable("activation", activation)
         if _is_linear_or_relu(activation):
