@@ -62,6 +62,8 @@ class MoE(nn.Module):
         if not isinstance(gate, nn.Module):
             raise TypeError(f"gate must be an nn.Module, got {type(gate).__name__}")
         num = getattr(gate, "num_experts", None)
+        if getattr(gate, "d_model", d_model) != d_model:
+            raise ValueError(f"gate.d_model is {gate.d_model}, expected d_model={d_model}")
         if isinstance(experts, nn.Module) and not isinstance(
             experts, (nn.ModuleList, nn.Sequential)
         ):
@@ -79,8 +81,6 @@ class MoE(nn.Module):
                 raise TypeError(f"experts[{i}] must be an nn.Module, got {type(m).__name__}")
         if isinstance(num, int) and num != len(modules):
             raise ValueError(f"experts has {len(modules)} modules but gate.num_experts is {num}")
-        if getattr(gate, "d_model", d_model) != d_model:
-            raise ValueError(f"gate.d_model is {gate.d_model}, expected d_model={d_model}")
         self.experts = nn.ModuleList(modules)
         self.gate = gate
 
