@@ -4,7 +4,7 @@ The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts a
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.attention`, :mod:`softmaxkit.quant`, :mod:`softmaxkit.distributed`,
 :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`, :mod:`softmaxkit.ood`,
-:mod:`softmaxkit.calibration`).
+:mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -18,6 +18,7 @@ from softmaxkit import (
     heads,
     labels,
     losses,
+    moe,
     ood,
     quant,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "labels",
     "ood",
     "calibration",
+    "moe",
     "__version__",
     *_functional_all,
 ]
