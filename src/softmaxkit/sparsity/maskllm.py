@@ -343,6 +343,10 @@ class NMMaskLearner(nn.Module):
     parametrization's ``gate``), so it round-trips into a model with masks applied the same
     way; the learner's own ``state_dict`` holds the logits and the iteration.
 
+    Every read of a masked layer's ``weight`` in training mode draws a new mask (one per
+    forward, as the official layer); :meth:`regularizer` uses the last draw of each layer, so
+    call it after the forward whose loss it joins.
+
     Paper: Fang et al., "MaskLLM: Learnable Semi-Structured Sparsity for Large Language
     Models", NeurIPS 2024, arXiv:2409.17481; official code NVlabs/MaskLLM.
 
