@@ -132,9 +132,7 @@ def test_prior_initialisation_matches_reference(n, m):
     model = nn.Linear(8, 3).double()
     learner = apply_nm_masks(model, n, m, generator=torch.Generator().manual_seed(4))
     g = torch.Generator().manual_seed(4)
-    init = torch.empty(3 * 8 // m, math.comb(m, n), dtype=torch.float64).normal_(
-        0, 0.01, generator=g
-    )
+    init = torch.empty(3 * 8 // m, math.comb(m, n)).normal_(0, 0.01, generator=g).double()
     prior = ref.magnitude_mask(model.parametrizations.weight.original.detach().numpy(), n, m)
     expected = ref.prior_init(init.numpy(), prior, n, m, 3.0)
     np.testing.assert_allclose(learner.masks[0].gate.detach().numpy(), expected, rtol=1e-12)

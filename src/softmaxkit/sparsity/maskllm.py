@@ -367,7 +367,9 @@ class NMMaskLearner(nn.Module):
         hard: straight-through one-hot sampling (default False, the scripts').
         freeze_weights: keep the original weights frozen (default True: the paper learns
             masks only); they regain their ``requires_grad`` on :meth:`remove`.
-        generator: a ``torch.Generator`` for the logit initialisation and the Gumbel noise.
+        generator: a CPU ``torch.Generator`` for the logit initialisation (drawn in float32
+            on the CPU) and, on a CPU model, the Gumbel noise (for a model on another device
+            pass ``None`` or move the learner's noise generator: ``learner.generator``).
 
     Shapes: a layer of weight ``(out, in)`` holds logits ``(out * in / m, C)``.
 
@@ -484,9 +486,12 @@ class NMMaskLearner(nn.Module):
     def _init_gate(self, weight, prior_mask, strength, generator) -> torch.Tensor:
         count = math.comb(self.m, self.n)
         dtype = compute_dtype(weight)
-        gate = torch.empty(weight.numel() // self.m, count, dtype=dtype)
+        # drawn in float32 (the official gate's dtype) on the CPU whatever the weight's dtype,
+        # so one seed gives the same logits for every dtype (torch's float32 and float64
+        # normal_ draws differ)
+        gate = torch.empty(weight.numel() // self.m, count, dtype=torch.float32)
         gate.normal_(0.0, 0.01, generator=generator)
-        gate = gate.to(weight.device)
+        gate = gate.to(device=weight.device, dtype=dtype)
         if prior_mask is not None and strength > 0:
             options = nm_candidates(self.n, self.m, dtype=dtype, device=weight.device)
             overlap = prior_mask.reshape(-1, self.m).to(dtype) @ options.T
@@ -514,6 +519,17 @@ class NMMaskLearner(nn.Module):
     def reg_weight(self) -> float:
         r"""The current regulariser weight :math:`\lambda (1 - \min(t/T, 1))`."""
         return self.weight_reg * (1.0 - self._schedule.progress)
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        """The generator of the Gumbel noise (on the model's device; settable)."""
+        return self._schedule.generator
+
+    @generator.setter
+    def generator(self, value: torch.Generator | None) -> None:
+        if value is not None and not isinstance(value, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {value!r}")
+        self._schedule.generator = value
 
     def step(self) -> None:
         """Advance the schedules by one iteration (call after each optimizer step)."""
