@@ -3,7 +3,9 @@ torch.compile, state_dict round trips, removal, errors and the miniature claim c
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -383,11 +385,12 @@ def test_errors_name_the_argument():
 def test_claim_miniature():
     """A seconds-long run of examples/maskllm_claim.py: the learned 2:4 mask loses less test
     loss than magnitude 2:4 pruning (the full example reports several seeds)."""
-    import importlib.util
-
     if importlib.util.find_spec("sklearn") is None:
         pytest.skip("scikit-learn (the digits data) is not installed")
-    from examples import maskllm_claim as claim
+    path = Path(__file__).resolve().parents[2] / "examples" / "maskllm_claim.py"
+    spec = importlib.util.spec_from_file_location("maskllm_claim", path)
+    claim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claim)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matmuls: one thread is faster, far more so on a busy CPU
