@@ -367,9 +367,10 @@ class NMMaskLearner(nn.Module):
         hard: straight-through one-hot sampling (default False, the scripts').
         freeze_weights: keep the original weights frozen (default True: the paper learns
             masks only); they regain their ``requires_grad`` on :meth:`remove`.
-        generator: a CPU ``torch.Generator`` for the logit initialisation (drawn in float32
-            on the CPU) and, on a CPU model, the Gumbel noise (for a model on another device
-            pass ``None`` or move the learner's noise generator: ``learner.generator``).
+        generator: a ``torch.Generator`` for the logit initialisation (drawn in float32 on
+            its device) and, when it is on the model's device, for the Gumbel noise; on another
+            device the noise uses torch's default generator unless ``learner.generator`` is
+            set to a generator on that device.
 
     Shapes: a layer of weight ``(out, in)`` holds logits ``(out * in / m, C)``.
 
@@ -435,6 +436,9 @@ class NMMaskLearner(nn.Module):
             if parametrize.is_parametrized(layer, "weight"):
                 raise ValueError(f"layer {name!r}'s weight is already parametrized")
         priors = self._priors(prior, chosen)
+        device = chosen[0][1].weight.device
+        if generator is not None and generator.device != device:
+            schedule.generator = None  # the noise is drawn on the model's device
         self._schedule = schedule
         self.names = [name for name, _ in chosen]
         self._layers = chosen  # plain list: the model owns the layers
@@ -486,10 +490,12 @@ class NMMaskLearner(nn.Module):
     def _init_gate(self, weight, prior_mask, strength, generator) -> torch.Tensor:
         count = math.comb(self.m, self.n)
         dtype = compute_dtype(weight)
-        # drawn in float32 (the official gate's dtype) on the CPU whatever the weight's dtype,
+        # drawn in float32 (the official gate's dtype) on the generator's device (the CPU
+        # without one) whatever the weight's dtype and device,
         # so one seed gives the same logits for every dtype (torch's float32 and float64
         # normal_ draws differ)
-        gate = torch.empty(weight.numel() // self.m, count, dtype=torch.float32)
+        where = "cpu" if generator is None else generator.device
+        gate = torch.empty(weight.numel() // self.m, count, dtype=torch.float32, device=where)
         gate.normal_(0.0, 0.01, generator=generator)
         gate = gate.to(device=weight.device, dtype=dtype)
         if prior_mask is not None and strength > 0:
