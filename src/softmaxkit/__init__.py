@@ -4,7 +4,7 @@ The maps of :mod:`softmaxkit.functional` are re-exported here; the other parts a
 sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.attention`, :mod:`softmaxkit.quant`, :mod:`softmaxkit.distributed`,
 :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`, :mod:`softmaxkit.ood`,
-:mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`).
+:mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`, :mod:`softmaxkit.sparsity`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -21,6 +21,7 @@ from softmaxkit import (
     moe,
     ood,
     quant,
+    sparsity,
 )
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
@@ -42,6 +43,7 @@ __all__ = [
     "ood",
     "calibration",
     "moe",
+    "sparsity",
     "__version__",
     *_functional_all,
 ]
