@@ -205,12 +205,13 @@ class MultiheadAttention(nn.MultiheadAttention):
     row with no key kept gives zeros (torch too, in recent versions).
 
     Args:
-        embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim,
-            device, dtype: as ``torch.nn.MultiheadAttention``.
+        embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, device, dtype:
+            as ``torch.nn.MultiheadAttention``.
         batch_first: (N, L, E) inputs when True (default here), (L, N, E) when False.
         softmax: ``"softmax"`` or ``"clipped"``.
-        gamma, zeta: the clipped softmax's :math:`\gamma \le 0`, :math:`\zeta \ge 1`
-            (defaults: the paper's BERT run, ``clipped(-.025:1)``).
+        gamma: the clipped softmax's :math:`\gamma \le 0` (default: the paper's BERT run,
+            ``clipped(-.025:1)``).
+        zeta: the clipped softmax's :math:`\zeta \ge 1` (default: the same run).
         gate: None or one of the three gate types above.
         gate_input: ``"head_slice"`` or ``"all_features"``.
         gate_mlp_hidden: hidden width of an MLP gate (None: a linear gate).

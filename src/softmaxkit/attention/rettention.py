@@ -412,13 +412,13 @@ class RettentionSchedule:
     The official presets (class methods), read from the official processors and run
     scripts of ``cccrrrccc/Re-ttention``:
 
-    ============== =========== ==================================== ===============
-    preset          full steps  refresh steps                        official steps
-    ============== =========== ==================================== ===============
-    ``pixart()``    0-4         5, 10, 15 (an explicit list)         20
-    ``cogvideox()`` 0-14        every multiple of 5 from 15          50
-    ``hunyuan()``   0-9         every multiple of 5 from 10          50
-    ============== =========== ==================================== ===============
+    =============== =========== ==================================== ===============
+    preset           full steps  refresh steps                        official steps
+    =============== =========== ==================================== ===============
+    ``pixart()``     0-4         5, 10, 15 (an explicit list)         20
+    ``cogvideox()``  0-14        every multiple of 5 from 15          50
+    ``hunyuan()``    0-9         every multiple of 5 from 10          50
+    =============== =========== ==================================== ===============
 
     (PixArt: ``module/pixart_processor.py``, ``stepi < 5`` and ``stepi in [5, 10, 15]``,
     20 steps in ``scripts/sigma_*.py``/``alpha_*.py``; CogVideoX: ``module/Cog_processor.py``,

@@ -81,7 +81,7 @@ class Mahalanobis(FeatureDetector):
     rounded to the scoring dtype before ``p_c`` is formed from it, so features sharing a
     large offset lose no accuracy in float32.
 
-    Features of shape (N, C, *spatial) are averaged over the spatial axes first, as the
+    Features of shape ``(N, C, *spatial)`` are averaged over the spatial axes first, as the
     paper does for every layer.
 
     Args:
@@ -258,7 +258,7 @@ class Mahalanobis(FeatureDetector):
         Parameters of ``model`` get no gradient; put it in eval mode yourself.
 
         Args:
-            model: maps ``inputs`` to features (N, d) / (N, C, *spatial), or to a list or
+            model: maps ``inputs`` to features (N, d) / ``(N, C, *spatial)``, or to a list or
                 tuple of per-layer features (then ``layer`` picks one).
             inputs: (N, C, ...) floating inputs.
             noise_magnitude: eps >= 0 (the paper picks it on validation data from
@@ -464,7 +464,7 @@ class MahalanobisEnsemble:
         num_classes: int | None = None,
     ) -> MahalanobisEnsemble:
         """Fit one :class:`Mahalanobis` per layer on the training ``features`` (a list of
-        (N, d_l) or (N, C_l, *spatial) tensors) with labels ``target`` (N,)."""
+        (N, d_l) or ``(N, C_l, *spatial)`` tensors) with labels ``target`` (N,)."""
         self.detectors = []
         layers = self._check_layers("features", features)
         detectors = []
