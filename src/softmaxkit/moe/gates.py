@@ -304,8 +304,9 @@ class DenseToSparseGate(_TemperatureGate):
     arXiv:2401.13875, section 2 (the gate the paper analyses; originally Nie et al.'s
     DTS-Gate, arXiv:2112.14397). Placement of β_0: the paper writes its mixing measure as
     Σ_i exp(β_{0i}) δ_{(β_{1i}, τ, a_i, b_i, ν_i)}, i.e. β_0 is an additive per-expert
-    log-weight not divided by τ -- our default; this is our reading and was not checked
-    against the full text in this build (see the report).
+    log-weight not divided by τ -- our default. This placement is inferred from that
+    mixing-measure form; the paper's body was not available to check it, so both readings
+    are offered.
 
     Temperature: fixed (default 1.0), learned (``learn_temperature=True``, parameterised as
     log τ so τ stays > 0; in the paper τ is a parameter estimated by maximum likelihood), or
@@ -375,13 +376,14 @@ class ActivationGate(_TemperatureGate):
     linear output goes through σ before the softmax; the rates need σ whose derivatives
     are linearly independent (e.g. tanh, sigmoid), so ReLU and the identity raise a
     warning. Placement of β_0 as in :class:`DenseToSparseGate` (additive log-weight, the
-    paper's exp(β_{0i}) mixing weights); our reading, see the report. Temperature options
-    as in :class:`DenseToSparseGate`.
+    paper's exp(β_{0i}) mixing weights; inferred, not checked against the paper's body).
 
     Args:
-        d_model, num_experts, temperature, learn_temperature, final_temperature,
-        anneal_steps, bias_placement: as in :class:`DenseToSparseGate`.
         activation: σ, an elementwise callable (default ``torch.tanh``).
+
+    The other arguments (``d_model``, ``num_experts``, ``temperature``,
+    ``learn_temperature``, ``final_temperature``, ``anneal_steps``, ``bias_placement``) are
+    as in :class:`DenseToSparseGate`.
 
     Example:
         >>> import torch
