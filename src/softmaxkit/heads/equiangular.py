@@ -166,8 +166,8 @@ class EquiangularHead(nn.Module):
         dim: basis dimension (experiments use 100..2000 for 1000 classes).
         temperature: :math:`\tau > 0`.
         threshold, seed, max_steps: passed to :func:`equiangular_basis`.
-        basis: a precomputed (num_classes, dim) basis (rows are normalised), skipping the
-            generation.
+        basis: a precomputed (num_classes, dim) basis (rows are normalised, dtype kept),
+            skipping the generation.
 
     Shape: input (..., in_features) -> logits (..., num_classes).
 
@@ -207,7 +207,7 @@ class EquiangularHead(nn.Module):
                 raise ValueError(
                     f"basis must have shape ({num_classes}, {dim}), got {tuple(basis.shape)}"
                 )
-            basis = torch.nn.functional.normalize(basis.detach().float(), dim=1)
+            basis = torch.nn.functional.normalize(basis.detach(), dim=1)
         self.proj = nn.Linear(in_features, dim)
         self.register_buffer("basis", basis.clone())
         self.in_features, self.num_classes, self.dim = in_features, num_classes, dim
