@@ -1,6 +1,9 @@
 """Output layers for large label spaces: the fused linear + cross-entropy, the spherical
 exact-gradient layer, VQ-Logits, kNN-LM."""
 
+from softmaxkit.heads.concept import ConceptBottleneck, concept_matrix_search
+from softmaxkit.heads.cosine import CosineHead
+from softmaxkit.heads.equiangular import EquiangularHead, equiangular_basis
 from softmaxkit.heads.knnlm import KNNLM
 from softmaxkit.heads.linear_ce import (
     LinearCrossEntropy,
@@ -19,4 +22,9 @@ __all__ = [
     "kmeans",
     "KMeansResult",
     "KNNLM",
+    "equiangular_basis",
+    "EquiangularHead",
+    "CosineHead",
+    "ConceptBottleneck",
+    "concept_matrix_search",
 ]
