@@ -47,8 +47,11 @@ from softmaxkit.losses.spherical import (
     z_loss,
 )
 from softmaxkit.losses.stablemax import StableMaxCrossEntropyLoss, stablemax_cross_entropy
+from softmaxkit.losses.tempnet import TempNetDROLoss, tempnet_dro_loss
 
 __all__ = [
+    "TempNetDROLoss",
+    "tempnet_dro_loss",
     # StableMax (Prieto et al. 2025)
     "stablemax_cross_entropy",
     "StableMaxCrossEntropyLoss",

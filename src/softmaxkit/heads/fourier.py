@@ -1,0 +1,197 @@
+"""The Fourier Head: a categorical output head whose distribution is a smooth Fourier PDF.
+
+Gillman et al., "Fourier Head: Helping Large Language Models Learn Complex Probability
+Distributions" (ICLR 2025, arXiv 2410.22269); official code nate-gillman/fourier-head,
+``fourier_head.py::Fourier_Head``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softmaxkit._ops.blocks import compute_dtype, upcast
+from softmaxkit._validation import check_choice, check_floating, check_int, check_number
+
+__all__ = ["FourierHead"]
+
+_OUTPUTS = ("log_prob", "prob")
+
+
+class FourierHead(nn.Module):
+    r"""The Fourier Head of Gillman et al.: a linear layer gives N + 1 complex
+    autocorrelation parameters, whose autocorrelation are the Fourier coefficients of a
+    non-negative PDF on [-1, 1], evaluated at the bin centres and normalised over the bins.
+
+    With :math:`a = W x + b \in \mathbb{C}^{N+1}` (real parts first, then imaginary parts):
+
+    .. math::
+        c_k = \sum_{j=0}^{N-k} a_{j+k}\,\overline{a_j},\qquad
+        p(x) = \tfrac12 + \operatorname{Re}\sum_{k=1}^{N} \frac{c_k}{c_0}\, e^{i\pi k x}
+             = \frac{\bigl|\sum_j a_j e^{i\pi j x}\bigr|^2}{2 c_0} \ge 0,
+
+    .. math::
+        P_m = \frac{p(x_m)}{\sum_{m'} p(x_{m'})},\qquad
+        \text{output}_m = \log(P_m + \varepsilon),
+
+    with :math:`x_m` the centres of ``num_bins`` equal bins of [-1, 1]. The regulariser
+    (Sobolev-type penalty on the un-normalised coefficients), stored after every forward in
+    :attr:`regularization_loss` for the caller to add to the loss:
+
+    .. math::
+        L_\text{reg} = \gamma \cdot 2\cdot \operatorname{mean}_\text{batch}
+        \sum_{k=0}^{N} 2\pi^2 k^2 |c_k|^2 .
+
+    Args:
+        in_features: input size.
+        num_bins: number of output bins m (>= 1).
+        num_frequencies: number of frequencies N (>= 1).
+        regularization_gamma: γ of the regulariser. Default 1e-6, the paper's experiments
+            (and the official imitation-learning model and demo); the official class
+            default is 0.
+        eps: ε of the output log(P + ε); default 1e-5 as the official
+            ``const_inverse_softmax``. ``eps=0`` gives the exact log P.
+        output: ``"log_prob"`` (default, the official output log(P + ε)) or ``"prob"`` (P).
+
+    Shapes: input (..., in_features) -> output (..., num_bins), the input's dtype (float16
+    and bfloat16 are computed in float32).
+
+    Paper vs official code, and this module's choices:
+
+    - Autocorrelation convention: the official :math:`c_k = \sum_j a_{j+k}\overline{a_j}`
+      (the opposite conjugation mirrors the PDF, x -> -x). Computed in real arithmetic
+      with a gather (no complex dtype, no Python loop), equal to the official conv1d.
+    - Initialisation: PyTorch's default ``nn.Linear`` init, weight and bias each divided by
+      100 (official ``init_denominator_weight``/``init_denominator_bias``).
+    - Bin centres: midpoints of ``torch.linspace(-1, 1, num_bins + 1)`` (official).
+    - The regulariser follows the official code exactly (γ = 1e-6 was tuned with it): it
+      uses the un-normalised :math:`c_k` and has an extra factor 2 over the paper's
+      :math:`2\pi^2\sum_k k^2|c_k|^2`. On an empty batch it is 0 (the official mean is NaN).
+    - Deviations for robustness: :math:`c_0` is clamped at the dtype's smallest normal
+      number (a = 0 gives the uniform PDF instead of NaN), and p is clamped at 0 before the
+      normalisation (p >= 0 holds in exact arithmetic; rounding can give -1e-8, whose log is
+      NaN when ``eps=0``). The official device default ("cuda") and the misspelt
+      ``regularizion_gamma`` are not kept.
+
+    Example:
+        >>> head = FourierHead(16, num_bins=64, num_frequencies=8)
+        >>> logits = head(torch.randn(5, 16))
+        >>> logits.shape
+        torch.Size([5, 64])
+        >>> bool(torch.allclose(head.probabilities(torch.randn(5, 16)).sum(-1), torch.ones(5)))
+        True
+        >>> loss = F.cross_entropy(logits, torch.randint(0, 64, (5,))) + head.regularization_loss
+    """
+
+    bin_centers: torch.Tensor
+    frequencies: torch.Tensor
+    regularization_scalars: torch.Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        num_bins: int,
+        num_frequencies: int,
+        *,
+        regularization_gamma: float = 1e-6,
+        eps: float = 1e-5,
+        output: str = "log_prob",
+    ) -> None:
+        super().__init__()
+        self.in_features = check_int("in_features", in_features, low=1)
+        self.num_bins = check_int("num_bins", num_bins, low=1)
+        self.num_frequencies = check_int("num_frequencies", num_frequencies, low=1)
+        self.regularization_gamma = check_number(
+            "regularization_gamma", regularization_gamma, low=0.0
+        )
+        self.eps = check_number("eps", eps, low=0.0)
+        self.output = check_choice("output", output, _OUTPUTS)
+        n = self.num_frequencies
+        self.linear = nn.Linear(self.in_features, 2 * (n + 1))
+        with torch.no_grad():
+            self.linear.weight.div_(100.0)
+            self.linear.bias.div_(100.0)
+        edges = torch.linspace(-1.0, 1.0, self.num_bins + 1, dtype=torch.float64)
+        self.register_buffer("bin_centers", (edges[:-1] + edges[1:]) / 2, persistent=False)
+        k = torch.arange(n + 1, dtype=torch.float64)
+        self.register_buffer("frequencies", k, persistent=False)
+        self.register_buffer("regularization_scalars", 2 * math.pi**2 * k**2, persistent=False)
+        # (N+1, N+1) index of a_{j+k} (row k, column j); N+1 points at an appended zero
+        idx = k.long()[:, None] + k.long()[None, :]
+        self.register_buffer("_shift_index", idx.clamp(max=n + 1), persistent=False)
+        self.regularization_loss: torch.Tensor = torch.zeros(())
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_bins={self.num_bins}, "
+            f"num_frequencies={self.num_frequencies}, "
+            f"regularization_gamma={self.regularization_gamma:g}, eps={self.eps:g}, "
+            f"output={self.output!r}"
+        )
+
+    def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:
+        check_floating("input", x)
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(
+                f"input must have last dimension in_features={self.in_features}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        w, b = self.linear.weight, self.linear.bias
+        dtype = compute_dtype(x, w)
+        h = F.linear(upcast(x).to(dtype), w.to(dtype), b.to(dtype))
+        n1 = self.num_frequencies + 1
+        return h[..., :n1], h[..., n1:], dtype
+
+    def _autocorrelation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary parts of c_k, k = 0..N: (..., N+1) each, compute dtype."""
+        ar, ai, _ = self._params(x)
+        pad = ar.new_zeros(ar.shape[:-1] + (1,))
+        sr = torch.cat([ar, pad], -1)[..., self._shift_index]  # (..., N+1, N+1): a_{j+k}
+        si = torch.cat([ai, pad], -1)[..., self._shift_index]
+        ar_, ai_ = ar.unsqueeze(-2), ai.unsqueeze(-2)
+        # a_{j+k} * conj(a_j) = (sr + i si)(ar - i ai)
+        cr = (sr * ar_ + si * ai_).sum(-1)
+        ci = (si * ar_ - sr * ai_).sum(-1)
+        return cr, ci
+
+    def fourier_coefficients(self, input: torch.Tensor) -> torch.Tensor:
+        """The un-normalised Fourier coefficients :math:`c_k`, k = 0..N, of the PDF before
+        the division by :math:`c_0`: a complex tensor (..., N + 1) (complex64, or complex128
+        for float64 inputs)."""
+        cr, ci = self._autocorrelation(input)
+        return torch.complex(cr, ci)
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cr, ci = self._autocorrelation(x)
+        dtype = cr.dtype
+        c0 = cr[..., :1].clamp_min(torch.finfo(dtype).tiny)
+        hr, hi = cr[..., 1:] / c0, ci[..., 1:] / c0
+        angle = math.pi * self.frequencies[1:, None].to(dtype) * self.bin_centers.to(dtype)
+        # Re(c e^{i t}) = Re(c) cos t - Im(c) sin t
+        pdf = 0.5 + hr @ torch.cos(angle) - hi @ torch.sin(angle)
+        pdf = pdf.clamp_min(0.0)
+        probs = pdf / pdf.sum(-1, keepdim=True)
+        summands = self.regularization_scalars.to(dtype) * (cr * cr + ci * ci)
+        per_row = summands.sum(-1).reshape(-1)
+        mean = per_row.mean() if per_row.numel() else per_row.sum()
+        return probs, self.regularization_gamma * 2.0 * mean
+
+    def probabilities(self, input: torch.Tensor) -> torch.Tensor:
+        """The categorical distribution P over the bins, (..., num_bins), in the input's
+        dtype; also updates :attr:`regularization_loss`."""
+        probs, reg = self._forward(input)
+        self.regularization_loss = reg
+        return probs.to(input.dtype)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """log(P + eps) (``output="log_prob"``) or P (``output="prob"``), (..., num_bins);
+        sets :attr:`regularization_loss` (a 0-d tensor in the compute dtype, with
+        gradient)."""
+        probs, reg = self._forward(input)
+        self.regularization_loss = reg
+        if self.output == "prob":
+            return probs.to(input.dtype)
+        return torch.log(probs + self.eps).to(input.dtype)
