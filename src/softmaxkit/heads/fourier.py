@@ -70,10 +70,12 @@ class FourierHead(nn.Module):
     - The regulariser follows the official code exactly (γ = 1e-6 was tuned with it): it
       uses the un-normalised :math:`c_k` and has an extra factor 2 over the paper's
       :math:`2\pi^2\sum_k k^2|c_k|^2`. On an empty batch it is 0 (the official mean is NaN).
-    - Deviations for robustness: :math:`c_0` is clamped at the dtype's smallest normal
-      number (a = 0 gives the uniform PDF instead of NaN), and p is clamped at 0 before the
-      normalisation (p >= 0 holds in exact arithmetic; rounding can give -1e-8, whose log is
-      NaN when ``eps=0``). The official device default ("cuda") and the misspelt
+    - Deviations for robustness: a is divided by its largest real/imaginary magnitude per
+      row before the autocorrelation (the PDF depends on :math:`c_k/c_0` only, so this is
+      exact; large inputs no longer overflow to NaN), :math:`c_0` is clamped at the
+      dtype's smallest normal number (a = 0 gives the uniform PDF instead of NaN), and p
+      is clamped at 0 before the normalisation (p >= 0 holds in exact arithmetic; rounding
+      can give -1e-8, whose log is NaN when ``eps=0``). The official device default ("cuda") and the misspelt
       ``regularizion_gamma`` are not kept.
 
     Example:
@@ -145,9 +147,14 @@ class FourierHead(nn.Module):
         n1 = self.num_frequencies + 1
         return h[..., :n1], h[..., n1:], dtype
 
-    def _autocorrelation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real and imaginary parts of c_k, k = 0..N: (..., N+1) each, compute dtype."""
+    def _autocorrelation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The autocorrelation of a / s, with s = max_j max(|Re a_j|, |Im a_j|) per row:
+        real and imaginary parts (..., N+1) and s (..., 1), compute dtype. c_k = s^2 times
+        it; the PDF depends on c_k / c_0 only, so scaling keeps large inputs finite."""
         ar, ai, _ = self._params(x)
+        scale = torch.maximum(ar.abs().amax(-1, keepdim=True), ai.abs().amax(-1, keepdim=True))
+        scale = scale.clamp_min(torch.finfo(ar.dtype).tiny)
+        ar, ai = ar / scale, ai / scale
         pad = ar.new_zeros(ar.shape[:-1] + (1,))
         sr = torch.cat([ar, pad], -1)[..., self._shift_index]  # (..., N+1, N+1): a_{j+k}
         si = torch.cat([ai, pad], -1)[..., self._shift_index]
@@ -155,17 +162,17 @@ class FourierHead(nn.Module):
         # a_{j+k} * conj(a_j) = (sr + i si)(ar - i ai)
         cr = (sr * ar_ + si * ai_).sum(-1)
         ci = (si * ar_ - sr * ai_).sum(-1)
-        return cr, ci
+        return cr, ci, scale
 
     def fourier_coefficients(self, input: torch.Tensor) -> torch.Tensor:
         """The un-normalised Fourier coefficients :math:`c_k`, k = 0..N, of the PDF before
         the division by :math:`c_0`: a complex tensor (..., N + 1) (complex64, or complex128
         for float64 inputs)."""
-        cr, ci = self._autocorrelation(input)
-        return torch.complex(cr, ci)
+        cr, ci, scale = self._autocorrelation(input)
+        return torch.complex(cr * scale**2, ci * scale**2)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cr, ci = self._autocorrelation(x)
+        cr, ci, scale = self._autocorrelation(x)
         dtype = cr.dtype
         c0 = cr[..., :1].clamp_min(torch.finfo(dtype).tiny)
         hr, hi = cr[..., 1:] / c0, ci[..., 1:] / c0
@@ -175,7 +182,7 @@ class FourierHead(nn.Module):
         pdf = pdf.clamp_min(0.0)
         probs = pdf / pdf.sum(-1, keepdim=True)
         summands = self.regularization_scalars.to(dtype) * (cr * cr + ci * ci)
-        per_row = summands.sum(-1).reshape(-1)
+        per_row = (summands.sum(-1) * scale.squeeze(-1) ** 4).reshape(-1)
         mean = per_row.mean() if per_row.numel() else per_row.sum()
         return probs, self.regularization_gamma * 2.0 * mean
 
