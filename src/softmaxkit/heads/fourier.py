@@ -75,8 +75,8 @@ class FourierHead(nn.Module):
       exact; large inputs no longer overflow to NaN), :math:`c_0` is clamped at the
       dtype's smallest normal number (a = 0 gives the uniform PDF instead of NaN), and p
       is clamped at 0 before the normalisation (p >= 0 holds in exact arithmetic; rounding
-      can give -1e-8, whose log is NaN when ``eps=0``). The official device default ("cuda") and the misspelt
-      ``regularizion_gamma`` are not kept.
+      can give -1e-8, whose log is NaN when ``eps=0``). The official device default
+      ("cuda") and the misspelt ``regularizion_gamma`` are not kept.
 
     Example:
         >>> head = FourierHead(16, num_bins=64, num_frequencies=8)
