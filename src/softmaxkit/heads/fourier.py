@@ -121,9 +121,19 @@ class FourierHead(nn.Module):
         k = torch.arange(n + 1, dtype=torch.float64)
         self.register_buffer("frequencies", k, persistent=False)
         self.register_buffer("regularization_scalars", 2 * math.pi**2 * k**2, persistent=False)
-        # (N+1, N+1) index of a_{j+k} (row k, column j); N+1 points at an appended zero
-        idx = k.long()[:, None] + k.long()[None, :]
-        self.register_buffer("_shift_index", idx.clamp(max=n + 1), persistent=False)
+        # sum_j a_j e^{i pi j x} at the bin centres and at L = 2N + 1 equispaced points of
+        # [-1, 1) (from which the DFT recovers c_k exactly): u = [Re a, Im a] times
+        # [[cos, sin], [-sin, cos]] gives [Re, Im] of the sums in one real matmul
+        grid = -1.0 + 2.0 * torch.arange(2 * n + 1, dtype=torch.float64) / (2 * n + 1)
+        points = torch.cat([self.bin_centers, grid])
+        angle = math.pi * k[:, None] * points
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        synth = torch.cat([torch.cat([cos, sin], 1), torch.cat([-sin, cos], 1)], 0)
+        self.register_buffer("_synthesis", synth, persistent=False)
+        # c_k = (1/L) sum_t q(x_t) e^{-i pi k x_t}: [Re c, Im c] = q @ [cos, -sin] / L
+        grid_angle = math.pi * grid[:, None] * k
+        analysis = torch.cat([torch.cos(grid_angle), -torch.sin(grid_angle)], 1) / (2 * n + 1)
+        self.register_buffer("_analysis", analysis, persistent=False)
         self.regularization_loss: torch.Tensor = torch.zeros(())
 
     def extra_repr(self) -> str:
@@ -147,41 +157,42 @@ class FourierHead(nn.Module):
         n1 = self.num_frequencies + 1
         return h[..., :n1], h[..., n1:], dtype
 
-    def _autocorrelation(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The autocorrelation of a / s, with s = max_j max(|Re a_j|, |Im a_j|) per row:
-        real and imaginary parts (..., N+1) and s (..., 1), compute dtype. c_k = s^2 times
-        it; the PDF depends on c_k / c_0 only, so scaling keeps large inputs finite."""
-        ar, ai, _ = self._params(x)
-        scale = torch.maximum(ar.abs().amax(-1, keepdim=True), ai.abs().amax(-1, keepdim=True))
-        scale = scale.clamp_min(torch.finfo(ar.dtype).tiny)
-        ar, ai = ar / scale, ai / scale
-        pad = ar.new_zeros(ar.shape[:-1] + (1,))
-        sr = torch.cat([ar, pad], -1)[..., self._shift_index]  # (..., N+1, N+1): a_{j+k}
-        si = torch.cat([ai, pad], -1)[..., self._shift_index]
-        ar_, ai_ = ar.unsqueeze(-2), ai.unsqueeze(-2)
-        # a_{j+k} * conj(a_j) = (sr + i si)(ar - i ai)
-        cr = (sr * ar_ + si * ai_).sum(-1)
-        ci = (si * ar_ - sr * ai_).sum(-1)
-        return cr, ci, scale
+    def _spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """|sum_j a_j e^{i pi j x}|^2 of a / s (s = the row's largest |Re a_j|, |Im a_j|;
+        the PDF is scale-invariant, so large inputs stay finite) at the bin centres
+        (..., m) and at the DFT grid (..., 2N + 1), and s (..., 1); compute dtype."""
+        ar, ai, dtype = self._params(x)
+        u = torch.cat([ar, ai], -1)
+        scale = u.abs().amax(-1, keepdim=True)
+        scale = scale.clamp_min(torch.finfo(dtype).tiny)
+        z = (u / scale) @ self._synthesis.to(dtype)
+        half = z.shape[-1] // 2
+        q = z[..., :half] ** 2 + z[..., half:] ** 2
+        return q[..., : self.num_bins], q[..., self.num_bins :], scale
+
+    def _coefficients(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = grid @ self._analysis.to(grid.dtype)
+        n1 = self.num_frequencies + 1
+        return c[..., :n1], c[..., n1:]
 
     def fourier_coefficients(self, input: torch.Tensor) -> torch.Tensor:
         """The un-normalised Fourier coefficients :math:`c_k`, k = 0..N, of the PDF before
         the division by :math:`c_0`: a complex tensor (..., N + 1) (complex64, or complex128
         for float64 inputs)."""
-        cr, ci, scale = self._autocorrelation(input)
+        _, grid, scale = self._spectrum(input)
+        cr, ci = self._coefficients(grid)
         return torch.complex(cr * scale**2, ci * scale**2)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cr, ci, scale = self._autocorrelation(x)
-        dtype = cr.dtype
-        c0 = cr[..., :1].clamp_min(torch.finfo(dtype).tiny)
-        hr, hi = cr[..., 1:] / c0, ci[..., 1:] / c0
-        angle = math.pi * self.frequencies[1:, None].to(dtype) * self.bin_centers.to(dtype)
-        # Re(c e^{i t}) = Re(c) cos t - Im(c) sin t
-        pdf = 0.5 + hr @ torch.cos(angle) - hi @ torch.sin(angle)
-        pdf = pdf.clamp_min(0.0)
-        probs = pdf / pdf.sum(-1, keepdim=True)
-        summands = self.regularization_scalars.to(dtype) * (cr * cr + ci * ci)
+        pdf, grid, scale = self._spectrum(x)
+        total = pdf.sum(-1, keepdim=True)
+        probs = torch.where(
+            total > 0, pdf / total.clamp_min(torch.finfo(pdf.dtype).tiny), 1.0 / self.num_bins
+        )
+        if self.regularization_gamma == 0.0:
+            return probs, pdf.new_zeros(())
+        cr, ci = self._coefficients(grid)
+        summands = self.regularization_scalars.to(pdf.dtype) * (cr * cr + ci * ci)
         per_row = (summands.sum(-1) * scale.squeeze(-1) ** 4).reshape(-1)
         mean = per_row.mean() if per_row.numel() else per_row.sum()
         return probs, self.regularization_gamma * 2.0 * mean
