@@ -259,7 +259,8 @@ def _claim_seeds(seeds):
     for seed in seeds:
         tv_lin, sm_lin = _fit(False, seed)
         tv_four, sm_four = _fit(True, seed)
-        # measured (seed 0, 1 thread): TV 0.26 vs 0.17, smoothness 0.091 vs 0.027
+        # measured (1 thread), linear vs Fourier: TV 0.24 vs 0.17 (seeds 0-2: 0.17-0.20),
+        # smoothness 0.084-0.087 vs 0.029-0.031 (the target itself: 0.018)
         assert tv_four < tv_lin, (tv_four, tv_lin)
         assert sm_four < 0.5 * sm_lin, (sm_four, sm_lin)
 
