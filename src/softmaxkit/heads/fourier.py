@@ -62,8 +62,11 @@ class FourierHead(nn.Module):
     Paper vs official code, and this module's choices:
 
     - Autocorrelation convention: the official :math:`c_k = \sum_j a_{j+k}\overline{a_j}`
-      (the opposite conjugation mirrors the PDF, x -> -x). Computed in real arithmetic
-      with a gather (no complex dtype, no Python loop), equal to the official conv1d.
+      (the opposite conjugation mirrors the PDF, x -> -x). Computation (same values as
+      the official conv1d, to rounding): the PDF through its Fejér-Riesz form
+      :math:`|\sum_j a_j e^{i\pi jx}|^2/(2c_0)` (real matmuls; the :math:`2c_0` cancels in
+      the normalisation), and :math:`c_k` for the regulariser by an exact DFT of that
+      square at 2N + 1 equispaced points; no complex dtype, no Python loop.
     - Initialisation: PyTorch's default ``nn.Linear`` init, weight and bias each divided by
       100 (official ``init_denominator_weight``/``init_denominator_bias``).
     - Bin centres: midpoints of ``torch.linspace(-1, 1, num_bins + 1)`` (official).
@@ -71,12 +74,10 @@ class FourierHead(nn.Module):
       uses the un-normalised :math:`c_k` and has an extra factor 2 over the paper's
       :math:`2\pi^2\sum_k k^2|c_k|^2`. On an empty batch it is 0 (the official mean is NaN).
     - Deviations for robustness: a is divided by its largest real/imaginary magnitude per
-      row before the autocorrelation (the PDF depends on :math:`c_k/c_0` only, so this is
-      exact; large inputs no longer overflow to NaN), :math:`c_0` is clamped at the
-      dtype's smallest normal number (a = 0 gives the uniform PDF instead of NaN), and p
-      is clamped at 0 before the normalisation (p >= 0 holds in exact arithmetic; rounding
-      can give -1e-8, whose log is NaN when ``eps=0``). The official device default
-      ("cuda") and the misspelt ``regularizion_gamma`` are not kept.
+      row first (the PDF is scale-invariant, so this is exact; large inputs no longer
+      overflow to NaN), and a = 0 gives the uniform PDF (official: NaN). p >= 0 holds by
+      construction (a square). The official device default ("cuda") and the misspelt
+      ``regularizion_gamma`` are not kept.
 
     Example:
         >>> head = FourierHead(16, num_bins=64, num_frequencies=8)
