@@ -47,6 +47,7 @@ from softmaxkit.losses.spherical import (
     z_loss,
 )
 from softmaxkit.losses.stablemax import StableMaxCrossEntropyLoss, stablemax_cross_entropy
+from softmaxkit.losses.tempnet import TempNetDROLoss, tempnet_dro_loss
 
 __all__ = [
     # StableMax (Prieto et al. 2025)
@@ -106,4 +107,7 @@ __all__ = [
     "compositional_nll",
     "CompositionalState",
     "CompositionalNLLLoss",
+    # TempNet's KL-DRO loss (Qiu et al. 2024)
+    "tempnet_dro_loss",
+    "TempNetDROLoss",
 ]
