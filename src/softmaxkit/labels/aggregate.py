@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,41 @@ def _ds_m_step(onehot: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
 def _mean_over(post: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
     weight = annotated.to(post.dtype).unsqueeze(-1)
     return (post * weight).sum(0) / weight.sum().clamp_min(1.0)
+
+
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: Literal[False] = ...,
+) -> torch.Tensor: ...
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: Literal[True],
+) -> DawidSkeneFit: ...
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: bool,
+) -> torch.Tensor | DawidSkeneFit: ...
 
 
 def dawid_skene(
