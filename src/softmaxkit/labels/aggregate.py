@@ -33,7 +33,7 @@ per iteration for the convergence test, as crowdkit does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple, overload
 
 import torch
@@ -458,7 +458,9 @@ def mace(
     flat = (torch.arange(n_annotators, device=given.device) * num_classes + given).flatten()
     weight = annotated.to(work)
 
-    def e_step(spam: torch.Tensor, strategy: torch.Tensor):
+    def e_step(
+        spam: torch.Tensor, strategy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         spam_strategy = (spam[..., :1] * strategy).flatten(1)  # (R, M*K)
         spam_given = spam_strategy[:, flat].view(n_restarts_, n_items, n_annotators)
         know = spam[..., 1].unsqueeze(1)  # (R, 1, M)
@@ -611,7 +613,7 @@ def zero_based_skill(
     return _finish(_normalize_rows(_weighted_votes(onehot, skills)), observed, dtype)
 
 
-METHODS = {
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "standard": standard_soft_labels,
     "softmax": softmax_soft_labels,
     "ds": dawid_skene,
