@@ -55,11 +55,11 @@ def _reads_values(check: _Check) -> _Check:
     return checked  # type: ignore[return-value]
 
 
-def check_index_dtype(name: str, value: Any) -> torch.Tensor:
+def check_index_dtype(name: str, value: object) -> torch.Tensor:
     """Class indices of any integer dtype (int8 ... int64, uint8; not bool, not floating),
     returned as int64: the one place where integer labels are converted, so every caller
     gets the dtype that ``gather``, ``one_hot`` and ``nll_loss`` need."""
-    check_tensor(name, value)
+    value = check_tensor(name, value)
     if value.dtype.is_floating_point or value.dtype == torch.bool or value.is_complex():
         raise TypeError(f"{name} must hold class indices (an integer dtype), got {value.dtype}")
     return value if value.dtype == torch.int64 else value.long()
@@ -71,9 +71,9 @@ def check_tensor(name: str, value: Any) -> torch.Tensor:
     return value
 
 
-def check_floating(name: str, value: Any) -> torch.Tensor:
+def check_floating(name: str, value: object) -> torch.Tensor:
     """A tensor of a floating dtype (float16, bfloat16, float32, float64)."""
-    check_tensor(name, value)
+    value = check_tensor(name, value)
     if not value.is_floating_point():
         raise TypeError(
             f"{name} must be a floating-point tensor (float16, bfloat16, float32 or float64), "
@@ -100,7 +100,7 @@ def check_dim(name: str, dim: Any, ndim: int) -> int:
 
 def check_number(
     name: str,
-    value: Any,
+    value: object,
     *,
     low: float | None = None,
     high: float | None = None,
@@ -144,7 +144,8 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def check_reduction(reduction: Any) -> str:
-    return check_choice("reduction", reduction, REDUCTIONS)
+    checked: str = check_choice("reduction", reduction, REDUCTIONS)
+    return checked
 
 
 def check_loss_options(reduction: Any, ignore_index: Any, label_smoothing: Any) -> None:
@@ -163,7 +164,7 @@ def check_mask(mask: Any, x: torch.Tensor, name: str = "mask") -> torch.Tensor:
 
 
 def check_class_target(
-    target: Any, logits: torch.Tensor, class_dim: int, ignore_index: int, name: str = "target"
+    target: object, logits: torch.Tensor, class_dim: int, ignore_index: int, name: str = "target"
 ) -> torch.Tensor:
     """Class indices: any integer dtype (returned as int64), the logits' shape without
     ``class_dim``, in range.
@@ -238,10 +239,10 @@ def check_subclass(
 
 
 def check_broadcastable_to(
-    name: str, value: Any, shape: tuple[int, ...], what: str
+    name: str, value: object, shape: tuple[int, ...], what: str
 ) -> torch.Tensor:
     """A tensor whose shape broadcasts to ``shape`` without changing it (``what`` names it)."""
-    check_tensor(name, value)
+    value = check_tensor(name, value)
     try:
         fits = torch.broadcast_shapes(value.shape, shape) == torch.Size(shape)
     except RuntimeError:
@@ -346,7 +347,7 @@ def check_no_nan(name: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> torch.Tensor:
+def check_annotations(name: str, value: object, num_classes: int, missing: int) -> torch.Tensor:
     """An (items, annotators) integer tensor of class indices in [0, num_classes) or
     ``missing``, returned as int64.
 
@@ -372,7 +373,7 @@ def check_annotations(name: str, value: Any, num_classes: int, missing: int) -> 
 
 
 def check_class_indices(
-    name: str, value: Any, shape: tuple[int, ...], num_classes: int
+    name: str, value: object, shape: tuple[int, ...], num_classes: int
 ) -> torch.Tensor:
     """Class indices: any integer dtype (returned as int64), exactly ``shape``, all in
     [0, num_classes).

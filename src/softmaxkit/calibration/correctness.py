@@ -332,7 +332,8 @@ class CorrectnessAwareCalibrator(nn.Module):
             self.head.bias.fill_(1.0)
         self.register_buffer("fitted", torch.tensor(False))
         self._is_fitted = False
-        self.register_load_state_dict_post_hook(_sync_fitted)
+        # torch leaves Module.register_load_state_dict_post_hook unannotated
+        self.register_load_state_dict_post_hook(_sync_fitted)  # type: ignore[no-untyped-call]
 
     def extra_repr(self) -> str:
         return (
@@ -352,7 +353,7 @@ class CorrectnessAwareCalibrator(nn.Module):
     def _temperature(self, view_logits: torch.Tensor) -> torch.Tensor:
         feats = correctness_aware_features(view_logits, top_k=self.top_k)
         feats = feats.to(self.embed.weight.dtype)
-        raw = self.head(torch.relu(self.embed(feats))).squeeze(-1)
+        raw: torch.Tensor = self.head(torch.relu(self.embed(feats))).squeeze(-1)
         return raw.clamp(self.t_min, self.t_max)
 
     def _require_fitted(self) -> None:

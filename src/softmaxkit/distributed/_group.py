@@ -210,9 +210,9 @@ def check_target(target: Any, batch_shape: torch.Size, source: str) -> torch.Ten
     return v.check_index_dtype("target", target).reshape(-1)
 
 
-def check_start(vocab_start_index: Any, world: int) -> int | None:
+def check_start(vocab_start_index: object, world: int) -> int | None:
     if vocab_start_index is not None:
-        v.check_int("vocab_start_index", vocab_start_index, low=0)
+        vocab_start_index = v.check_int("vocab_start_index", vocab_start_index, low=0)
         if world == 1 and vocab_start_index != 0:
             raise ValueError(
                 f"vocab_start_index must be None or 0 at world size 1, got {vocab_start_index}"

@@ -225,7 +225,8 @@ class PerpGrad(torch.optim.Optimizer):
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
         """The inner optimizer that performs the update."""
-        return self.__dict__["_inner"]
+        inner: torch.optim.Optimizer = self.__dict__["_inner"]
+        return inner
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_inner": self.base_optimizer, "rescale": self.rescale}
@@ -271,7 +272,7 @@ class PerpGrad(torch.optim.Optimizer):
                     )
                 _perpendicular_(p, p.grad, self.rescale)
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` (if given), project the gradients, step the inner optimizer.
 
         Returns the closure's loss, or ``None``.

@@ -56,7 +56,9 @@ def masked_logits(
     return z, dim
 
 
-def _normalize(x, dim, temperature, mask, log):
+def _normalize(
+    x: torch.Tensor, dim: int, temperature: float, mask: torch.Tensor | None, log: bool
+) -> torch.Tensor:
     z, dim = masked_logits(x, dim, temperature, mask)
     return normalize(z, dim, log, auto_chunk(z, dim)).to(x.dtype)
 

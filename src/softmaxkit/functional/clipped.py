@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -30,7 +32,9 @@ class _ClippedSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z2, gamma, zeta, out_dtype):
+    def forward(
+        ctx: Any, z2: torch.Tensor, gamma: float, zeta: float, out_dtype: torch.dtype
+    ) -> torch.Tensor:
         out = torch.empty(z2.shape, dtype=out_dtype, device=z2.device)
         (work,) = workspace(z2, z2.dtype, 1)
         for b in row_blocks(*z2.shape):
@@ -43,7 +47,7 @@ class _ClippedSoftmax(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (z2,) = ctx.saved_tensors
         scale, gamma = ctx.zeta - ctx.gamma, ctx.gamma
         grad = torch.empty_like(z2)
@@ -127,7 +131,8 @@ def clipped_softmax(
     z, dim = masked_logits(x, dim, 1.0, mask)
     if x.numel() == 0:
         return x.clone()
-    out2 = _ClippedSoftmax.apply(as_rows(z, dim), gamma, zeta, x.dtype)
+    # torch leaves Function.apply unannotated
+    out2: torch.Tensor = _ClippedSoftmax.apply(as_rows(z, dim), gamma, zeta, x.dtype)  # type: ignore[no-untyped-call]
     return from_rows(out2, x, dim)
 
 

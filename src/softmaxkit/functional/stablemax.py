@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -34,7 +36,7 @@ class _StableMax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x2, log):
+    def forward(ctx: Any, x2: torch.Tensor, log: bool) -> torch.Tensor:
         dtype = compute_dtype(x2)
         out = torch.empty_like(x2)
         total = torch.empty(x2.shape[0], 1, dtype=dtype, device=x2.device)
@@ -60,7 +62,7 @@ class _StableMax(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g2):
+    def backward(ctx: Any, g2: torch.Tensor) -> tuple[torch.Tensor, None]:
         x2, out, total, scale = ctx.saved_tensors
         dtype = total.dtype
         grad = torch.empty_like(out)
@@ -90,7 +92,7 @@ class _StableMax(torch.autograd.Function):
         return grad, None
 
 
-def _stablemax(x, dim, mask, log):
+def _stablemax(x: torch.Tensor, dim: int, mask: torch.Tensor | None, log: bool) -> torch.Tensor:
     v.check_floating("x", x)
     dim = v.check_dim("dim", dim, x.ndim)
     if mask is not None:
@@ -98,7 +100,9 @@ def _stablemax(x, dim, mask, log):
         x = x.masked_fill(~mask, -torch.inf)
     if x.numel() == 0:
         return x.clone()
-    return from_rows(_StableMax.apply(as_rows(x, dim), log), x, dim)
+    # torch leaves Function.apply unannotated
+    out2: torch.Tensor = _StableMax.apply(as_rows(x, dim), log)  # type: ignore[no-untyped-call]
+    return from_rows(out2, x, dim)
 
 
 def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:

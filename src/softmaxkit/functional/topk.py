@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, overload
 
 import torch
 from torch import nn
@@ -28,6 +29,35 @@ def topk_indices(z2: torch.Tensor, k: int) -> torch.Tensor:
         rows = tied.nonzero().squeeze(1)
         idx[rows] = torch.sort(z2[rows], dim=1, descending=True, stable=True).indices[:, :k]
     return idx
+
+
+@overload
+def topk_softmax(
+    x: torch.Tensor,
+    k: int,
+    dim: int = ...,
+    *,
+    normalize: str = ...,
+    return_indices: Literal[False] = ...,
+) -> torch.Tensor: ...
+@overload
+def topk_softmax(
+    x: torch.Tensor,
+    k: int,
+    dim: int = ...,
+    *,
+    normalize: str = ...,
+    return_indices: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def topk_softmax(
+    x: torch.Tensor,
+    k: int,
+    dim: int = ...,
+    *,
+    normalize: str = ...,
+    return_indices: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def topk_softmax(

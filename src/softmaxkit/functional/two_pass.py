@@ -13,6 +13,7 @@ on it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -115,7 +116,7 @@ class _Normalize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, dim: int, log: bool, chunk: int | None) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, dim: int, log: bool, chunk: int | None) -> torch.Tensor:
         if chunk is None:
             y, dead = safe_normalize(z, dim, log)
         else:
@@ -127,7 +128,7 @@ class _Normalize(torch.autograd.Function):
         return y
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         y, dead = ctx.saved_tensors
         dim, log = ctx.dim, ctx.log
         if ctx.chunk is None:
@@ -155,7 +156,9 @@ def normalize(z: torch.Tensor, dim: int, log: bool, chunk: int | None) -> torch.
         return _torch_normalize(z, dim, log)
     if chunk is not None and chunk >= z.shape[dim]:
         chunk = None
-    return _Normalize.apply(z, dim, log, chunk)
+    # torch leaves Function.apply unannotated
+    out: torch.Tensor = _Normalize.apply(z, dim, log, chunk)  # type: ignore[no-untyped-call]
+    return out
 
 
 def _few_rows(z: torch.Tensor, dim: int) -> bool:

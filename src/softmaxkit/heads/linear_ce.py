@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 from torch import nn
@@ -168,6 +168,56 @@ def _probability_target(input, target, V: int, ignore_index: int) -> tuple[bool,
         )
     fake_logits = input.new_empty(()).expand(*target.shape, V)
     return False, v.check_class_target(target, fake_logits, target.ndim, ignore_index)
+
+
+@overload
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = ...,
+    weight: torch.Tensor | None = ...,
+    reduction: str = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    softcap: float | None = ...,
+    logsumexp_penalty: float = ...,
+    return_extras: Literal[False] = ...,
+    chunk_size: int | None = ...,
+) -> torch.Tensor: ...
+@overload
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = ...,
+    weight: torch.Tensor | None = ...,
+    reduction: str = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    softcap: float | None = ...,
+    logsumexp_penalty: float = ...,
+    return_extras: Literal[True],
+    chunk_size: int | None = ...,
+) -> tuple[torch.Tensor, LinearCrossEntropyExtras]: ...
+@overload
+def linear_cross_entropy(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    linear_bias: torch.Tensor | None = ...,
+    weight: torch.Tensor | None = ...,
+    reduction: str = ...,
+    ignore_index: int = ...,
+    label_smoothing: float = ...,
+    softcap: float | None = ...,
+    logsumexp_penalty: float = ...,
+    return_extras: bool,
+    chunk_size: int | None = ...,
+) -> torch.Tensor | tuple[torch.Tensor, LinearCrossEntropyExtras]: ...
 
 
 def linear_cross_entropy(
@@ -379,6 +429,19 @@ class LinearCrossEntropy(nn.Module):
         """The plain (N, V) logits ``input @ weight.T + bias`` (soft-capped if set)."""
         z = nn.functional.linear(input, self.weight, self.bias)
         return z if self.softcap is None else self.softcap * torch.tanh(z / self.softcap)
+
+    @overload
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, return_extras: Literal[False] = ...
+    ) -> torch.Tensor: ...
+    @overload
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, return_extras: Literal[True]
+    ) -> tuple[torch.Tensor, LinearCrossEntropyExtras]: ...
+    @overload
+    def forward(
+        self, input: torch.Tensor, target: torch.Tensor, return_extras: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, LinearCrossEntropyExtras]: ...
 
     def forward(
         self, input: torch.Tensor, target: torch.Tensor, return_extras: bool = False

@@ -33,8 +33,8 @@ per iteration for the convergence test, as crowdkit does.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -169,6 +169,41 @@ def _ds_m_step(onehot: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
 def _mean_over(post: torch.Tensor, annotated: torch.Tensor) -> torch.Tensor:
     weight = annotated.to(post.dtype).unsqueeze(-1)
     return (post * weight).sum(0) / weight.sum().clamp_min(1.0)
+
+
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: Literal[False] = ...,
+) -> torch.Tensor: ...
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: Literal[True],
+) -> DawidSkeneFit: ...
+@overload
+def dawid_skene(
+    annotations: torch.Tensor,
+    num_classes: int,
+    *,
+    n_iter: int = ...,
+    tol: float = ...,
+    missing: int = ...,
+    dtype: torch.dtype = ...,
+    return_params: bool,
+) -> torch.Tensor | DawidSkeneFit: ...
 
 
 def dawid_skene(
@@ -423,7 +458,9 @@ def mace(
     flat = (torch.arange(n_annotators, device=given.device) * num_classes + given).flatten()
     weight = annotated.to(work)
 
-    def e_step(spam: torch.Tensor, strategy: torch.Tensor):
+    def e_step(
+        spam: torch.Tensor, strategy: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         spam_strategy = (spam[..., :1] * strategy).flatten(1)  # (R, M*K)
         spam_given = spam_strategy[:, flat].view(n_restarts_, n_items, n_annotators)
         know = spam[..., 1].unsqueeze(1)  # (R, 1, M)
@@ -576,7 +613,7 @@ def zero_based_skill(
     return _finish(_normalize_rows(_weighted_votes(onehot, skills)), observed, dtype)
 
 
-METHODS = {
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "standard": standard_soft_labels,
     "softmax": softmax_soft_labels,
     "ds": dawid_skene,

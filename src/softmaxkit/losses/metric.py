@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -235,7 +236,7 @@ class NormalizedSoftmaxLoss(LossModule):
         """The cosine logits :math:`\\cos(x, w_c) / \\sigma` of ``embeddings`` (N, D, ...)."""
         return cosine_logits(embeddings, self.weight, temperature=self.temperature, eps=self.eps)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {
             "embedding_dim": self.embedding_dim,
             "num_classes": self.num_classes,

@@ -28,7 +28,7 @@ __all__ = ["auroc", "aupr_in", "aupr_out", "fpr_at_tpr"]
 def _check_scores(score_in: object, score_out: object) -> tuple[torch.Tensor, torch.Tensor]:
     pair = []
     for name, s in (("score_in", score_in), ("score_out", score_out)):
-        V.check_floating(name, s)
+        s = V.check_floating(name, s)
         V.check_nonempty(name, s, "score")
         V.check_no_nan(name, s)
         pair.append(s.detach().reshape(-1).to(torch.float64))

@@ -24,7 +24,7 @@ __all__ = ["msp_score", "max_logit_score", "energy_score"]
 
 
 def _prepare(logits: object, dim: object) -> tuple[torch.Tensor, int]:
-    V.check_floating("logits", logits)
+    logits = V.check_floating("logits", logits)
     if logits.ndim == 0:
         raise ValueError("logits must have at least one dimension (the class axis), got 0-d")
     d = V.check_dim("dim", dim, logits.ndim)
