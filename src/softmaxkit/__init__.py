@@ -7,7 +7,9 @@ sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`, :mod:`softmaxkit.sparsity`).
 """
 
+import re as _re
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path as _Path
 
 from softmaxkit import (
     attention,
@@ -26,10 +28,25 @@ from softmaxkit import (
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
-try:
-    __version__ = version("softmaxkit")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+
+def _version() -> str:
+    """The version, written only in pyproject.toml: read from it in a source checkout
+    (so an older editable install's metadata cannot disagree), else from the installed
+    distribution's metadata (a wheel carries no pyproject.toml)."""
+    pyproject = _Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():
+        text = pyproject.read_text(encoding="utf-8")
+        if _re.search(r'^name = "softmaxkit"$', text, _re.M):
+            found = _re.search(r'^version = "([^"]+)"$', text, _re.M)
+            if found:
+                return found.group(1)
+    try:
+        return version("softmaxkit")
+    except PackageNotFoundError:  # neither a checkout nor installed
+        return "0.0.0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "functional",

@@ -65,10 +65,12 @@ def make_plots(
 ) -> dict[str, tuple[str, bytes]]:
     """PNG plots: reliability diagrams and confidence histograms before / after temperature
     scaling, and (with OOD data) the distribution of every score, in and out."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from softmaxkit import calibration as C
+    from softmaxkit.cli._extras import require
+
+    agg = require("matplotlib.backends.backend_agg", "the report", "report")
+    FigureCanvasAgg = agg.FigureCanvasAgg
+    Figure = require("matplotlib.figure", "the report", "report").Figure
 
     plots: dict[str, tuple[str, bytes]] = {}
     for key, fn, what in (

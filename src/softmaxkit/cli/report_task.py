@@ -43,9 +43,9 @@ def builtin_task(seed: int = 0) -> tuple[Data, Data, dict[str, Any]]:
     Returns ``(data, ood, description)``; deterministic for a given ``seed`` (the global
     torch RNG is left untouched).
     """
-    from sklearn.datasets import load_digits
+    from softmaxkit.cli._extras import require
 
-    digits = load_digits()
+    digits = require("sklearn.datasets", "the built-in report task", "report").load_digits()
     x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
     y = torch.as_tensor(digits.target, dtype=torch.int64)
     held_out = torch.isin(y, torch.tensor(BUILTIN_HELD_OUT))
