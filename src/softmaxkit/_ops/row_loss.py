@@ -155,12 +155,14 @@ class RowLoss(ABC):
       handle (for example non-finite logits), and autograd takes over for that block.
     """
 
+    # (*args: Any, **kwargs: Any): each subclass fixes its own arity (inputs, target,
+    # extras, g), so the hooks accept any signature an override declares
     @abstractmethod
-    def value(self, *args: torch.Tensor | None) -> torch.Tensor:
+    def value(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The (b,) losses of one block (see the class docstring)."""
 
     def grad(
-        self, *args: torch.Tensor | None
+        self, *args: Any, **kwargs: Any
     ) -> torch.Tensor | tuple[torch.Tensor | None, ...] | None:
         return None
 
