@@ -352,6 +352,10 @@ class LossModule(nn.Module):
     """
 
     shared_options: tuple[str, ...] = ("reduction", "ignore_index", "label_smoothing")
+    # set by __init__ for the names in shared_options only
+    reduction: str
+    ignore_index: int
+    label_smoothing: float
 
     def __init__(
         self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
