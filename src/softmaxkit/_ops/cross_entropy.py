@@ -170,7 +170,10 @@ def index_targets(
 
 
 def targets_of(
-    target: torch.Tensor, class_weight: torch.Tensor | None, o: CrossEntropyOptions, dtype
+    target: torch.Tensor,
+    class_weight: torch.Tensor | None,
+    o: CrossEntropyOptions,
+    dtype: torch.dtype,
 ) -> Targets:
     """:class:`Targets` of a flat target: (rows, V) probabilities when ``o.probs``, else
     (rows,) int64 class indices in which ``o.ignore_index`` marks the ignored rows."""
@@ -228,6 +231,7 @@ def block(targets: Targets, rows: slice, width: int, o: CrossEntropyOptions) -> 
         if cw is not None:
             tt = tt * cw
         return Block(rows, None, None, None, None, None, tt, tt.sum(1), cw, V, total)
+    assert targets.index is not None and targets.kept is not None and targets.weight is not None
     index, kept, weight = targets.index[rows], targets.kept[rows], targets.weight[rows]
     column = index - o.vocab_start if o.vocab_start else index
     if o.world > 1 or o.vocab_start or width != V:  # a shard of the vocabulary
@@ -306,6 +310,7 @@ def reduce_statistics(
     if o.world > 1:
         stack = list(parts.values())
         if o.check_owned:
+            assert blk.own is not None and local.sumexp is not None
             stack.append(blk.own.to(local.sumexp.dtype))
         summed = all_reduce(torch.stack(stack), dist.ReduceOp.SUM, o.group, o.world)
         if o.check_owned:
@@ -317,6 +322,7 @@ def reduce_statistics(
 def check_owned_once(blk: Block, owners: torch.Tensor) -> None:
     """Raise (on every rank alike: ``owners`` is all-reduced) unless each kept row's target
     lies in exactly one rank's slice."""
+    assert blk.kept is not None and blk.index is not None
     bad = blk.kept & (owners != 1)
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])
@@ -329,7 +335,9 @@ def check_owned_once(blk: Block, owners: torch.Tensor) -> None:
         )
 
 
-def chunk_logits(x_c: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, o):
+def chunk_logits(
+    x_c: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, o: CrossEntropyOptions
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(s, tanh(z / softcap) or None)``: a chunk's (soft-capped) logits ``z = x W^T + b``,
     a fresh buffer (the softcap is applied in place)."""
     z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
@@ -339,7 +347,9 @@ def chunk_logits(x_c: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, o):
     return th * o.softcap, th
 
 
-def block_statistics(s: torch.Tensor, blk: Block, o: CrossEntropyOptions):
+def block_statistics(
+    s: torch.Tensor, blk: Block, o: CrossEntropyOptions
+) -> tuple[torch.Tensor, RowStats]:
     """``(e, stats)``: the :class:`RowStats` of the logits ``s`` of one block, and ``s``
     overwritten in place by ``e = exp(s - m)`` (``m`` the global row max), whose product
     with ``1 / stats.sumexp`` is the softmax. The target pieces are read before."""
@@ -347,6 +357,7 @@ def block_statistics(s: torch.Tensor, blk: Block, o: CrossEntropyOptions):
     if blk.dist is not None:
         local["target_dot"] = (blk.dist * s).sum(1)
     else:
+        assert blk.column is not None and blk.own is not None
         s_y = s.gather(1, blk.column.unsqueeze(1)).squeeze(1)
         if blk.own is not blk.kept:  # a shard: only the owner's entry counts
             s_y = torch.where(blk.own, s_y, torch.zeros((), dtype=s_y.dtype, device=s_y.device))
@@ -368,26 +379,34 @@ def row_loss(stats: RowStats, blk: Block, o: CrossEntropyOptions) -> torch.Tenso
     """
     lse = stats.lse
     if blk.dist is not None:
+        assert stats.target_dot is not None
         return blk.mass * lse - stats.target_dot
+    assert stats.target_logit is not None and blk.weight is not None and blk.kept is not None
     eps = o.label_smoothing
     loss = lse - stats.target_logit
     if blk.class_weight is not None:
         loss = blk.weight * loss
     if eps > 0:
+        assert stats.logit_sum is not None
         smooth = blk.weight_total * lse - stats.logit_sum
         loss = (1 - eps) * loss + (eps / blk.classes) * smooth
     return torch.where(blk.kept, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
-def penalty_rows(lse: torch.Tensor | None, kept: torch.Tensor | None, o) -> torch.Tensor | None:
+def penalty_rows(
+    lse: torch.Tensor | None, kept: torch.Tensor | None, o: CrossEntropyOptions
+) -> torch.Tensor | None:
     """``c lse^2`` per row (0 on ignored rows), or None when ``c = 0``."""
     if o.logsumexp_penalty == 0.0:
         return None
+    assert lse is not None  # callers pass None only without a penalty
     pen = o.logsumexp_penalty * lse * lse
     return pen if kept is None else pen * kept.to(pen.dtype)
 
 
-def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossEntropyOptions):
+def mean_denominators(
+    targets: Targets, rows: int, dtype: torch.dtype, o: CrossEntropyOptions
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(D, n)``: what "mean" divides the cross-entropy part and the penalty by (1, 1 for
     the other reductions), device tensors (no host sync); computed once per call.
 
@@ -395,7 +414,11 @@ def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossE
     for probability targets), ``n`` = the number of kept rows; 0 becomes 1 (the "mean" of
     nothing is then 0).
     """
-    device = targets.index.device if targets.index is not None else targets.probs.device
+    if targets.index is not None:
+        device = targets.index.device
+    else:
+        assert targets.probs is not None
+        device = targets.probs.device
     one = torch.ones((), dtype=dtype, device=device)
     if o.reduction != "mean":
         return one, one
@@ -403,12 +426,17 @@ def mean_denominators(targets: Targets, rows: int, dtype: torch.dtype, o: CrossE
         n = torch.full((), float(max(rows, 1)), dtype=dtype, device=device)
         return n, n
     n = targets.kept.sum().to(dtype)
+    assert targets.weight is not None
     D = n if targets.class_weight is None else targets.weight.sum()
     return torch.where(D == 0, one, D), torch.where(n == 0, one, n)
 
 
 def reduce_loss(
-    ce: torch.Tensor, lse: torch.Tensor | None, targets: Targets, den, o
+    ce: torch.Tensor,
+    lse: torch.Tensor | None,
+    targets: Targets,
+    den: tuple[torch.Tensor, torch.Tensor],
+    o: CrossEntropyOptions,
 ) -> torch.Tensor:
     """The loss of a call from its per-row cross-entropy parts ``ce`` and ``lse``:
     ``ce + c lse^2`` per row for "none", else ``sum ce / D + sum c lse^2 / n`` with
@@ -435,7 +463,7 @@ class Upstream:
     penalty: torch.Tensor
 
     @staticmethod
-    def from_denominators(den) -> Upstream:
+    def from_denominators(den: tuple[torch.Tensor, torch.Tensor]) -> Upstream:
         D, n = den
         return Upstream(D.reciprocal(), n.reciprocal())
 
@@ -497,11 +525,13 @@ def logit_grad_(
     if blk.dist is not None:
         G.sub_(_rowmul(up.ce, blk.dist))
     else:
+        assert blk.weight is not None and blk.own is not None and blk.column is not None
         hit = -(up.ce * blk.weight) if eps == 0 else -(up.ce * (1 - eps)) * blk.weight
         if blk.own is not blk.kept:
             hit = torch.where(blk.own, hit, torch.zeros((), dtype=hit.dtype, device=hit.device))
         G.scatter_add_(1, blk.column.unsqueeze(1), hit.unsqueeze(1))
         if eps > 0:
+            assert blk.kept is not None
             gamma = (up.ce * (eps / blk.classes)) * blk.kept.to(G.dtype)
             if blk.class_weight is None:
                 G.sub_(gamma.unsqueeze(1))
@@ -557,6 +587,7 @@ def linear_chunks(
         den = mean_denominators(targets, rows, cdt, o)
         up = Upstream.from_denominators(den)
     else:
+        assert grad is not None
         up = Upstream(grad.to(cdt), grad.to(cdt))
     ce = x.new_empty(rows, dtype=cdt) if forward else None
     lse_out = x.new_empty(rows, dtype=cdt) if forward else lse
@@ -573,10 +604,12 @@ def linear_chunks(
             if pred is not None:
                 pred[sl] = s.argmax(1)
             e, stats = block_statistics(s, blk, o)
+            assert ce is not None and lse_out is not None and stats.sumexp is not None
             ce[sl] = row_loss(stats, blk, o)
             lse_out[sl] = lse_c = stats.lse
             norm = stats.sumexp.reciprocal()
         else:
+            assert lse is not None
             lse_c = lse[sl]
             e, norm = s.sub_(lse_c.unsqueeze(1)).exp_(), None
         if gx is None and gw is None and gb is None:
@@ -588,5 +621,8 @@ def linear_chunks(
             gw.addmm_(G.t(), x_c)
         if gb is not None:
             gb.add_(G.sum(0))
-    loss = reduce_loss(ce, lse_out, targets, den, o) if forward else None
+    loss = None
+    if forward:
+        assert ce is not None
+        loss = reduce_loss(ce, lse_out, targets, den, o)
     return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb)

@@ -21,8 +21,9 @@ target ``(1 - eps) e_y + eps / C``, exactly as ``cross_entropy`` does.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,7 +53,10 @@ class Rows:
 
     @property
     def target(self) -> torch.Tensor:
-        return self.index if self.index is not None else self.probs
+        if self.index is not None:
+            return self.index
+        assert self.probs is not None  # exactly one of index, probs is set
+        return self.probs
 
 
 def check_logits(name: str, logits: torch.Tensor) -> torch.Tensor:
@@ -121,7 +125,9 @@ def reduce(
     return (losses / count).sum().to(dtype)
 
 
-def smoothed(index: torch.Tensor, smoothing: float, num_classes: int, dtype) -> torch.Tensor:
+def smoothed(
+    index: torch.Tensor, smoothing: float, num_classes: int, dtype: torch.dtype
+) -> torch.Tensor:
     """The dense probability target ``(1 - eps) e_y + eps / C`` of index targets."""
     out = torch.full(
         (index.shape[0], num_classes), smoothing / num_classes, dtype=dtype, device=index.device
@@ -149,11 +155,15 @@ class RowLoss(ABC):
       handle (for example non-finite logits), and autograd takes over for that block.
     """
 
+    # (*args: Any, **kwargs: Any): each subclass fixes its own arity (inputs, target,
+    # extras, g), so the hooks accept any signature an override declares
     @abstractmethod
-    def value(self, *args: torch.Tensor | None) -> torch.Tensor:
+    def value(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """The (b,) losses of one block (see the class docstring)."""
 
-    def grad(self, *args: torch.Tensor | None) -> torch.Tensor | tuple | None:
+    def grad(
+        self, *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor | None, ...] | None:
         return None
 
 
@@ -183,7 +193,13 @@ class _EngineOptions:
     inputs: int  # how many leading tensors are differentiable (rows, C) inputs
 
 
-def _block_args(b: slice, inputs, target, extras, o: _EngineOptions):
+def _block_args(
+    b: slice,
+    inputs: Sequence[torch.Tensor],
+    target: torch.Tensor | None,
+    extras: Sequence[torch.Tensor],
+    o: _EngineOptions,
+) -> tuple[list[torch.Tensor], torch.Tensor | None, list[torch.Tensor]]:
     zs = [x[b].to(o.dtype) for x in inputs]
     t = None if target is None else target[b]
     if t is not None and t.dtype.is_floating_point:
@@ -195,7 +211,14 @@ def _block_args(b: slice, inputs, target, extras, o: _EngineOptions):
     return zs, t, [e[b] for e in extras]
 
 
-def _autograd_block(loss: RowLoss, zs, t, ex, g, wanted) -> list:
+def _autograd_block(
+    loss: RowLoss,
+    zs: list[torch.Tensor],
+    t: torch.Tensor | None,
+    ex: list[torch.Tensor],
+    g: torch.Tensor,
+    wanted: Sequence[bool],
+) -> list[torch.Tensor | None]:
     with torch.enable_grad():
         zs = [z.detach().requires_grad_(w) for z, w in zip(zs, wanted)]
         out = loss.value(*zs, t, *ex)
@@ -210,7 +233,14 @@ class _RowLoss(torch.autograd.Function):
     LEADING = 4
 
     @staticmethod
-    def forward(ctx, loss: RowLoss, o: _EngineOptions, target, kept, *tensors):
+    def forward(
+        ctx: Any,
+        loss: RowLoss,
+        o: _EngineOptions,
+        target: torch.Tensor | None,
+        kept: torch.Tensor | None,
+        *tensors: torch.Tensor,
+    ) -> torch.Tensor:
         inputs, extras = tensors[: o.inputs], tensors[o.inputs :]
         rows, width = inputs[0].shape
         out = inputs[0].new_empty(rows, dtype=o.dtype)
@@ -225,7 +255,7 @@ class _RowLoss(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         o: _EngineOptions = ctx.o
         target, kept, *tensors = ctx.saved_tensors
         inputs, extras = tensors[: o.inputs], tensors[o.inputs :]
@@ -276,7 +306,9 @@ def row_loss(
         zero = sum((x.sum(-1) * 0 for x in inputs), inputs[0].new_zeros(inputs[0].shape[0]))
         return zero.to(dtype)
     o = _EngineOptions(dtype, float(smoothing), len(inputs))
-    return _RowLoss.apply(loss, o, target, kept, *inputs, *extras)
+    # torch leaves Function.apply unannotated
+    out: torch.Tensor = _RowLoss.apply(loss, o, target, kept, *inputs, *extras)  # type: ignore[no-untyped-call]
+    return out
 
 
 def class_loss(
@@ -320,6 +352,10 @@ class LossModule(nn.Module):
     """
 
     shared_options: tuple[str, ...] = ("reduction", "ignore_index", "label_smoothing")
+    # set by __init__ for the names in shared_options only
+    reduction: str
+    ignore_index: int
+    label_smoothing: float
 
     def __init__(
         self, *, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0
@@ -333,11 +369,11 @@ class LossModule(nn.Module):
         for name in self.shared_options:
             setattr(self, name, _OPTION_CHECKS[name](given[name]))
 
-    def options(self) -> dict:
+    def options(self) -> dict[str, Any]:
         """The shared options as keyword arguments of the functional."""
         return {name: getattr(self, name) for name in self.shared_options}
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         """The loss's own hyperparameters shown by ``repr`` (none by default)."""
         return {}
 
@@ -346,7 +382,7 @@ class LossModule(nn.Module):
         return ", ".join(f"{k}={val!r}" for k, val in shown.items())
 
 
-_OPTION_CHECKS = {
+_OPTION_CHECKS: dict[str, Callable[[Any], object]] = {
     "reduction": v.check_reduction,
     "ignore_index": lambda value: v.check_int("ignore_index", value),
     "label_smoothing": lambda value: float(

@@ -54,13 +54,21 @@ def _sum_over_ranks(gx: torch.Tensor | None, o: CrossEntropyOptions) -> None:
 
 class _VocabParallelLinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, target, call: _Call):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        target: torch.Tensor,
+        call: _Call,
+    ) -> torch.Tensor:
         o = call.ce
         eager = o.reduction != "none"
         targets = ce_ops.targets_of(target, None, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
         res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
         loss = res.loss
+        assert loss is not None  # a forward walk
         if eager:
             _sum_over_ranks(res.grad_x, o)
             ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
@@ -71,7 +79,9 @@ class _VocabParallelLinearCE(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(
+        ctx: Any, g: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None, None]:
         o = ctx.call.ce
         if o.reduction != "none":
             gx, gw, gb = (None if t is None else t * g.to(t.dtype) for t in ctx.saved_tensors)
@@ -224,6 +234,7 @@ def vocab_parallel_linear_cross_entropy(
         error = e
     layout = agree(ranks, mine, error, hidden)
     start, total, chunk_size = layout.start, layout.total, layout.chunk_size
+    assert chunk_size is not None  # agreed for a chunked op: a default_chunk_size (>= 1)
     x = hidden.reshape(-1, d)
     eps = float(label_smoothing)
     class_index(flat, ignore_index, total, world)  # checks the kept values at world size 1
@@ -250,5 +261,5 @@ def vocab_parallel_linear_cross_entropy(
     W = local_weight.to(cdt)
     b = None if local_bias is None else local_bias.to(cdt)
     call = _Call(ce=o, needs=needs, out_dtype=hidden.dtype)
-    loss = _VocabParallelLinearCE.apply(x, W, b, flat, call)
+    loss: torch.Tensor = _VocabParallelLinearCE.apply(x, W, b, flat, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return loss.reshape(target.shape) if reduction == "none" else loss

@@ -74,8 +74,8 @@ from softmaxkit.distributed._group import (
 __all__ = ["vocab_parallel_log_softmax", "vocab_parallel_cross_entropy"]
 
 
-def _check_local_logits(local_logits: Any) -> torch.Tensor:
-    v.check_floating("local_logits", local_logits)
+def _check_local_logits(local_logits: object) -> torch.Tensor:
+    local_logits = v.check_floating("local_logits", local_logits)
     if local_logits.ndim < 1 or local_logits.shape[-1] == 0:
         raise ValueError(
             f"local_logits must have shape (..., V_local) with V_local >= 1 (this rank's slice "
@@ -110,7 +110,7 @@ def _global_lse(x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
 
 class _VocabParallelLogSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, group: Any, world: int) -> torch.Tensor:
         lse = _global_lse(x, group, world)
         # a row that is all -inf over the whole vocabulary gives -inf (not -inf - -inf)
         out = fill_where(
@@ -122,7 +122,7 @@ class _VocabParallelLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         out, lse = ctx.saved_tensors
         g = grad.to(out.dtype)
         # d/dz_j sum_k g_k log p_k = g_j - p_j sum_k g_k, the sum over the GLOBAL vocabulary;
@@ -183,7 +183,8 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         error = e
     agree(ranks, mine, error, local_logits)  # every rank raises alike, before any collective
     x = local_logits.reshape(-1, local_logits.shape[-1])
-    return _VocabParallelLogSoftmax.apply(x, ranks[0], ranks[1]).reshape(local_logits.shape)
+    out: torch.Tensor = _VocabParallelLogSoftmax.apply(x, ranks[0], ranks[1])  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
+    return out.reshape(local_logits.shape)
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -191,13 +192,16 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     of the whole local slice; forward all-reduces the statistics, backward is local."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, kept: torch.Tensor, o):
+    def forward(
+        ctx: Any, x: torch.Tensor, index: torch.Tensor, kept: torch.Tensor, o: CrossEntropyOptions
+    ) -> torch.Tensor:
         dtype = compute_dtype(x)
         top, local_lse = _local_lse(x)
         m = ce_ops.global_max(top, o.group, o.world)
         blk = ce_ops.block(
             ce_ops.index_targets(index, kept, None, dtype), slice(None), x.shape[1], o
         )
+        assert blk.column is not None and blk.own is not None  # class-index targets
         picked = x.gather(1, blk.column[:, None]).squeeze(1).to(dtype)
         local = ce_ops.RowStats(
             m,
@@ -212,7 +216,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         # local: (softmax - target distribution) on this slice (ce_ops.logit_grad_); lse is
         # already global, so no collective is needed. The global softmax is the local one
         # (torch's fused kernel) times exp(lse_local - lse); rows that are all -inf here
@@ -352,7 +356,7 @@ def vocab_parallel_cross_entropy(
         world=ranks[1],
         check_owned=checks_values(index) and ranks[1] > 1,
     )
-    losses = _VocabParallelCrossEntropy.apply(x, index, kept, o)
+    losses: torch.Tensor = _VocabParallelCrossEntropy.apply(x, index, kept, o)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     dtype = losses.dtype
     targets = ce_ops.index_targets(index, kept, None, dtype)
     den = ce_ops.mean_denominators(targets, x.shape[0], dtype, o)

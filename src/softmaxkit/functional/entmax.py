@@ -42,6 +42,7 @@ graph has no data-dependent sizes.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -169,10 +170,10 @@ class _ExactEntmaxFunction(torch.autograd.Function):
     """sparsemax (``entmax15=False``) or 1.5-entmax of the rows of a 2-D tensor."""
 
     @staticmethod
-    def forward(ctx, x2: torch.Tensor, entmax15: bool) -> torch.Tensor:
+    def forward(ctx: Any, x2: torch.Tensor, entmax15: bool) -> torch.Tensor:
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
         if x2.numel():
-            blocks = row_blocks(*x2.shape, _BLOCK)
+            blocks = row_blocks(x2.shape[0], x2.shape[1], _BLOCK)
             scratch = torch.empty_like(out[blocks[0]])
             for b in blocks:
                 ob = out[b]
@@ -186,11 +187,11 @@ class _ExactEntmaxFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (p,) = ctx.saved_tensors
         gi = torch.empty_like(p)
         if p.numel():
-            for b in row_blocks(*p.shape, _BLOCK):
+            for b in row_blocks(p.shape[0], p.shape[1], _BLOCK):
                 pb, gb = p[b], g[b]
                 # w = dp/d(x) diagonal: 1 on the support (sparsemax), sqrt(p) (1.5-entmax)
                 w = pb.sqrt() if ctx.entmax15 else pb.sign()
@@ -212,7 +213,7 @@ def _exact_map(x: torch.Tensor, dim: int, entmax15: bool) -> torch.Tensor:
     if x.numel() == 0:
         return x.clone()
     x2 = as_rows(upcast(x), dim)
-    out2 = _ExactEntmaxFunction.apply(x2, entmax15)
+    out2: torch.Tensor = _ExactEntmaxFunction.apply(x2, entmax15)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return from_rows(out2, x, dim).to(x.dtype)
 
 
@@ -307,7 +308,7 @@ def _bisect_block(
     src, buf = z, scratch
     eager = not torch.compiler.is_compiling()  # under compile: no data-dependent sizes
     count = torch.gt(z, lo, out=scratch).sum(1, keepdim=True) if eager else None
-    k = int(count.amax()) if eager else n
+    k = int(count.amax()) if count is not None else n  # count: None unless eager
     tau = lo
     for _ in range(n_iter):
         if eager and src is z and k <= n * _COMPACT:
@@ -320,7 +321,7 @@ def _bisect_block(
         p = _pow(torch.sub(src, tau, out=buf).relu_(), e)
         ok = p.sum(1, keepdim=True) >= 1
         lo = torch.where(ok, tau, lo)
-        if eager and src is z:
+        if count is not None and src is z:  # eager
             count = torch.where(ok, p.sign_().sum(1, keepdim=True), count)
             k = int(count.amax())
     return tau
@@ -330,15 +331,17 @@ class _EntmaxBisectFunction(torch.autograd.Function):
     """alpha-entmax of the rows of a 2-D tensor; ``alpha``: a float or a (rows, 1) tensor."""
 
     @staticmethod
-    def forward(ctx, x2: torch.Tensor, alpha: float | torch.Tensor, n_iter: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x2: torch.Tensor, alpha: float | torch.Tensor, n_iter: int
+    ) -> torch.Tensor:
         out = torch.empty_like(x2, memory_format=torch.contiguous_format)
         tensor_alpha = isinstance(alpha, torch.Tensor)
         if x2.numel():
-            blocks = row_blocks(*x2.shape, _BLOCK)
+            blocks = row_blocks(x2.shape[0], x2.shape[1], _BLOCK)
             scratch = torch.empty_like(out[blocks[0]])
             for blk in blocks:
                 ob = out[blk]
-                b = alpha[blk] - 1 if tensor_alpha else alpha - 1.0
+                b = alpha[blk] - 1 if isinstance(alpha, torch.Tensor) else alpha - 1.0
                 dead = _shift_by_max(x2[blk], ob)
                 ob.mul_(b)
                 tau = _bisect_block(ob, scratch[: ob.shape[0]], b, n_iter)
@@ -353,7 +356,7 @@ class _EntmaxBisectFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, None]:
         if ctx.tensor_alpha:
             p, alpha = ctx.saved_tensors
         else:
@@ -364,7 +367,7 @@ class _EntmaxBisectFunction(torch.autograd.Function):
         ga = torch.zeros_like(alpha) if want_alpha else None
         tiny = torch.finfo(p.dtype).tiny
         if p.numel():
-            for blk in row_blocks(*p.shape, _BLOCK):
+            for blk in row_blocks(p.shape[0], p.shape[1], _BLOCK):
                 pb, gb = p[blk], g[blk]
                 a = alpha[blk] if ctx.tensor_alpha else alpha
                 on = pb > 0
@@ -375,7 +378,7 @@ class _EntmaxBisectFunction(torch.autograd.Function):
                 else:  # p^(2 - alpha) on the support; the where drops 0^(negative) = inf
                     w = torch.where(on, pb.pow(2 - a), 0.0)
                 _project_grad(gb, w, gi[blk])
-                if want_alpha:
+                if ga is not None:  # want_alpha
                     # dp_i/dalpha = (p_i - w^_i) / b^2 - (p_i log p_i - w^_i sum_j p_j log p_j) / b
                     # with b = alpha - 1 and w^ = w / sum(w)  (derivation in the tests)
                     bb = a - 1
@@ -448,7 +451,7 @@ def entmax_bisect(
         alpha_arg = v.check_number("alpha", alpha, low=1.0, low_open=True)
     if x.numel() == 0:
         return x.clone()
-    out2 = _EntmaxBisectFunction.apply(as_rows(x_c, dim), alpha_arg, n_iter)
+    out2: torch.Tensor = _EntmaxBisectFunction.apply(as_rows(x_c, dim), alpha_arg, n_iter)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return from_rows(out2, x, dim).to(x.dtype)
 
 

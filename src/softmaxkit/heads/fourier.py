@@ -89,6 +89,9 @@ class FourierHead(nn.Module):
         >>> loss = F.cross_entropy(logits, torch.randint(0, 64, (5,))) + head.regularization_loss
     """
 
+    _synthesis: torch.Tensor
+    _analysis: torch.Tensor
+
     bin_centers: torch.Tensor
     frequencies: torch.Tensor
     regularization_scalars: torch.Tensor

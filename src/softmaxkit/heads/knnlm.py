@@ -55,8 +55,8 @@ _FORMAT = "softmaxkit.heads.KNNLM"
 _VERSION = 1
 
 
-def _check_keys(name: str, keys: Any, dim: int | None) -> torch.Tensor:
-    v.check_floating(name, keys)
+def _check_keys(name: str, keys: object, dim: int | None) -> torch.Tensor:
+    keys = v.check_floating(name, keys)
     if keys.ndim != 2:
         raise ValueError(f"{name} must have shape (M, d) (2 dimensions), got {tuple(keys.shape)}")
     if dim is not None and keys.shape[1] != dim:
@@ -66,8 +66,8 @@ def _check_keys(name: str, keys: Any, dim: int | None) -> torch.Tensor:
     return keys
 
 
-def _check_values(name: str, values: Any, size: int, vocab_size: int) -> torch.Tensor:
-    v.check_tensor(name, values)
+def _check_values(name: str, values: object, size: int, vocab_size: int) -> torch.Tensor:
+    values = v.check_tensor(name, values)
     if values.dtype != torch.long:
         raise TypeError(f"{name} must be a torch.long tensor of token ids, got {values.dtype}")
     if values.shape != (size,):
@@ -314,8 +314,8 @@ class KNNLM(nn.Module):
         return cls(data["keys"], data["values"], vocab_size, **kwargs)
 
     # ------------------------------------------------------------------ search
-    def _check_queries(self, queries: Any) -> torch.Tensor:
-        v.check_floating("queries", queries)
+    def _check_queries(self, queries: object) -> torch.Tensor:
+        queries = v.check_floating("queries", queries)
         dim = self.keys.shape[1]
         if queries.ndim < 1 or queries.shape[-1] != dim:
             raise ValueError(
@@ -365,6 +365,7 @@ class KNNLM(nn.Module):
         n, k = q.shape[0], self.k
         step = self._chunk_rows(q.dtype)
         if self.metric == "l2":
+            assert self.centre is not None  # set whenever the store is non-empty (k <= size)
             q = q - self.centre.to(q.dtype)
         best_s = torch.full((n, k), float("inf"), dtype=q.dtype, device=q.device)
         best_i = torch.zeros((n, k), dtype=torch.long, device=q.device)
@@ -431,7 +432,7 @@ class KNNLM(nn.Module):
     # ------------------------------------------------------------------ distributions
     # run eagerly under torch.compile: torch 2.13's inductor miscompiled this scatter fused
     # with the interpolation's logaddexp (wrong values when the LM tensor requires grad)
-    @torch.compiler.disable
+    @torch.compiler.disable  # type: ignore[untyped-decorator]  # torch: disable() is unannotated
     @torch.no_grad()
     def knn_log_probs(self, queries: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p_{kNN}(\cdot \mid q)` over the vocabulary, ``(..., V)``.
@@ -490,7 +491,7 @@ class KNNLM(nn.Module):
         name, lm = (
             ("lm_logits", lm_logits) if lm_log_probs is None else ("lm_log_probs", lm_log_probs)
         )
-        v.check_floating(name, lm)
+        lm = v.check_floating(name, lm)
         self._check_queries(queries)
         expected = (*queries.shape[:-1], self.vocab_size)
         if tuple(lm.shape) != expected:

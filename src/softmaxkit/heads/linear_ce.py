@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 import torch
 from torch import nn
@@ -70,19 +70,27 @@ class _Call:
     class_weight: torch.Tensor | None
 
 
-def _dtype_of(*tensors):
+def _dtype_of(*tensors: torch.Tensor | None) -> torch.dtype:
     return next(t.dtype for t in tensors if t is not None)
 
 
 class _LinearCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, W, b, target, call: _Call):
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        W: torch.Tensor,
+        b: torch.Tensor | None,
+        target: torch.Tensor,
+        call: _Call,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         o, cw = call.ce, call.class_weight
         eager = o.reduction != "none"
         targets = ce_ops.targets_of(target, cw, o, W.dtype)
         needs = call.needs if eager else (False, False, False)
         res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
         loss = res.loss
+        assert loss is not None  # a forward walk
         ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
         grads = (res.grad_x, res.grad_w, res.grad_b)
@@ -99,7 +107,9 @@ class _LinearCE(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g, _g_lse, _g_pred):
+    def backward(
+        ctx: Any, g: torch.Tensor, _g_lse: object, _g_pred: object
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, None, None]:
         o = ctx.call.ce
         if o.reduction != "none":
             if ctx.grads is None:  # traced by torch.compile: saved tensors, out of place
@@ -132,7 +142,12 @@ class _LinearCE(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-def _check_layer(input, linear_weight, linear_bias, weight) -> int:
+def _check_layer(
+    input: torch.Tensor,
+    linear_weight: torch.Tensor,
+    linear_bias: torch.Tensor | None,
+    weight: torch.Tensor | None,
+) -> int:
     """Validate the output layer and the class weights; the number of classes V."""
     V, _ = v.check_linear_layer(
         "input", input, "linear_weight", linear_weight, "linear_bias", linear_bias
@@ -146,7 +161,9 @@ def _check_layer(input, linear_weight, linear_bias, weight) -> int:
     return V
 
 
-def _probability_target(input, target, V: int, ignore_index: int) -> tuple[bool, torch.Tensor]:
+def _probability_target(
+    input: torch.Tensor, target: torch.Tensor, V: int, ignore_index: int
+) -> tuple[bool, torch.Tensor]:
     """Validate ``target``: ``(True, target)`` for probabilities, ``(False, int64 target)``
     for class indices of any integer dtype."""
     v.check_tensor("target", target)
@@ -333,23 +350,28 @@ def linear_cross_entropy(
     )
     cw = None if weight is None else weight.detach().to(cdt)
     tgt = target.detach().reshape(rows, V) if probs else target.reshape(rows)
+    loss: torch.Tensor
+    lse: torch.Tensor
+    pred: torch.Tensor | None
     if any(needs):
         # the upcast of a half weight is differentiable, so its gradient flows back cast
         W = linear_weight.to(cdt)
         b = None if linear_bias is None else linear_bias.to(cdt)
         call = _Call(ce=o, needs=needs, out_dtype=input.dtype, class_weight=cw)
-        loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)
+        loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     else:
         W = linear_weight.detach().to(cdt)
         b = None if linear_bias is None else linear_bias.detach().to(cdt)
         targets = ce_ops.targets_of(tgt, cw, o, cdt)
         res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
+        assert res.loss is not None and res.lse is not None  # a forward walk
         loss, lse, pred = res.loss.to(input.dtype), res.lse, res.argmax
     shape = target.shape[:-1] if probs else target.shape
     if reduction == "none":
         loss = loss.reshape(shape)
     if not return_extras:
         return loss
+    assert pred is not None  # want_argmax=return_extras
     if probs:
         hit = pred == tgt.argmax(1)
         acc = hit.to(cdt).mean() if rows > 0 else lse.new_zeros(())
@@ -379,6 +401,8 @@ class LinearCrossEntropy(nn.Module):
         torch.Size([50, 8])
     """
 
+    class_weight: torch.Tensor | None  # buffer
+
     def __init__(
         self,
         in_features: int,
@@ -399,7 +423,7 @@ class LinearCrossEntropy(nn.Module):
         v.check_int("in_features", in_features, low=0)
         v.check_int("num_classes", num_classes, low=1)
         v.check_bool("bias", bias)
-        kw = {"device": device, "dtype": dtype}
+        kw: dict[str, Any] = {"device": device, "dtype": dtype}
         self.in_features, self.num_classes = in_features, num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features, **kw))
         self.bias = nn.Parameter(torch.empty(num_classes, **kw)) if bias else None

@@ -14,7 +14,7 @@ training Deep Networks with Very Large Sparse Targets", NeurIPS 2015, arXiv:1412
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,17 @@ __all__ = ["SphericalOutputLayer"]
 
 LOSSES = ("z_loss", "spherical_softmax", "taylor_softmax")
 
+#: one recorded batch: (x, target, f1, f2, f3, target rows of W, box of the upstream scale)
+_Recorded = tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    dict[str, Any],
+]
+
 
 def _row_terms(
     loss: str,
@@ -36,7 +47,7 @@ def _row_terms(
     dc: torch.Tensor,
     *,
     D: int,
-    opts,
+    opts: dict[str, float],
 ) -> tuple[torch.Tensor, ...]:
     """Per-example loss, the scalars of grad_o = f1 o + f2 1 + f3 e_c, and g2 = f2 + f1 mu
     (the coefficient of 1 once o is written o - mu 1 + mu 1), from s1 = sum(o), the centred
@@ -84,7 +95,9 @@ class _Forward(torch.autograd.Function):
     weight update."""
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, grad_h: torch.Tensor, loss: torch.Tensor, box: dict):
+    def forward(
+        ctx: Any, h: torch.Tensor, grad_h: torch.Tensor, loss: torch.Tensor, box: dict[str, Any]
+    ) -> torch.Tensor:
         ctx.save_for_backward(grad_h)
         ctx.box = box
         ctx.in_dtype, ctx.in_device = h.dtype, h.device
@@ -92,7 +105,7 @@ class _Forward(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (grad_h,) = ctx.saved_tensors
         ctx.box["scale"] = g.detach().to(grad_h.device, grad_h.dtype)
         return (grad_h * g.to(grad_h.device)).to(ctx.in_device, ctx.in_dtype), None, None, None
@@ -220,6 +233,14 @@ class SphericalOutputLayer(nn.Module):
         torch.Size([1000, 16])
     """
 
+    # the factors of W and the tracked statistics (buffers)
+    V: torch.Tensor
+    U: torch.Tensor
+    U_inv: torch.Tensor
+    s: torch.Tensor
+    wbar: torch.Tensor
+    C: torch.Tensor
+
     def __init__(
         self,
         in_features: int,
@@ -248,7 +269,7 @@ class SphericalOutputLayer(nn.Module):
                 "dtype must be torch.float32 or torch.float64 (the factors need linear "
                 f"algebra; half inputs are accepted and computed in it), got {dtype}"
             )
-        opts: dict = {}
+        opts: dict[str, float] = {}
         unused = [k for k, x in (("a", a), ("b", b)) if x is not None and loss != "z_loss"]
         if eps is not None and loss == "taylor_softmax":
             unused.append("eps")
@@ -267,9 +288,10 @@ class SphericalOutputLayer(nn.Module):
         self.lr, self.renorm_every = float(lr), renorm_every
         self.renorm_threshold = float(renorm_threshold)
         self.steps = 0
-        self._pending: list[tuple] = []
-        kw = {"dtype": dtype, "device": device}
+        self._pending: list[_Recorded] = []
+        kw: dict[str, Any] = {"dtype": dtype, "device": device}
         d = in_features
+        shape: tuple[int, ...]
         for name, shape in (("V", (out_features, d)), ("U", (d, d)), ("U_inv", (d, d))):
             self.register_buffer(name, torch.empty(shape, **kw))
         for name, shape in (("s", (d,)), ("wbar", (d,)), ("C", (d, d))):
@@ -279,7 +301,7 @@ class SphericalOutputLayer(nn.Module):
 
     # --- no torch.optim ----------------------------------------------------------------------
 
-    def parameters(self, recurse: bool = True):  # type: ignore[override]
+    def parameters(self, recurse: bool = True) -> NoReturn:
         raise RuntimeError(
             "SphericalOutputLayer has no nn.Parameter and trains itself with plain SGD: call "
             "layer.step() (or layer.step(lr)) after backward instead of giving it to a "
@@ -321,7 +343,9 @@ class SphericalOutputLayer(nn.Module):
         statistics (for checking; the layer itself works with the centred ``C``)."""
         return self.C + torch.outer(self.wbar, self.wbar) / self.out_features
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         # a state dict saved before the layer tracked C holds Q = W^T W: convert it
         old, new, wbar = prefix + "Q", prefix + "C", prefix + "wbar"
         if old in state_dict and new not in state_dict and wbar in state_dict:
@@ -343,14 +367,14 @@ class SphericalOutputLayer(nn.Module):
 
     # --- forward / step ---------------------------------------------------------------------
 
-    def _check(self, h: Any, target: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        v.check_floating("h", h)
+    def _check(self, h: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+        h = v.check_floating("h", h)
         if h.ndim != 2 or h.shape[0] == 0 or h.shape[1] != self.in_features:
             raise ValueError(
                 f"h must have shape (B, {self.in_features}) (batch B >= 1, in_features), "
                 f"got {tuple(h.shape)}"
             )
-        v.check_tensor("target", target)
+        target = v.check_tensor("target", target)
         if target.dtype.is_floating_point or target.ndim != 1:
             raise TypeError(
                 "target must be one-hot class indices of shape (B,) and an integer dtype; "
@@ -379,12 +403,13 @@ class SphericalOutputLayer(nn.Module):
             # f1 Q h + f2 wbar = f1 C h + (f2 + f1 mu) wbar
             grad_h = f1[:, None] * Ch + g2[:, None] * self.wbar + f3[:, None] * Wc
             loss = value.mean()
-        box: dict = {"scale": None}
+        box: dict[str, Any] = {"scale": None}
         if self.training and torch.is_grad_enabled():
             self._pending.append((x, target, f1, f2, f3, Wc, box))
         loss = loss.to(h.device, h.dtype)
         if h.requires_grad and torch.is_grad_enabled():
-            return _Forward.apply(h, grad_h, loss, box)
+            out: torch.Tensor = _Forward.apply(h, grad_h, loss, box)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
+            return out
         return loss
 
     @torch.no_grad()
@@ -400,7 +425,7 @@ class SphericalOutputLayer(nn.Module):
                 "SphericalOutputLayer.step() has no recorded batch: call the layer in "
                 "training mode with grad enabled (and backward) before step()"
             )
-        parts = []
+        parts: list[tuple[torch.Tensor, ...]] = []
         for x, t, f1, f2, f3, Wc, box in self._pending:
             g = 1.0 if box["scale"] is None else box["scale"]
             parts.append((x, t, f1 * g, f2 * g, f3 * g, Wc))
@@ -412,7 +437,15 @@ class SphericalOutputLayer(nn.Module):
         if due and torch.linalg.cond(self.U) > self.renorm_threshold:
             self.renormalize()
 
-    def _update(self, X, T, coefficients, Wc, *, eta: float) -> None:
+    def _update(
+        self,
+        X: torch.Tensor,
+        T: torch.Tensor,
+        coefficients: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        Wc: torch.Tensor,
+        *,
+        eta: float,
+    ) -> None:
         f1, f2, f3 = coefficients  # per-row loss coefficients of the exact update
         D = self.out_features
         F1X = f1[:, None] * X  # (B, d); H = X^T F1 X, M = I - eta H

@@ -7,6 +7,8 @@ DRO" (ICML 2024, arXiv 2404.04575); official code zhqiu/TempNet,
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,7 +113,7 @@ class TempNet(nn.Module):
         params = {n: upcast(p).to(x.dtype) for n, p in self.named_parameters()}
         h = F.normalize(x, p=2.0, dim=-1)
         h = F.linear(h, params["proj.0.weight"], params["proj.0.bias"])
-        h = F.dropout(torch.sigmoid(h), self.proj[2].p, self.training)
+        h = F.dropout(torch.sigmoid(h), cast(nn.Dropout, self.proj[2]).p, self.training)
         h = F.linear(h, params["proj.3.weight"], params["proj.3.bias"])
         w = torch.softmax(h / params["scaler"].exp(), dim=-1)
         diff = F.linear(

@@ -195,6 +195,7 @@ def kmeans(
         # translation-equivariant: points sharing an offset larger than their spread are
         # clustered about their mean, so |x|^2 - 2 x.c + |c|^2 does not cancel (the centre
         # is added back below); otherwise they are used as given
+        centre: torch.Tensor | None
         centre = x.mean(0)
         centred = x - centre
         if float(centre.abs().amax()) > float(centred.abs().amax()):
@@ -219,12 +220,12 @@ def kmeans(
                 d2 = dj if d2 is None else torch.minimum(d2, dj)
                 d2[idx] = 0.0
 
-        inertia = []
+        inertias: list[float] = []
         assignment = None
         refilled = False
         for _ in range(iters):
             dist, new_assignment = _nearest(x, centroids, chunk_size)
-            inertia.append(float(dist.double().sum()))
+            inertias.append(float(dist.double().sum()))
             if assignment is not None and not refilled and torch.equal(new_assignment, assignment):
                 break  # converged: the centroids are the means of this assignment
             assignment = new_assignment
@@ -243,8 +244,8 @@ def kmeans(
                 assignment[far] = empty
         else:
             dist, assignment = _nearest(x, centroids, chunk_size)
-            inertia.append(float(dist.double().sum()))
-    inertia = torch.tensor(inertia, dtype=torch.float64)
+            inertias.append(float(dist.double().sum()))
+    inertia = torch.tensor(inertias, dtype=torch.float64)
     if centre is not None:
         centroids = centroids + centre
     if unit != 1.0:  # back from the scaled units: exact (a power of two)
@@ -512,6 +513,7 @@ class VQLogits(nn.Module):
                 sums = torch.zeros(codebook_size, dtype=b.dtype, device=b.device)
                 sums.index_add_(0, head.mapping, b)
                 mean = sums / head.code_counts.clamp_min(1).to(b.dtype)
+                assert head.bias is not None  # built with bias=True
                 head.bias.copy_(mean.to(head.bias.dtype))
         return head
 
@@ -530,7 +532,10 @@ class VQLogits(nn.Module):
         any integer dtype; returned as int64."""
         shape = _ShapeOnly(hidden.shape[:-1], self.vocab_size)
         target = v.check_class_target(
-            target, shape, hidden.ndim - 1, -100 if ignore_index is None else ignore_index
+            target,
+            shape,  # type: ignore[arg-type]  # a stand-in: check_class_target reads only .shape
+            hidden.ndim - 1,
+            -100 if ignore_index is None else ignore_index,
         )
         checkable = target.device.type == "cpu" and not torch.compiler.is_compiling()
         if ignore_index is None and checkable and target.numel() > 0 and int(target.min()) < 0:
@@ -587,6 +592,7 @@ class VQLogits(nn.Module):
 
     def _log_prob(self, lc: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         stats = self._row_stats(lc, target.clamp(0, self.vocab_size - 1).reshape(-1))
+        assert stats.target_logit is not None  # _row_stats sets it
         return (stats.target_logit - stats.lse).reshape(target.shape)
 
     def _row_stats(self, lc: torch.Tensor, index: torch.Tensor) -> ce_ops.RowStats:
@@ -658,6 +664,7 @@ class VQLogits(nn.Module):
             self._token_sums = lc.new_zeros(self.vocab_size, self.hidden_size)
             self._token_counts = lc.new_zeros(self.vocab_size)
             self._code_mass = lc.new_zeros(self.codebook_size)
+        assert self._token_counts is not None and self._code_mass is not None  # with the sums
         keep = kept.reshape(-1, 1).to(dt)
         token = torch.where(kept, target, 0).reshape(-1)
         self._token_sums.index_add_(0, token, hidden.detach().reshape(-1, self.hidden_size) * keep)
@@ -695,6 +702,7 @@ class VQLogits(nn.Module):
         if self._token_sums is None:
             return 0
         sums, counts, mass = self._token_sums, self._token_counts, self._code_mass
+        assert counts is not None and mass is not None  # allocated with the sums
         codebook = self.codebook.detach().to(sums.dtype)
         bias = None if self.bias is None else self.bias.detach().to(sums.dtype)
         new = self.mapping.clone()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ def _per_sample_norm(x: torch.Tensor, ord: float) -> torch.Tensor:
     # scaled by the sample's max |x| before squaring: finite wherever the norm is
     top = flat.abs().amax(1, keepdim=True) if flat.shape[1] else flat.new_ones(len(flat), 1)
     top = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
-    norms = torch.linalg.vector_norm(flat / top, ord=ord, dim=1) * top.squeeze(1)
+    norms: torch.Tensor = torch.linalg.vector_norm(flat / top, ord=ord, dim=1) * top.squeeze(1)
     return norms.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
@@ -312,7 +313,14 @@ def adversarial_comp_sum_loss(
     return reduce(losses, rows, reduction, logits.dtype)
 
 
-def _run_attack(model, inputs, target, attack, eval_during_attack, settings) -> torch.Tensor:
+def _run_attack(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    attack: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    eval_during_attack: bool,
+    settings: dict[str, Any],
+) -> torch.Tensor:
     modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
     try:
         if eval_during_attack and isinstance(model, nn.Module):
@@ -376,7 +384,7 @@ class AdversarialCompSumLoss(LossModule):
         self.eval_during_attack = v.check_bool("eval_during_attack", eval_during_attack)
         self.attack = attack
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {
             "tau": self.tau,
             "nu": self.nu,

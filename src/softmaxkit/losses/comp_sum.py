@@ -27,6 +27,8 @@ losses of the same paper are in :mod:`softmaxkit.losses.adversarial`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from softmaxkit import _validation as v
@@ -298,7 +300,7 @@ class CompSumLoss(LossModule):
         )
         self.tau = _check_tau(tau)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"tau": self.tau}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -328,7 +330,7 @@ class GeneralizedCrossEntropyLoss(LossModule):
         )
         self.q = _check_q(q)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"q": self.q}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

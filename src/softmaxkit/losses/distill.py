@@ -8,6 +8,7 @@ so neither pass allocates more than the gradients themselves.
 from __future__ import annotations
 
 import math
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -129,7 +130,7 @@ class KDLoss(LossModule):
         self.temperature = v.check_number("temperature", temperature, low=0.0, low_open=True)
         self.detach_teacher = v.check_bool("detach_teacher", detach_teacher)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature}  # detach_teacher is not shown (as before)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ def _index_rows(
     """Rows of (student, target) and the class index per row; probability targets are
     reduced to their argmax (the official code's handling of mixup/cutmix labels)."""
     rows = prepare(student, target, ignore_index=ignore_index, name="student_logits")
-    index = rows.index if rows.index is not None else rows.probs.argmax(1)
+    index = rows.index if rows.index is not None else rows.target.argmax(1)  # probs
     return rows, index
 
 
@@ -162,7 +163,9 @@ def _without(z: torch.Tensor, labels: torch.Tensor, scale: float = 1.0) -> torch
     return out.scatter_(1, labels, -math.inf)
 
 
-def _masked_shifted(z, col, scale: float, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _masked_shifted(
+    z: torch.Tensor, col: torch.Tensor, scale: float, out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``scale * z`` with the ``col`` entries at -inf, minus its (new) row maximum, in
     ``out``; and that maximum (b, 1)."""
     out = torch.mul(z, scale, out=out) if scale != 1.0 else out.copy_(z)
@@ -182,7 +185,17 @@ class _NKD(BufferedRowLoss):
     def __init__(self, temperature: float, gamma: float, *, need_t: bool) -> None:
         self.temperature, self.gamma, self.need_t = temperature, gamma, need_t
 
-    def exact(self, zs, zt, y, grads: bool):
+    @overload
+    def exact(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, grads: Literal[False]
+    ) -> torch.Tensor: ...
+    @overload
+    def exact(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, grads: Literal[True]
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def exact(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, grads: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         temperature, gamma = self.temperature, self.gamma
         col = y.unsqueeze(1)
         ls = log_probs(zs)
@@ -207,7 +220,17 @@ class _NKD(BufferedRowLoss):
         grad_t = -(gamma * temperature) * nt * (floored - cross)
         return grad_s, grad_t
 
-    def fast(self, zs, zt, y, g=None):
+    @overload
+    def fast(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def fast(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]: ...
+    def fast(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """NKD of a block by the plain closed forms: the (b,) loss (``g`` None) or ``g``
         times the gradients (student, teacher or None); and the rows where that is not
         exact (only rows holding a non-finite logit or no finite non-target one), for the
@@ -255,7 +278,7 @@ class _NKD(BufferedRowLoss):
             grad_s.addcmul_(sh, g, value=weight).addcmul_(nt, g, value=-weight)
             grad_s.scatter_add_(1, col, -(t_y * g))
         bad = ~torch.isfinite(grad_s.sum(1))
-        grad_t = None
+        grad_t: torch.Tensor | None = None
         if need_t:  # -gamma tau T-hat (log S-hat - cross)
             grad_t = ns.sub_(cross).mul_(nt).mul_(g * -weight)
             bad |= ~torch.isfinite(cross.squeeze(1))
@@ -268,14 +291,17 @@ class _NKD(BufferedRowLoss):
         redo_rows(bad, [loss], lambda r: [self.exact(zs[r], zt[r], y[r], grads=False)])
         return loss
 
-    def grad(self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: torch.Tensor):
+    def grad(
+        self, zs: torch.Tensor, zt: torch.Tensor, y: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         g = g.unsqueeze(1)
+        grad_t: torch.Tensor | None
         if not fast_ok(zs):
             grad_s, grad_t = self.exact(zs, zt, y, grads=True)
             return grad_s * g, grad_t * g
         grad_s, grad_t, bad = self.fast(zs, zt, y, g)
 
-        def exact(r):
+        def exact(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             grad_s, grad_t = self.exact(zs[r], zt[r], y[r], grads=True)
             return grad_s * g[r], grad_t * g[r]
 
@@ -392,7 +418,7 @@ class NKDLoss(LossModule):
         self.gamma = v.check_number("gamma", gamma, low=0.0)
         self.detach_teacher = v.check_bool("detach_teacher", detach_teacher)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "gamma": self.gamma}
 
     def extra_repr(self) -> str:  # the repr of before (a test checks it): no ignore_index
@@ -447,16 +473,56 @@ class _USKD(RowLoss):
     def __init__(self, alpha: float, beta: float, mu: float, rank_probs: bool) -> None:
         self.alpha, self.beta, self.mu, self.rank_probs = alpha, beta, mu, rank_probs
 
-    def value(self, z, w, t, labels, soft_target) -> torch.Tensor:
+    def value(
+        self,
+        z: torch.Tensor,
+        w: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        soft_target: torch.Tensor,
+    ) -> torch.Tensor:
         return self._parts(z, w, t, labels, soft_target, grads=False)
 
-    def grad(self, z, w, t, *rest):
+    def grad(
+        self, z: torch.Tensor, w: torch.Tensor, t: torch.Tensor, *rest: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         labels, soft_target, g = rest  # the extras, then the output's gradient
         grad_z, grad_w = self._parts(z, w, t, labels, soft_target, grads=True)
         g = g.unsqueeze(1)
         return grad_z * g, grad_w * g
 
-    def _parts(self, z, w, t, labels, soft_target, *, grads: bool):
+    @overload
+    def _parts(
+        self,
+        z: torch.Tensor,
+        w: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        soft_target: torch.Tensor,
+        *,
+        grads: Literal[False],
+    ) -> torch.Tensor: ...
+    @overload
+    def _parts(
+        self,
+        z: torch.Tensor,
+        w: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        soft_target: torch.Tensor,
+        *,
+        grads: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def _parts(
+        self,
+        z: torch.Tensor,
+        w: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor,
+        soft_target: torch.Tensor,
+        *,
+        grads: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         alpha, beta, mu, rank_probs = self.alpha, self.beta, self.mu, self.rank_probs
         classes = z.shape[1]
         lz, lw = log_probs(z), log_probs(w)
@@ -587,7 +653,7 @@ def uskd_loss(
         labels = rows.index.unsqueeze(1)
         values = torch.ones(labels.shape, dtype=compute, device=labels.device)
     else:
-        values, labels = _top_two(rows.probs, compute)
+        values, labels = _top_two(rows.target, compute)  # probs
     if rows.logits.shape[1] == 0:  # no classes: nothing to rank
         return reduce(rows.logits.sum(1) * 0, rows, reduction, student_logits.dtype)
     squared = _target_probs(rows.logits, labels, compute).square()
@@ -608,7 +674,7 @@ def uskd_loss(
     return reduce(losses, rows, reduction, student_logits.dtype)
 
 
-def _uskd_config(alpha, beta, mu, rank_with) -> _USKD:
+def _uskd_config(alpha: object, beta: object, mu: object, rank_with: object) -> _USKD:
     """The validated hyperparameters as the row loss."""
     alpha = v.check_number("alpha", alpha, low=0.0)
     beta = v.check_number("beta", beta, low=0.0)
@@ -663,7 +729,7 @@ class USKDLoss(LossModule):
         self.rank_with = rank_with
         self.fc = nn.Linear(channel, num_classes)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "beta": self.beta, "mu": self.mu, "rank_with": self.rank_with}
 
     def forward(

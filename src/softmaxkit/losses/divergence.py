@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -33,6 +34,8 @@ _ALPHA_LIMIT = 1e-20
 _EXP_CAP = 80.0
 
 Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: a fast kernel's (g * grad_p or None, g * grad_q or None, rows it did not get exactly)
+FastGrads = tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]
 
 # The kernels below avoid torch.where / masked_fill / comparisons on whole blocks (on CPU they
 # cost 10-30 elementwise passes each). Log-probabilities are "floored" instead: -inf becomes
@@ -159,7 +162,7 @@ def fast_ok(z: torch.Tensor) -> bool:
 def redo_rows(
     bad: torch.Tensor,
     values: Sequence[torch.Tensor | None],
-    exact: Callable[[torch.Tensor], Sequence[torch.Tensor | None]],
+    exact: Callable[[torch.Tensor], Sequence[torch.Tensor]],
 ) -> None:
     """Overwrite the ``bad`` rows (a (b,) bool) of each of ``values`` with ``exact(rows)``,
     the exact kernel evaluated on those rows only (``rows``: their indices)."""
@@ -236,11 +239,20 @@ class _Divergence(BufferedRowLoss):
         """The exact per-row divergence (with ``grads``, its gradients) from log-probs."""
 
     @abstractmethod
-    def fast_value(self, zp, zq, ws: list[torch.Tensor]) -> torch.Tensor:
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         """The per-row divergence from the logits by the closed-form kernel."""
 
     @abstractmethod
-    def fast_grads(self, zp, zq, g: torch.Tensor, needs, ws: list[torch.Tensor]):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         """g * the gradients w.r.t. both logits (None where not needed), and the rows where
         they are not exact."""
 
@@ -262,7 +274,9 @@ class _Divergence(BufferedRowLoss):
             loss = self._evaluate(zp, zq, False)[0]
         return loss * self.factor if self.factor != 1.0 else loss
 
-    def grad(self, zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor):
+    def grad(
+        self, zp: torch.Tensor, zq: torch.Tensor, t: None, g: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         g = (g * (self.factor * self.scale)).unsqueeze(1)
         needs = self.needs
         if self.mirror:
@@ -270,7 +284,7 @@ class _Divergence(BufferedRowLoss):
         if fast_ok(zp):
             grad_p, grad_q, bad = self.fast_grads(zp, zq, g, needs, self.block_work(zp))
 
-            def exact(rows: torch.Tensor):
+            def exact(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 _, grad_p, grad_q = self._evaluate(zp[rows], zq[rows], True)
                 return grad_p * g[rows], grad_q * g[rows]
 
@@ -282,17 +296,26 @@ class _Divergence(BufferedRowLoss):
 
 
 class _KL(_Divergence):
-    def exact(self, lp, lq, grads):
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
         return _kl(lp, lq, grads)
 
-    def fast_value(self, zp, zq, ws):
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
         lq = torch.log_softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
         return lp.sub_(lq).mul_(p).sum(1)  # NaN or inf on every row with a non-finite logit
 
-    def fast_grads(self, zp, zq, g, needs, ws):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         need_p, need_q = needs
-        checks = []
+        checks: list[torch.Tensor] = []
         if need_p:
             lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
             lq, q = log_softmax_and_softmax(zq, self.scale, ws[2], ws[3])
@@ -305,16 +328,18 @@ class _KL(_Divergence):
             q = torch.softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
             grad_p = None
         grad_q = q.sub_(p).mul_(g) if need_q else None
-        if need_q:
+        if grad_q is not None:  # need_q
             checks.append(grad_q.sum(1, keepdim=True))  # NaN only on rows of NaN p or q
         return grad_p, grad_q, ~_finite_rows(*checks).squeeze(1)
 
 
 class _JS(_Divergence):
-    def exact(self, lp, lq, grads):
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
         return _js(lp, lq, grads)
 
-    def _terms(self, zp, zq, ws):
+    def _terms(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """p, q, log(p / m), log(q / m) and KL(p || m), KL(q || m) of a block, m = (p + q) / 2."""
         lp, p = log_softmax_and_softmax(zp, self.scale, ws[0], ws[1])
         lq, q = log_softmax_and_softmax(zq, self.scale, ws[2], ws[3])
@@ -326,11 +351,20 @@ class _JS(_Divergence):
         kq = torch.mul(q, rq, out=lm).sum(1, keepdim=True)
         return p, q, rp, rq, kp, kq
 
-    def fast_value(self, zp, zq, ws):
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         *_, kp, kq = self._terms(zp, zq, ws)
         return (0.5 * (kp + kq)).squeeze(1)
 
-    def fast_grads(self, zp, zq, g, needs, ws):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         p, q, rp, rq, kp, kq = self._terms(zp, zq, ws)
         half = 0.5 * g
         grad_p = rp.sub_(kp).mul_(p).mul_(half) if needs[0] else None
@@ -339,19 +373,30 @@ class _JS(_Divergence):
 
 
 class _TV(_Divergence):
-    def exact(self, lp, lq, grads):
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
         return _tv(lp, lq, grads)
 
-    def _terms(self, zp, zq, ws):
+    def _terms(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p = torch.softmax(scaled(zp, self.scale, ws[0]), 1, out=ws[1])
         q = torch.softmax(scaled(zq, self.scale, ws[2]), 1, out=ws[3])
         return p, q, torch.sub(p, q, out=ws[4])
 
-    def fast_value(self, zp, zq, ws):
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         *_, diff = self._terms(zp, zq, ws)
         return 0.5 * diff.abs_().sum(1)
 
-    def fast_grads(self, zp, zq, g, needs, ws):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         p, q, diff = self._terms(zp, zq, ws)
         sign = diff.sign_()
         sp = torch.mul(sign, p, out=ws[0]).sum(1, keepdim=True)
@@ -362,7 +407,9 @@ class _TV(_Divergence):
         return grad_p, grad_q, ~_finite_rows(sp, sq).squeeze(1)  # NaN only where p or q is
 
 
-def _sqrt_probs(z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Tensor):
+def _sqrt_probs(
+    z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Tensor
+) -> torch.Tensor:
     """sqrt(softmax(scale * z)) = softmax(scale * z / 2) / its 2-norm, in ``out``."""
     u = torch.softmax(torch.mul(z, 0.5 * scale, out=work), 1, out=out)
     return u.div_(torch.linalg.vector_norm(u, dim=1, keepdim=True))
@@ -371,15 +418,24 @@ def _sqrt_probs(z: torch.Tensor, scale: float, work: torch.Tensor, out: torch.Te
 class _Hellinger(_Divergence):
     buffers = 3
 
-    def exact(self, lp, lq, grads):
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
         return _hellinger(lp, lq, grads)
 
-    def fast_value(self, zp, zq, ws):
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         rp = _sqrt_probs(zp, self.scale, ws[0], ws[1])
         rq = _sqrt_probs(zq, self.scale, ws[0], ws[2])
         return 0.5 * rp.sub_(rq).square_().sum(1)
 
-    def fast_grads(self, zp, zq, g, needs, ws):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         rp = _sqrt_probs(zp, self.scale, ws[0], ws[1])
         rq = _sqrt_probs(zq, self.scale, ws[0], ws[2])
         both = torch.mul(rp, rq, out=ws[0])
@@ -396,14 +452,16 @@ class _Alpha(_Divergence):
 
     buffers = 4
 
-    def __init__(self, alpha: float, **options) -> None:
+    def __init__(self, alpha: float, **options: Any) -> None:
         super().__init__(**options)
         self.alpha = alpha
 
-    def exact(self, lp, lq, grads):
+    def exact(self, lp: torch.Tensor, lq: torch.Tensor, grads: bool) -> Parts:
         return _alpha_upper(lp, lq, self.alpha, grads)
 
-    def _terms(self, zp, zq, ws, grads: bool):
+    def _terms(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor], grads: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """The terms of :func:`_alpha_upper` by the plain closed forms: p, q (None unless
         ``grads``), p E and S = sum p E. Where p or q is 0 the exact kernel's floors and its
         NaN repair act; here those rows give NaN or inf."""
@@ -419,13 +477,23 @@ class _Alpha(_Divergence):
         pe = x.expm1_().mul_(p).div_(beta)  # p E
         return p, q, pe, pe.sum(1, keepdim=True)
 
-    def fast_value(self, zp, zq, ws):
+    def fast_value(
+        self, zp: torch.Tensor, zq: torch.Tensor, ws: list[torch.Tensor]
+    ) -> torch.Tensor:
         *_, s = self._terms(zp, zq, ws, grads=False)
         return -s.squeeze(1) / self.alpha
 
-    def fast_grads(self, zp, zq, g, needs, ws):
+    def fast_grads(
+        self,
+        zp: torch.Tensor,
+        zq: torch.Tensor,
+        g: torch.Tensor,
+        needs: tuple[bool, bool],
+        ws: list[torch.Tensor],
+    ) -> FastGrads:
         alpha = self.alpha
         p, q, pe, s = self._terms(zp, zq, ws, grads=True)
+        assert q is not None  # grads=True
         grad_p = torch.mul(p, s, out=ws[0]).sub_(pe).mul_(g) if needs[0] else None
         w = pe.mul_(1.0 - alpha).add_(p)  # p^alpha q^(1 - alpha)
         total = w.sum(1, keepdim=True)
@@ -442,7 +510,7 @@ _KINDS: dict[str, tuple[type[_Divergence], bool]] = {
 }
 
 
-def divergence_loss(kind: str, alpha: float | None, **options) -> _Divergence:
+def divergence_loss(kind: str, alpha: float | None, **options: Any) -> _Divergence:
     """The row loss ``factor * D(softmax(scale * zp) || softmax(scale * zq))`` of ``kind``
     for the engine (:func:`softmaxkit._ops.row_loss.row_loss`); ``options`` are the
     keyword arguments of :class:`_Divergence` but ``mirror``.
@@ -452,6 +520,7 @@ def divergence_loss(kind: str, alpha: float | None, **options) -> _Divergence:
         cls, mirror = _KINDS[kind]
         return cls(mirror=mirror, **options)
     # D_alpha(p || q) = D_(1 - alpha)(q || p): evaluate around the alpha -> 0 limit instead
+    assert alpha is not None  # check_alpha requires it with kind="alpha"
     mirror = alpha < 0.5
     upper = 1.0 - alpha if mirror else alpha
     if abs(1.0 - upper) < _ALPHA_LIMIT:
@@ -589,7 +658,7 @@ class FDivergence(LossModule):
             raise TypeError(f"dim must be an int, got {dim!r} ({type(dim).__name__})")
         self.kind, self.dim = kind, dim
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         alpha = {"alpha": self.alpha} if self.kind == "alpha" else {}
         return {"kind": self.kind, **alpha, "dim": self.dim}
 

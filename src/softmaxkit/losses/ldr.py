@@ -14,6 +14,8 @@ gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -93,12 +95,16 @@ class _LDR(BufferedRowLoss):
     def _buf(self, i: int, z: torch.Tensor) -> torch.Tensor:
         return self.block_work(z)[i]
 
-    def _lam(self, extras) -> tuple[float | torch.Tensor, torch.Tensor | None]:
+    def _lam(
+        self, extras: Sequence[torch.Tensor]
+    ) -> tuple[float | torch.Tensor, torch.Tensor | None]:
         if self.lam is not None:
             return self.lam, None
         return extras[0].unsqueeze(1), extras[1]
 
-    def _margins(self, z, t, lam):
+    def _margins(
+        self, z: torch.Tensor, t: torch.Tensor, lam: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
         """``u' = z~ / lam - (c / lam) t`` in scratch 0 (the margins over lam up to a per-row
         constant), with ``<t, z~> / lam``, the normalisation's scale and its nonfinite flag."""
         u, scale, nonfinite = _scaled(z, self.normalize, lam, self._buf(0, z))
@@ -121,7 +127,7 @@ class _LDR(BufferedRowLoss):
         if t.dtype.is_floating_point:
             out = lam * (torch.logsumexp(u, 1, keepdim=True) - tu - log_k) + self.margin
         else:
-            logp = torch.ops.aten._log_softmax.out(u, 1, False, out=self._buf(1, z))
+            logp: torch.Tensor = torch.ops.aten._log_softmax.out(u, 1, False, out=self._buf(1, z))
             out = -lam * (logp.gather(1, t.unsqueeze(1)) + log_k)
         out = out.squeeze(1)
         return out if extra is None else out + extra
@@ -133,7 +139,7 @@ class _LDR(BufferedRowLoss):
         k = z.shape[1]
         prob = t.dtype.is_floating_point
         u, tu, scale, nonfinite = self._margins(z, t, lam)
-        q = torch.ops.aten._softmax.out(u, 1, False, out=self._buf(1, z))
+        q: torch.Tensor = torch.ops.aten._softmax.out(u, 1, False, out=self._buf(1, z))
         h = g.unsqueeze(1) if scale is None else g.unsqueeze(1) / scale
         if self.normalize is not None:
             # w = <q - t, z~> = lam <q, u'> + c <q, t> - <t, z~>, as z~ = lam u' + c t
@@ -191,7 +197,7 @@ def _aldr_lambdas(
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_common(lam_name: str, lam: float, margin: float, normalize) -> None:
+def _check_common(lam_name: str, lam: float, margin: float, normalize: str | None) -> None:
     v.check_number(lam_name, lam, low=0.0, low_open=True)
     v.check_number("margin", margin, low=0.0)
     v.check_choice("normalize", normalize, NORMALIZATIONS)
@@ -315,7 +321,7 @@ class LDRKLLoss(LossModule):
         _check_common("lam", lam, margin, normalize)
         self.lam, self.margin, self.normalize = float(lam), float(margin), normalize
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"lam": self.lam, "margin": self.margin, "normalize": self.normalize}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -505,7 +511,7 @@ class ALDRKLLoss(LossModule):
         self.normalize = normalize
         self.register_buffer("lam", torch.full((num_samples,), self.lam0))
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {
             "num_samples": self.num_samples,
             "lam0": self.lam0,

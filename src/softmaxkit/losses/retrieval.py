@@ -25,6 +25,7 @@ Official code: github.com/nilesh2797/DEXML (``losses.py``, ``utils/topk_utils.py
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -39,7 +40,7 @@ _INF = math.inf
 # --- arguments ------------------------------------------------------------------------------
 
 
-def _check_mask(positives_mask, scores: torch.Tensor) -> torch.Tensor:
+def _check_mask(positives_mask: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     v.check_tensor("positives_mask", positives_mask)
     if positives_mask.dtype != torch.bool:
         raise TypeError(
@@ -54,7 +55,7 @@ def _check_mask(positives_mask, scores: torch.Tensor) -> torch.Tensor:
     return positives_mask
 
 
-def _check_weights(weights, scores: torch.Tensor) -> torch.Tensor | None:
+def _check_weights(weights: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:
     if weights is None:
         return None
     v.check_floating("weights", weights)
@@ -65,7 +66,7 @@ def _check_weights(weights, scores: torch.Tensor) -> torch.Tensor | None:
     return v.check_tensor_values("weights", weights, low=0.0, high=_INF, high_open=True)
 
 
-def _check_sampling(num_sampled_positives, generator) -> None:
+def _check_sampling(num_sampled_positives: int | None, generator: object) -> None:
     if num_sampled_positives is not None:
         v.check_int("num_sampled_positives", num_sampled_positives, low=1)
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -79,7 +80,14 @@ class _Batch:
     (row-major) and weights ``w_pos``, the number ``count`` of positives taking part in
     each row, and the reduction's ``Rows``."""
 
-    def __init__(self, scores, positives_mask, weights, num_sampled_positives, generator):
+    def __init__(
+        self,
+        scores: torch.Tensor,
+        positives_mask: torch.Tensor,
+        weights: torch.Tensor | None,
+        num_sampled_positives: int | None,
+        generator: torch.Generator | None,
+    ) -> None:
         check_logits("scores", scores)
         _check_mask(positives_mask, scores)
         weights = _check_weights(weights, scores)
@@ -88,7 +96,8 @@ class _Batch:
         self.pos = as_rows(positives_mask, 1)
         self.dtype = compute_dtype(scores)
         w2 = None if weights is None else as_rows(weights.detach(), 1)
-        self.used, self.excluded = self.pos, None
+        self.used = self.pos
+        self.excluded: torch.Tensor | None = None
         if num_sampled_positives is not None and self.x2.numel() > 0:
             self.used = _sample_positives(self.pos, w2, num_sampled_positives, generator)
             self.excluded = self.pos & ~self.used  # the positives the sampling left out
@@ -166,7 +175,14 @@ class _SoftmaxRows(torch.autograd.Function):
     ``lse`` of :func:`_row_lse`; the gradient is written block by block into its storage."""
 
     @staticmethod
-    def forward(ctx, x2, lse, pos, positives, decoupled):
+    def forward(
+        ctx: Any,
+        x2: torch.Tensor,
+        lse: torch.Tensor,
+        pos: torch.Tensor,
+        positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        decoupled: bool,
+    ) -> torch.Tensor:
         rows, cols, coef = positives  # the (P,) row, column and coefficient of each positive
         zp = x2[rows, cols].to(lse.dtype)
         d = lse[rows] - zp
@@ -178,7 +194,7 @@ class _SoftmaxRows(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         x2, lse, pos, rows, cols, coef, zp = ctx.saved_tensors
         has = lse > -_INF
         lse0 = torch.where(has, lse, 0.0)
@@ -190,7 +206,7 @@ class _SoftmaxRows(torch.autograd.Function):
         direct = grad.dtype == lse.dtype
         work = None if direct else workspace(x2, lse.dtype, 1)[0]
         for b in row_blocks(*x2.shape):
-            block = grad[b] if direct else work[: b.stop - b.start]
+            block = grad[b] if work is None else work[: b.stop - b.start]  # None: direct
             torch.sub(x2[b], lse0[b].unsqueeze(1), out=block).exp_()
             if ctx.decoupled:
                 block.masked_fill_(pos[b], 0.0)
@@ -204,23 +220,23 @@ class _SoftmaxRows(torch.autograd.Function):
 
 
 def _softmax_family(
-    scores,
-    positives_mask,
+    scores: torch.Tensor,
+    positives_mask: torch.Tensor,
     *,
     decoupled: bool,
     normalize: bool,
-    weights,
-    num_sampled_positives,
-    generator,
+    weights: torch.Tensor | None,
+    num_sampled_positives: int | None,
+    generator: torch.Generator | None,
     reduction: str,
-):
+) -> torch.Tensor:
     v.check_reduction(reduction)
     v.check_bool("normalize", normalize)
     batch = _Batch(scores, positives_mask, weights, num_sampled_positives, generator)
     lse = _row_lse(batch, decoupled)
     coef = batch.coef(normalize)
     positives = (batch.rows, batch.cols, coef)
-    losses = _SoftmaxRows.apply(batch.x2, lse, batch.pos, positives, decoupled)
+    losses: torch.Tensor = _SoftmaxRows.apply(batch.x2, lse, batch.pos, positives, decoupled)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return reduce(losses, batch.reduction_rows, reduction, scores.dtype)
 
 
@@ -417,7 +433,14 @@ class _SoftTopKRows(torch.autograd.Function):
     written block by block into its storage."""
 
     @staticmethod
-    def forward(ctx, x2, tau, exclude, positives, alpha):
+    def forward(
+        ctx: Any,
+        x2: torch.Tensor,
+        tau: torch.Tensor,
+        exclude: torch.Tensor | None,
+        positives: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        alpha: float,
+    ) -> torch.Tensor:
         rows, cols, coef = positives  # the (P,) row, column and coefficient of each positive
         l_pos = x2[rows, cols].to(tau.dtype) * alpha + tau[rows]
         ctx.save_for_backward(x2, tau, exclude, rows, cols, coef, l_pos)
@@ -426,7 +449,7 @@ class _SoftTopKRows(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         x2, tau, exclude, rows, cols, coef, l_pos = ctx.saved_tensors
         alpha, dtype = ctx.alpha, tau.dtype
         # u_p = alpha * d loss / d l_p = -g c_p alpha (1 - sigma_p)
@@ -455,7 +478,7 @@ class _SoftTopKRows(torch.autograd.Function):
         return grad, None, None, None, None
 
 
-def _check_k(k, batch: _Batch, scores: torch.Tensor) -> torch.Tensor:
+def _check_k(k: object, batch: _Batch, scores: torch.Tensor) -> torch.Tensor:
     """The per-row k as a (rows,) tensor."""
     width = scores.shape[1]
     sample_shape = scores.shape[:1] + scores.shape[2:]
@@ -559,7 +582,7 @@ def soft_topk_loss(
     k_rows = _check_k(k, batch, scores)
     tau = _soft_topk_threshold(batch, k_rows, alpha, n_iter)
     positives = (batch.rows, batch.cols, batch.coef())
-    losses = _SoftTopKRows.apply(batch.x2, tau, batch.excluded, positives, alpha)
+    losses: torch.Tensor = _SoftTopKRows.apply(batch.x2, tau, batch.excluded, positives, alpha)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return reduce(losses, batch.reduction_rows, reduction, scores.dtype)
 
 
@@ -586,7 +609,7 @@ class _RetrievalLoss(LossModule):
         self.num_sampled_positives = num_sampled_positives
         self.generator = generator
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"num_sampled_positives": self.num_sampled_positives}
 
     def forward(
@@ -629,7 +652,7 @@ class MultiPositiveSoftmaxLoss(_RetrievalLoss):
         )
         self.normalize = v.check_bool("normalize", normalize)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"normalize": self.normalize, **super().hyperparameters()}
 
 
@@ -656,7 +679,7 @@ class SoftTopKLoss(_RetrievalLoss):
         v.check_int("n_iter", n_iter, low=1)
         self.k, self.alpha, self.n_iter = k, alpha, n_iter
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {
             "k": self.k,
             "alpha": self.alpha,

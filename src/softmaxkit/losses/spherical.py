@@ -22,6 +22,7 @@ map's ratio, which would round to 0 for an unlikely target.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,14 +34,17 @@ from softmaxkit._ops.row_loss import LossModule, RowLoss, Rows, class_loss, redu
 
 def _sq_norm(z: torch.Tensor) -> torch.Tensor:
     """Per-row sum of squares, (b, 1), without a (b, C) temporary."""
-    return torch.linalg.vector_norm(z, dim=1, keepdim=True).square()
+    norm: torch.Tensor = torch.linalg.vector_norm(z, dim=1, keepdim=True)
+    return norm.square()
 
 
 def _picked(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return z.gather(1, t.unsqueeze(1))
 
 
-def _sphere_total(u: torch.Tensor, eps: float, plain: torch.Tensor | None = None):
+def _sphere_total(
+    u: torch.Tensor, eps: float, plain: torch.Tensor | None = None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(c, inner)``, (b, 1) each, with ``sum_k (u_k^2 + eps) = c^2 inner`` per row.
 
     ``c`` is None (read: 1) unless some row's plain total ``plain`` (default: computed here
@@ -95,17 +99,25 @@ def _softplus_scaled(x: torch.Tensor, a: float) -> torch.Tensor:
     return F.softplus(x, beta=a, threshold=40.0)
 
 
-def _z_stats(z: torch.Tensor, eps: float | torch.Tensor):
+def _z_stats(
+    z: torch.Tensor, eps: float | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Centred outputs d = o - mean(o), the population standard deviation sigma and the
     divisor s = sigma + eps (1 where both are 0: then d = 0 and every z-score is 0)."""
     d = z - z.mean(1, keepdim=True)
-    sigma = torch.linalg.vector_norm(d, dim=1, keepdim=True) / math.sqrt(z.shape[1])
+    sigma: torch.Tensor = torch.linalg.vector_norm(d, dim=1, keepdim=True) / math.sqrt(z.shape[1])
     s = sigma + eps
     s = torch.where(s > 0, s, torch.ones_like(s))
     return d, sigma, s
 
 
-def _z_scaled(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor | float, tuple]:
+def _z_scaled(
+    z: torch.Tensor, eps: float
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor | float,
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+]:
     """``(z / c, eps / c, stats)``: the z-scores are unchanged when the outputs and eps are
     divided by the same c > 0. c is 1 (and ``z`` returned as is) unless a row's mean or
     spread overflows (outputs beyond ~1e19 in float32: the norm of the centred outputs, or
@@ -122,8 +134,8 @@ def _z_scaled(z: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor |
     if not maybe_any(bad):
         return z, eps, (d, sigma, s, None)
     c = row_scale(z, 1, bad)
-    z, eps = z / c, eps / c
-    return z, eps, (*_z_stats(z, eps), c)
+    z, eps_c = z / c, eps / c
+    return z, eps_c, (*_z_stats(z, eps_c), c)
 
 
 def _over_sigma(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -304,7 +316,7 @@ class _SphericalNLL(RowLoss):
         return out.mul_(g2).scatter_add_(1, t.unsqueeze(1), -g2 * own)
 
 
-def _taylor_total(z: torch.Tensor):
+def _taylor_total(z: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(c, inner)`` with ``sum_k f(o_k) = c^2 inner / 2``, f(o) = ((1 + o)^2 + 1) / 2: the
     plain total ``2 (C + sum(o) + sum(o^2) / 2)`` from the row sums (no (b, C) temporary),
     and, in rows where it overflows, the sum over the scaled terms of 1 + o
@@ -578,7 +590,7 @@ class ZLoss(LossModule):
         )
         self.a, self.b, self.eps = _z_params(a, b, eps)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "eps": self.eps}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -601,7 +613,7 @@ class SphericalSoftmaxLoss(LossModule):
         )
         self.eps = _check_eps(eps)
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"eps": self.eps}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -624,7 +636,7 @@ class LogSumExpPenalty(LossModule):
         super().__init__(reduction=reduction)
         self.weight, self.dim = _check_weight(weight), dim
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"weight": self.weight, "dim": self.dim}
 
     def forward(self, logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

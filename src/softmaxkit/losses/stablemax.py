@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from softmaxkit import _validation as v
@@ -23,7 +25,8 @@ class _StableMaxNLL(RowLoss):
         log_total = total.log() if scale is None else total.log() + scale.log()
         log_total = log_total.squeeze(-1)
         if t.dtype.is_floating_point:  # sum_k t_k (log S - log s_k); 0 log 0 = 0
-            return t.sum(-1) * log_total - torch.special.xlogy(t, s).sum(-1)
+            xlogy: torch.Tensor = torch.special.xlogy(t, s)
+            return t.sum(-1) * log_total - xlogy.sum(-1)
         return log_total - _log_s(z.gather(1, t.unsqueeze(1)).squeeze(1))
 
     def grad(self, z: torch.Tensor, t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -118,7 +121,7 @@ class StableMaxCrossEntropyLoss(LossModule):
         )
         self.dtype = dtype
 
-    def hyperparameters(self) -> dict:
+    def hyperparameters(self) -> dict[str, Any]:
         return {"dtype": self.dtype}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
