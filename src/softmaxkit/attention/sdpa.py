@@ -155,9 +155,7 @@ def _stretch(p: torch.Tensor, o: _Options) -> torch.Tensor:
 
 
 @overload
-def _through_quantizer(
-    y: torch.Tensor, dy: None, o: _Options
-) -> tuple[torch.Tensor, None]: ...
+def _through_quantizer(y: torch.Tensor, dy: None, o: _Options) -> tuple[torch.Tensor, None]: ...
 @overload
 def _through_quantizer(
     y: torch.Tensor, dy: torch.Tensor, o: _Options
