@@ -198,7 +198,7 @@ def _check_dependencies(builtin: bool) -> None:
         missing.append("matplotlib")
     if builtin:
         try:
-            import sklearn  # noqa: F401
+            import sklearn  # type: ignore[import-untyped]  # noqa: F401  # sklearn has no types
         except ImportError:
             missing.append("scikit-learn")
     if missing:
@@ -215,6 +215,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     try:
         _check_dependencies(builtin=args.input is None)
         builtin = None
+        ood: Data | None
         if args.input is None:
             if args.ood is not None:
                 raise ReportError(

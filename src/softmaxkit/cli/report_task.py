@@ -43,7 +43,7 @@ def builtin_task(seed: int = 0) -> tuple[Data, Data, dict[str, Any]]:
     Returns ``(data, ood, description)``; deterministic for a given ``seed`` (the global
     torch RNG is left untouched).
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]  # no types
 
     digits = load_digits()
     x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
