@@ -556,6 +556,7 @@ def scaled_dot_product_attention(
         mask = mask if mask.dtype == torch.bool else mask.to(dtype)
         mask = mask.reshape((1,) * max(0, 2 - mask.ndim) + tuple(mask.shape))
         mask = mask.expand(*mask.shape[:-2], L, S)
+    # torch.autograd.Function.apply is unannotated
     out: torch.Tensor = _BlockedAttention.apply(  # type: ignore[no-untyped-call]
         flat(query), flat(key), flat(value), mask, o
     )
