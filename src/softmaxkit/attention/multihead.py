@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ class _Gate(nn.Module):
         hidden: int | None,
         init: float,
         init_std: float | None,
-        factory: dict,
+        factory: dict[str, Any],
     ) -> None:
         super().__init__()
         self.kind, self.gate_input, self.num_heads = kind, gate_input, num_heads
@@ -98,7 +99,7 @@ class _Gate(nn.Module):
         N, L, E = x.shape
         H = self.num_heads
         if self.gate_input == "all_features":
-            pre = self.proj(x).transpose(1, 2).unsqueeze(-1)  # (N, H, L, 1)
+            pre: torch.Tensor = self.proj(x).transpose(1, 2).unsqueeze(-1)  # (N, H, L, 1)
         else:
             h = x.reshape(N, L, H, E // H)
             if self.hidden is not None:
@@ -110,11 +111,17 @@ class _Gate(nn.Module):
         return pre
 
 
-def _merge_masks(key_padding_mask, attn_mask, N: int, H: int, dtype: torch.dtype):
+def _merge_masks(
+    key_padding_mask: torch.Tensor | None,
+    attn_mask: torch.Tensor | None,
+    N: int,
+    H: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
     """torch's masks (True = masked OUT, or additive float) as one softmaxkit mask: a boolean
     keep-mask (True = attend) when both are boolean, else an additive float mask. Shapes
     broadcast to (N, H, L, S)."""
-    parts = []
+    parts: list[torch.Tensor] = []
     if attn_mask is not None:
         parts.append(
             attn_mask.view(N, H, *attn_mask.shape[-2:]) if attn_mask.ndim == 3 else attn_mask
@@ -126,7 +133,7 @@ def _merge_masks(key_padding_mask, attn_mask, N: int, H: int, dtype: torch.dtype
     if all(p.dtype == torch.bool for p in parts):
         keep = ~parts[0]
         return keep if len(parts) == 1 else keep & ~parts[1]
-    total = None
+    total: torch.Tensor | None = None
     for p in parts:
         add = (
             p.to(dtype)
@@ -347,7 +354,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         )
 
     @classmethod
-    def from_torch(cls, module: nn.MultiheadAttention, **options) -> MultiheadAttention:
+    def from_torch(cls, module: nn.MultiheadAttention, **options: Any) -> MultiheadAttention:
         """This class with ``module``'s configuration and weights (``options``: the
         softmaxkit arguments, e.g. ``softmax="clipped"``, ``gate=...``). At the defaults its
         outputs equal ``module``'s bit for bit."""
@@ -375,7 +382,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         new.train(module.training)
         return new
 
-    def forward(
+    def forward(  # type: ignore[override]  # the last two are keyword-only (see docstring)
         self,
         query: torch.Tensor,
         key: torch.Tensor,
@@ -412,7 +419,12 @@ class MultiheadAttention(nn.MultiheadAttention):
 
     # ------------------------------------------------------------------------ the new path
 
-    def _inputs(self, qkv, key_padding_mask, attn_mask):
+    def _inputs(
+        self,
+        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        key_padding_mask: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, bool]:
         """Validate; return batch-first (N, L, E) query, key, value and whether batched."""
         query, key, value = qkv
         for name, t in zip(("query", "key", "value"), qkv):
@@ -450,7 +462,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         return query, key, value, key_padding_mask, batched
 
     @staticmethod
-    def _check_mask(name: str, mask, shapes) -> None:
+    def _check_mask(name: str, mask: torch.Tensor, shapes: list[tuple[int, ...]]) -> None:
         v.check_tensor(name, mask)
         if mask.dtype != torch.bool and not mask.is_floating_point():
             raise TypeError(
@@ -463,7 +475,9 @@ class MultiheadAttention(nn.MultiheadAttention):
                 f"{tuple(mask.shape)}"
             )
 
-    def _project(self, query, key, value):
+    def _project(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         E = self.embed_dim
         if self.__dict__.get("_same_dims", True):
             w_q, w_k, w_v = self.in_proj_weight.chunk(3)
@@ -474,7 +488,13 @@ class MultiheadAttention(nn.MultiheadAttention):
             b_q, b_k, b_v = self.in_proj_bias.split(E)
         return F.linear(query, w_q, b_q), F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
 
-    def _extended(self, qkv, key_padding_mask, attn_mask, flags):
+    def _extended(
+        self,
+        qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        key_padding_mask: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        flags: tuple[bool, bool, bool],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         need_weights, average, is_causal = flags
         v.check_bool("need_weights", need_weights)
         v.check_bool("average_attn_weights", average)
@@ -489,6 +509,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         N, L, E = q.shape
         H, d = self.num_heads, E // self.num_heads
         if self.bias_k is not None:
+            assert self.bias_v is not None  # torch creates both or neither
             k = torch.cat([k, self.bias_k.expand(N, 1, E)], 1)
             val = torch.cat([val, self.bias_v.expand(N, 1, E)], 1)
             attn_mask, key_padding_mask = _pad(attn_mask), _pad(key_padding_mask)
@@ -526,7 +547,9 @@ class MultiheadAttention(nn.MultiheadAttention):
             out = out.transpose(0, 1)
         return out, (weights if need_weights else None)
 
-    def _explicit(self, q, k, val, mask):
+    def _explicit(
+        self, q: torch.Tensor, k: torch.Tensor, val: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention with the (N, H, L, S) probabilities materialised: returned (after
         quantizer and dropout, as torch returns them after dropout). float16/bfloat16 are
         computed in float32 (the quantizer sees float32 probabilities, as on the blocked

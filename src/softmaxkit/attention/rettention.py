@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,7 @@ class _BandPlan(NamedTuple):
     blocks: int
     span: int
     tail: int
-    index: torch.Tensor
+    index: torch.Tensor  # type: ignore[assignment]  # shadows tuple.index, never called
     drop: torch.Tensor
 
 
@@ -507,7 +507,9 @@ class RettentionSchedule:
 # ----------------------------------------------------------------------- the module
 
 
-def _check_qkv(query, key, value) -> tuple[int, int, int, int, int]:
+def _check_qkv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[int, int, int, int, int]:
     for name, t in (("query", query), ("key", key), ("value", value)):
         v.check_floating(name, t)
         if t.ndim != 4:
@@ -532,7 +534,7 @@ def _check_qkv(query, key, value) -> tuple[int, int, int, int, int]:
     return batch, heads, size, features, value.shape[-1]
 
 
-def _check_key_mask(key_mask, batch: int, size: int) -> torch.Tensor | None:
+def _check_key_mask(key_mask: torch.Tensor | None, batch: int, size: int) -> torch.Tensor | None:
     if key_mask is None:
         return None
     v.check_tensor("key_mask", key_mask)
@@ -656,8 +658,8 @@ class Rettention(torch.nn.Module):
         self.prefix_tokens = v.check_int("prefix_tokens", prefix_tokens, low=0)
         self.frames = v.check_int("frames", frames, low=1)
         self.step = 0
-        self._plan_key: tuple | None = None
-        self._band: _BandPlan | None = None
+        self._plan_key: tuple[int, int, torch.device] | None = None
+        self._band: _BandPlan | _FramePlan | None = None
         self.register_buffer("ratio", None, persistent=False)
         self.register_buffer("residual", None, persistent=False)
 
@@ -683,6 +685,7 @@ class Rettention(torch.nn.Module):
             else:
                 self._band = _band_plan(size, key[1], device)
             self._plan_key = key
+        assert self._band is not None  # built with _plan_key
         return self._band
 
     def half_width(self, size: int) -> int:
@@ -694,8 +697,34 @@ class Rettention(torch.nn.Module):
         window = self.window if self.window is not None else int(frame * self.density)
         return _half_width(window, frame)
 
+    @overload
     def _sparse(
-        self, q, k, val, mask, scale: float, with_lse: bool
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        val: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: float,
+        with_lse: Literal[True],
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def _sparse(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        val: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: float,
+        with_lse: Literal[False],
+    ) -> tuple[torch.Tensor, None]: ...
+    def _sparse(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        val: torch.Tensor,
+        mask: torch.Tensor | None,
+        scale: float,
+        with_lse: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention over the sparse set only: (output, log-sum-exp if ``with_lse``)."""
         size = q.shape[2]
@@ -759,7 +788,8 @@ class Rettention(torch.nn.Module):
                     f"attn_mask must be a key-padding mask of shape (B, 1, 1, {size}) or "
                     f"(B, {size}), got shape {tuple(attn_mask.shape)}"
                 )
-        return self(query, key, value, key_mask=key_mask, scale=scale)
+        out: torch.Tensor = self(query, key, value, key_mask=key_mask, scale=scale)
+        return out
 
     def forward(
         self,
@@ -809,6 +839,7 @@ class Rettention(torch.nn.Module):
         kind = self.schedule.kind(self.step)
         dtype = compute_dtype(query)
         q, k, val = query.to(dtype), key.to(dtype), value.to(dtype)
+        ratio: torch.Tensor | None  # None on a sparse step without a cache
         if kind == "full":
             out = _full_attention(q, k, val, mask, scale)
         elif kind == "refresh":

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +132,9 @@ def _scores(x: _Inputs, rows: slice, cols: slice, o: _Options) -> torch.Tensor:
     return s
 
 
-def _probs(x: _Inputs, rows: slice, cols: slice, lse, o: _Options) -> torch.Tensor:
+def _probs(
+    x: _Inputs, rows: slice, cols: slice, lse: torch.Tensor | None, o: _Options
+) -> torch.Tensor:
     """The tile's softmax probabilities ``p``: from the row's ``lse`` when the row spans
     several key blocks, else (``lse`` None: the tile holds whole rows) torch's fused softmax,
     with rows that keep no key set to 0 (torch gives NaN there; a NaN in the first column is
@@ -151,7 +154,15 @@ def _stretch(p: torch.Tensor, o: _Options) -> torch.Tensor:
     return torch.mul(p, o.zeta - o.gamma).add_(o.gamma)
 
 
-def _through_quantizer(y, dy, o: _Options) -> tuple[torch.Tensor, torch.Tensor | None]:
+@overload
+def _through_quantizer(y: torch.Tensor, dy: None, o: _Options) -> tuple[torch.Tensor, None]: ...
+@overload
+def _through_quantizer(
+    y: torch.Tensor, dy: torch.Tensor, o: _Options
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+def _through_quantizer(
+    y: torch.Tensor, dy: torch.Tensor | None, o: _Options
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(Q(y), dL/dy)`` given ``dL/dQ(y)`` (``dy``, may be None): the quantizer's own backward
     (its straight-through estimator). A calibrating quantizer returns its input unchanged and
     is not called again here (its statistics are gathered in the forward)."""
@@ -192,7 +203,7 @@ def _forward(x: _Inputs, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
     for rows in _spans(L, o.block_q):
         spans = _key_spans(rows, x.k.shape[1], o)
         lse = _row_lse(x, rows, spans, o) if len(spans) > 1 else None
-        acc = None
+        acc: torch.Tensor | None = None
         for cols in spans:  # pass 2
             p = _probs(x, rows, cols, lse, o)
             y = p.mul_(o.zeta - o.gamma).add_(o.gamma).clamp_(0.0, 1.0) if o.clip else p
@@ -201,6 +212,7 @@ def _forward(x: _Inputs, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
                 acc = torch.bmm(y, val[:, cols])
             else:
                 acc.baddbmm_(y, val[:, cols])
+        assert acc is not None  # a query block sees at least one key block
         out[:, rows] = acc
         if lse is not None:
             lse_all[:, rows] = lse
@@ -210,7 +222,14 @@ def _forward(x: _Inputs, o: _Options) -> tuple[torch.Tensor, torch.Tensor]:
 # ---------------------------------------------------------------------------- backward
 
 
-def _tile_grads(x: _Inputs, rows: slice, cols: slice, lse, g, o: _Options):
+def _tile_grads(
+    x: _Inputs,
+    rows: slice,
+    cols: slice,
+    lse: torch.Tensor | None,
+    g: torch.Tensor,
+    o: _Options,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Recompute one tile: ``(p, Q(y), dL/dp)``; ``g`` is the output gradient of the query block
     times ``zeta - gamma`` (step 4 folded into the matmul of step 2; ``y`` and the clip's
     test do not depend on it, and the quantizer's backward is linear in it)."""
@@ -227,12 +246,15 @@ def _tile_grads(x: _Inputs, rows: slice, cols: slice, lse, g, o: _Options):
     return p, yq, dp
 
 
-def _backward(x: _Inputs, lse, g, o: _Options, need_mask_grad: bool):
+def _backward(
+    x: _Inputs, lse: torch.Tensor, g: torch.Tensor, o: _Options, need_mask_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     qs, k, val, mask = x.qs, x.k, x.val, x.mask
     N, L = qs.shape[:2]
     dq, dk, dv = torch.zeros_like(qs), torch.zeros_like(k), torch.zeros_like(val)
-    dmask = None
+    dmask: torch.Tensor | None = None
     if need_mask_grad:
+        assert mask is not None  # need_mask_grad only with a float mask
         dmask = torch.zeros(mask.shape, dtype=qs.dtype, device=qs.device)
     stretch = o.zeta - o.gamma if o.clip else 1.0
     gs = g * stretch if stretch != 1.0 else g
@@ -254,6 +276,7 @@ def _backward(x: _Inputs, lse, g, o: _Options, need_mask_grad: bool):
             if whole:  # the fused softmax backward: p (dp - sum_j p_j dp_j)
                 ds = torch.ops.aten._softmax_backward_data(dp, p, -1, p.dtype)
             else:
+                assert D is not None  # pass A ran
                 ds = dp.sub_(D).mul_(p)  # step 5
             dq_rows.baddbmm_(ds, k[:, cols])  # step 6 (times scale below)
             dk[:, cols].baddbmm_(ds.transpose(1, 2), q_rows)  # q_rows is already scaled
@@ -271,7 +294,14 @@ class _BlockedAttention(torch.autograd.Function):
     ``o.batch + (L, S)``."""
 
     @staticmethod
-    def forward(ctx, q, k, val, mask, o: _Options):
+    def forward(
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        val: torch.Tensor,
+        mask: torch.Tensor | None,
+        o: _Options,
+    ) -> torch.Tensor:
         out, lse = _forward(_Inputs(q * o.scale, k, val, mask), o)
         ctx.o = o
         ctx.save_for_backward(q, k, val, mask, lse)
@@ -279,7 +309,9 @@ class _BlockedAttention(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g):
+    def backward(
+        ctx: Any, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, None]:
         q, k, val, mask, lse = ctx.saved_tensors
         o = ctx.o
         need_mask = mask is not None and mask.is_floating_point() and ctx.needs_input_grad[3]
@@ -292,7 +324,13 @@ class _BlockedAttention(torch.autograd.Function):
 # ---------------------------------------------------------------------------- the API
 
 
-def _check_inputs(query, key, value, attn_mask, is_causal) -> tuple[tuple[int, ...], int, int]:
+def _check_inputs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+) -> tuple[tuple[int, ...], int, int]:
     """Validate the tensors; return the broadcast batch shape, L and S."""
     for name, t in (("query", query), ("key", key), ("value", value)):
         v.check_floating(name, t)
@@ -345,7 +383,14 @@ def _dead_rows(attn_mask: torch.Tensor) -> torch.Tensor:
     return (attn_mask == -math.inf).all(-1, keepdim=True)
 
 
-def _torch_sdpa(query, key, value, attn_mask, is_causal, scale):
+def _torch_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    is_causal: bool,
+    scale: float,
+) -> torch.Tensor:
     """torch's own SDPA, with rows that keep no key giving zeros (and zero gradient).
 
     Current torch CPU kernels already give zeros there, older ones and some accelerator
@@ -511,5 +556,8 @@ def scaled_dot_product_attention(
         mask = mask if mask.dtype == torch.bool else mask.to(dtype)
         mask = mask.reshape((1,) * max(0, 2 - mask.ndim) + tuple(mask.shape))
         mask = mask.expand(*mask.shape[:-2], L, S)
-    out = _BlockedAttention.apply(flat(query), flat(key), flat(value), mask, o)
+    # torch.autograd.Function.apply is unannotated
+    out: torch.Tensor = _BlockedAttention.apply(  # type: ignore[no-untyped-call]
+        flat(query), flat(key), flat(value), mask, o
+    )
     return out.view(out_shape)

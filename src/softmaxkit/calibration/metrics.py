@@ -27,6 +27,7 @@ contract: binning is piecewise constant, and the inputs are detached.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -65,7 +66,7 @@ class ReliabilityCurve(NamedTuple):
     bin_edges: torch.Tensor
     confidence: torch.Tensor
     accuracy: torch.Tensor
-    count: torch.Tensor
+    count: torch.Tensor  # type: ignore[assignment]  # public field name; shadows tuple.count
 
 
 def _check_inputs(
@@ -118,7 +119,11 @@ def _accumulation_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _per_sample(input, target, fn) -> torch.Tensor:
+def _per_sample(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
     """``fn(block, target_block)`` over row blocks in the compute dtype, as an (N,) tensor."""
     x = input.detach()
     dtype = compute_dtype(x)
@@ -203,14 +208,18 @@ def _bin(values: torch.Tensor, n_bins: int, binning: str) -> tuple[torch.Tensor,
     return _adaptive_bins(values, n_bins)
 
 
-def _bin_sums(idx: torch.Tensor, values: torch.Tensor, hits: torch.Tensor, size: int):
+def _bin_sums(
+    idx: torch.Tensor, values: torch.Tensor, hits: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One scatter pass: per-bin (count, sum of values, sum of hits)."""
     sums = torch.zeros(size, 3, dtype=_accumulation_dtype(values.device), device=values.device)
     _add_to_bins(sums, idx, values, hits)
     return sums[:, 0], sums[:, 1], sums[:, 2]
 
 
-def _add_to_bins(sums: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, hits) -> None:
+def _add_to_bins(
+    sums: torch.Tensor, idx: torch.Tensor, values: torch.Tensor, hits: torch.Tensor
+) -> None:
     v = values.to(sums.dtype)
     src = torch.stack([torch.ones_like(v), v, hits.to(sums.dtype)], dim=-1)
     sums.index_add_(0, idx.reshape(-1), src.reshape(-1, 3))
@@ -232,7 +241,9 @@ def _reduce_norm(
     return gap.amax(dim=-1)
 
 
-def _top_label_bins(input, target, n_bins, binning, from_logits):
+def _top_label_bins(
+    input: torch.Tensor, target: torch.Tensor, n_bins: int, binning: str, from_logits: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     conf, pred = _top_label(input, from_logits)
     edges, idx = _bin(conf, n_bins, binning)
     count, conf_sum, hit_sum = _bin_sums(idx, conf, pred == target, n_bins)

@@ -93,11 +93,11 @@ def plot_reliability_diagram(
     full = curve.count.cpu() > 0
     acc = curve.accuracy.detach().double().cpu()[full]
     conf = curve.confidence.detach().double().cpu()[full]
-    left, width = left[full].tolist(), width[full].tolist()
+    bar_left, bar_width = left[full].tolist(), width[full].tolist()
     axes.bar(
-        left,
+        bar_left,
         acc.tolist(),
-        width=width,
+        width=bar_width,
         align="edge",
         color="tab:blue",
         edgecolor="black",
@@ -105,10 +105,10 @@ def plot_reliability_diagram(
         label="Accuracy",
     )
     axes.bar(
-        left,
+        bar_left,
         (conf - acc).tolist(),
         bottom=acc.tolist(),
-        width=width,
+        width=bar_width,
         align="edge",
         color="tab:red",
         alpha=0.3,

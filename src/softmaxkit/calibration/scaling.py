@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,8 @@ def _as_float64(block: torch.Tensor) -> torch.Tensor:
 class _Scaler(nn.Module):
     """Shared fitted-state handling."""
 
+    fitted: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
@@ -51,7 +54,9 @@ class _Scaler(nn.Module):
         #: diagnostics of the last fit: method, iterations, NLL before and after
         self.fit_info: dict[str, object] = {}
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._fitted = bool(self.fitted)
 
@@ -339,6 +344,9 @@ def _fit_affine(
     }
 
 
+_Affine = TypeVar("_Affine", bound="_AffineScaler")
+
+
 class _AffineScaler(_Scaler, ABC):
     """Vector and matrix scaling: calibrated logits ``self._map(z, weight, bias)``, fitted
     from the identity map (``_identity``) by minimising the mean NLL plus ``_penalty``."""
@@ -369,7 +377,7 @@ class _AffineScaler(_Scaler, ABC):
         """:meth:`_map` as :meth:`forward` applies it (where it may guard the float range)."""
         return self._map(z, w, b)
 
-    def _fit(self, logits: torch.Tensor, target: torch.Tensor, max_iter: int) -> _AffineScaler:
+    def _fit(self: _Affine, logits: torch.Tensor, target: torch.Tensor, max_iter: int) -> _Affine:
         x, y = _check_fit(logits, target, max_iter, self.num_classes, allow_neg_inf=False)
         w = self._identity(x.device).requires_grad_(True)
         b = torch.zeros(self.num_classes, dtype=torch.float64, device=x.device, requires_grad=True)

@@ -105,16 +105,22 @@ QUICK_BUDGET_S, QUICK_REPEATS = 0.1, (3, 50)
 # --------------------------------------------------------------------------- running ops
 
 
-def _grad_leaves(args: tuple) -> list[torch.Tensor]:
+def _grad_leaves(args: tuple[Any, ...]) -> list[torch.Tensor]:
     return [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
 
 
-def _sync(args: tuple) -> None:
+def _sync(args: tuple[Any, ...]) -> None:
     if torch.cuda.is_available() and any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
         torch.cuda.synchronize()
 
 
-def _time_once(fn: Callable, args: tuple, mode: str, cotangent, leaves: list) -> float:
+def _time_once(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    mode: str,
+    cotangent: torch.Tensor | None,
+    leaves: list[torch.Tensor],
+) -> float:
     for leaf in leaves:
         leaf.grad = None
     _sync(args)
@@ -135,7 +141,7 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
-def _summary_ms(samples_s: list[float]) -> dict:
+def _summary_ms(samples_s: list[float]) -> dict[str, Any]:
     ms = [s * 1e3 for s in samples_s]
     q1, med, q3 = _quartiles(ms)
     return {
@@ -158,8 +164,13 @@ def plan_repeats(estimate_s: float, quick: bool, requested: int | None) -> int:
 
 
 def time_mode(
-    case: Case, args: tuple, mode: str, cotangents: dict, quick: bool, repeats: int | None
-) -> dict:
+    case: Case,
+    args: tuple[Any, ...],
+    mode: str,
+    cotangents: dict[str, Any],
+    quick: bool,
+    repeats: int | None,
+) -> dict[str, Any]:
     """Interleaved timing of ours and the baseline for one mode."""
     fns = {"ours": case.ours, "baseline": case.baseline}
     leaves = _grad_leaves(args)
@@ -200,7 +211,7 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 # --------------------------------------------------------------------------- one case
 
 
-def _verdicts(case: Case, res: dict) -> dict:
+def _verdicts(case: Case, res: dict[str, Any]) -> dict[str, Any]:
     measured = {}
     for mode in MODES:
         t = (res.get("time") or {}).get(mode)
@@ -215,7 +226,7 @@ def _verdicts(case: Case, res: dict) -> dict:
     return out
 
 
-def _overall(res: dict) -> str:
+def _overall(res: dict[str, Any]) -> str:
     if res["status"] == "error":
         return "ERROR"
     if res["status"] == "failed":
@@ -236,7 +247,7 @@ def run_case(
     repeats: int | None,
     memory: bool,
     progress: Callable[[str], None],
-) -> dict:
+) -> dict[str, Any]:
     res: dict[str, Any] = {
         "name": case.name,
         "file": file.name,
@@ -325,7 +336,7 @@ def run_case(
 # --------------------------------------------------------------------------- reporting
 
 
-def machine_info() -> dict:
+def machine_info() -> dict[str, Any]:
     cpu = None
     try:
         with open("/proc/cpuinfo") as fh:
@@ -357,7 +368,7 @@ def _fmt_ms(x: float) -> str:
     return f"{x:.{digits}f}"
 
 
-def format_table(results: list[dict]) -> str:
+def format_table(results: list[dict[str, Any]]) -> str:
     header = [
         "case",
         "baseline",
@@ -391,7 +402,7 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(report: dict) -> list[str]:
+def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for res in report["cases"]:
         for key, v in res["verdicts"].items():
@@ -483,7 +494,7 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _write_report(report: dict, out: str | None, folder: Path) -> list[Path]:
+def _write_report(report: dict[str, Any], out: str | None, folder: Path) -> list[Path]:
     text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
     if out is not None:
         paths = [Path(out)]
@@ -532,6 +543,10 @@ def _run(args: argparse.Namespace) -> int:
         if reason is not None:
             skipped.append({"name": case.name, "file": file.name, "reason": reason})
         else:
+
+            def progress(step: str, c: Case = case) -> None:
+                bar.show(f"{c.name}: {step}")
+
             results.append(
                 run_case(
                     file,
@@ -539,7 +554,7 @@ def _run(args: argparse.Namespace) -> int:
                     quick=args.quick,
                     repeats=args.repeats,
                     memory=not args.no_memory,
-                    progress=lambda step, c=case: bar.show(f"{c.name}: {step}"),
+                    progress=progress,
                 )
             )
         bar.done += 1

@@ -40,7 +40,7 @@ class Case:
     """
 
     name: str
-    setup: Callable[[bool], tuple]
+    setup: Callable[[bool], tuple[Any, ...]]
     ours: Callable[..., torch.Tensor]
     baseline: Callable[..., torch.Tensor]
     baseline_name: str
@@ -126,10 +126,10 @@ def cases_of(path: Path) -> list[Case]:
     return list(cases)
 
 
-def load_cases(folder: Path) -> tuple[list[tuple[Path, Case]], list[dict]]:
+def load_cases(folder: Path) -> tuple[list[tuple[Path, Case]], list[dict[str, Any]]]:
     """All cases of ``folder/cases_*.py`` as ``(file, case)``, and the files that failed."""
     found: list[tuple[Path, Case]] = []
-    errors: list[dict] = []
+    errors: list[dict[str, Any]] = []
     seen: dict[str, Path] = {}
     for path in sorted(folder.glob("cases_*.py")):
         try:
@@ -147,7 +147,9 @@ def load_cases(folder: Path) -> tuple[list[tuple[Path, Case]], list[dict]]:
     return found, errors
 
 
-def select(cases: list[tuple[Path, Case]], patterns: Sequence[str] | None) -> list:
+def select(
+    cases: list[tuple[Path, Case]], patterns: Sequence[str] | None
+) -> list[tuple[Path, Case]]:
     """Cases whose name contains any of ``patterns`` (case-insensitive); all when none."""
     if not patterns:
         return list(cases)
@@ -164,7 +166,9 @@ def missing_requirement(case: Case) -> str | None:
     return None
 
 
-def call_op(fn: Callable, args: tuple, mode: str, cotangent: torch.Tensor | None) -> Any:
+def call_op(
+    fn: Callable[..., Any], args: tuple[Any, ...], mode: str, cotangent: torch.Tensor | None
+) -> Any:
     """One run: the forward under no_grad, or forward then ``backward(cotangent)``."""
     if mode == "fwd":
         with torch.no_grad():

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,7 +59,9 @@ def _reset_peak() -> str | None:
     return None
 
 
-def measure_peak(fn: Callable, args: tuple, mode: str, cotangent) -> dict:
+def measure_peak(
+    fn: Callable[..., Any], args: tuple[Any, ...], mode: str, cotangent: torch.Tensor | None
+) -> dict[str, Any]:
     """Peak RSS above what is resident now, for one run of ``fn`` (call in a fresh process)."""
     gc.collect()
     _malloc_trim()
@@ -71,7 +74,8 @@ def measure_peak(fn: Callable, args: tuple, mode: str, cotangent) -> dict:
     maxrss *= 1 if sys.platform == "darwin" else 1024
     if note is None and (before is None or hwm is None):
         note = "no /proc/self/status: peak above inputs unavailable"
-    above = hwm - before if note is None else None
+    # note is None only with both readings
+    above = hwm - before if note is None and hwm is not None and before is not None else None
     return {
         "peak_above_inputs_bytes": above,
         "rss_before_bytes": before,
@@ -105,7 +109,7 @@ def child_main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _child_env() -> dict:
+def _child_env() -> dict[str, str]:
     import softmaxkit
 
     env = dict(os.environ)
@@ -115,8 +119,8 @@ def _child_env() -> dict:
 
 
 def memory_child(
-    file: Path, case: Case, impl: str, mode: str, quick: bool, cotangent: tuple | None
-) -> dict:
+    file: Path, case: Case, impl: str, mode: str, quick: bool, cotangent: tuple[Any, ...] | None
+) -> dict[str, Any]:
     """Run :func:`measure_peak` in a fresh interpreter and return its report;
     ``cotangent`` is ``(shape, dtype, device)`` for fwd+bwd, ``None`` for fwd."""
     shape, dtype, device = cotangent or (None, None, None)
@@ -140,7 +144,8 @@ def memory_child(
         return {"peak_above_inputs_bytes": None, "note": f"child timed out ({CHILD_TIMEOUT_S}s)"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_MARKER):
-            return json.loads(line[len(CHILD_MARKER) :])
+            report: dict[str, Any] = json.loads(line[len(CHILD_MARKER) :])
+            return report
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {
         "peak_above_inputs_bytes": None,

@@ -28,12 +28,12 @@ def fmt_diff(d: Any) -> str:
     return d if isinstance(d, str) else f"{d:.1e}"
 
 
-def ratio_of(res: dict, kind: str, mode: str) -> float | None:
+def ratio_of(res: dict[str, Any], kind: str, mode: str) -> float | None:
     entry = (res.get(kind) or {}).get(mode)
     return entry["ratio"] if entry else None
 
 
-def markdown_table(report: dict) -> str:
+def markdown_table(report: dict[str, Any]) -> str:
     """The README table for a results report."""
     lines = [
         "| op/shape | baseline | fwd | fwd+bwd | memory | target | verdict |",

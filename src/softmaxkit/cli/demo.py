@@ -57,9 +57,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -112,20 +113,26 @@ def make_model(p: int) -> nn.Module:
     )
 
 
-def _softmax_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"):
+def _softmax_ce(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     return F.cross_entropy(logits.to(torch.float32), target, reduction=reduction)
 
 
-def _stablemax_ce(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"):
+def _stablemax_ce(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     from softmaxkit.losses import stablemax_cross_entropy
 
     return stablemax_cross_entropy(logits, target, reduction=reduction, dtype=torch.float64)
 
 
-def make_run(name: str, params) -> tuple[torch.optim.Optimizer, Any, dict[str, Any]]:
+def make_run(
+    name: str, params: Iterable[torch.Tensor]
+) -> tuple[torch.optim.Optimizer, Any, dict[str, Any]]:
     """Optimizer, loss and a description of the run (official hyperparameters)."""
     if name == "softmax":
-        kw = dict(lr=LR, betas=(0.9, 0.99), eps=1e-25, weight_decay=0.0)
+        kw: dict[str, Any] = dict(lr=LR, betas=(0.9, 0.99), eps=1e-25, weight_decay=0.0)
         return torch.optim.AdamW(params, **kw), _softmax_ce, _describe("AdamW", "softmax", kw)
     if name == "perpgrad":
         from softmaxkit.dynamics import PerpGrad
@@ -180,7 +187,9 @@ class ProgressBar:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Data, loss_fn) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: Data, loss_fn: Callable[..., torch.Tensor]
+) -> dict[str, float]:
     from softmaxkit.dynamics import softmax_collapse_fraction
 
     train_logits = model(data.x_train)
@@ -307,7 +316,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> bool:
         ax.set_ylim(-3, 103)
     axes[0].set_ylabel("% of the train / test pairs")
     axes[-1].legend(loc="center right", fontsize=8)
-    canvas.print_png(str(path))
+    canvas.print_png(str(path))  # type: ignore[no-untyped-call]  # unannotated in matplotlib
     return True
 
 
@@ -315,7 +324,10 @@ def _positive_int(text: str) -> int:
     return _checked(lambda: V.check_int("value", int(text), low=1), text)
 
 
-def _checked(fn, text: str):
+_T = TypeVar("_T")
+
+
+def _checked(fn: Callable[[], _T], text: str) -> _T:
     try:
         return fn()
     except (TypeError, ValueError) as exc:

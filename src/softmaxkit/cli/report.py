@@ -215,6 +215,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     try:
         _check_dependencies(builtin=args.input is None)
         builtin = None
+        ood: Data | None
         if args.input is None:
             if args.ood is not None:
                 raise ReportError(

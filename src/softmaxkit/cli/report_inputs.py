@@ -93,8 +93,10 @@ _LOGIT_COLUMN = re.compile(r"logit_(\d+)")
 _FEATURE_COLUMN = re.compile(r"feature_(\d+)")
 
 
-def _numbered_columns(header: list[str], pattern: re.Pattern[str], prefix: str, where: str):
-    found = {}
+def _numbered_columns(
+    header: list[str], pattern: re.Pattern[str], prefix: str, where: str
+) -> list[int]:
+    found: dict[int, int] = {}
     for position, name in enumerate(header):
         match = pattern.fullmatch(name)
         if match:

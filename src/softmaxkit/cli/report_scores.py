@@ -74,6 +74,16 @@ def _of_features(fit: Callable[[ScoreInputs], Any]) -> Callable[[ScoreInputs], P
     return compute
 
 
+def _fit_mahalanobis(s: ScoreInputs) -> O.Mahalanobis:
+    assert s.features_fit is not None and s.labels_fit is not None  # a feature score
+    return O.Mahalanobis(covariance="ledoit_wolf").fit(s.features_fit, s.labels_fit)
+
+
+def _fit_knn(s: ScoreInputs) -> O.KNNScore:
+    assert s.features_fit is not None and s.knn_k is not None  # a feature score
+    return O.KNNScore(k=s.knn_k).fit(s.features_fit)
+
+
 OOD_SCORES: dict[str, OODScore] = {
     "msp": OODScore("MSP (max softmax probability)", False, _of_logits(O.msp_score)),
     "max_logit": OODScore("max logit", False, _of_logits(O.max_logit_score)),
@@ -84,14 +94,12 @@ OOD_SCORES: dict[str, OODScore] = {
     "mahalanobis": OODScore(
         "Mahalanobis (tied covariance, Ledoit-Wolf)",
         True,
-        _of_features(
-            lambda s: O.Mahalanobis(covariance="ledoit_wolf").fit(s.features_fit, s.labels_fit)
-        ),
+        _of_features(_fit_mahalanobis),
     ),
     "knn": OODScore(
         "kNN (normalised features)",
         True,
-        _of_features(lambda s: O.KNNScore(k=s.knn_k).fit(s.features_fit)),
+        _of_features(_fit_knn),
     ),
 }
 

@@ -226,6 +226,9 @@ def _bias(linear: nn.Linear, like: torch.Tensor) -> torch.Tensor | None:
 class _TemperatureGate(nn.Module):
     """Shared parts: router linear, temperature (fixed, learned, or annealed)."""
 
+    log_temperature: torch.Tensor
+    num_steps: torch.Tensor
+
     def __init__(
         self,
         d_model: int,
@@ -415,7 +418,9 @@ class ActivationGate(_TemperatureGate):
             anneal_steps=anneal_steps,
             bias_placement=bias_placement,
         )
-        self.activation = v.check_callable("activation", activation)
+        self.activation: Callable[[torch.Tensor], torch.Tensor] = v.check_callable(
+            "activation", activation
+        )
         if _is_linear_or_relu(activation):
             warnings.warn(
                 "ActivationGate: the paper's rates need an activation whose derivatives are "
@@ -433,7 +438,7 @@ class ActivationGate(_TemperatureGate):
         return self.activation(lin) / tau + b
 
 
-def _is_linear_or_relu(fn: Callable) -> bool:
+def _is_linear_or_relu(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
     if fn in (torch.relu, F.relu, torch.nn.functional.relu) or isinstance(
         fn, (nn.ReLU, nn.Identity)
     ):

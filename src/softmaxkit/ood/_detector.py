@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -44,7 +44,7 @@ def check_features(
     pooling of every layer). ``width``: the number of features the detector was fitted
     on. ``finite``: every value finite; else only NaN is rejected (+-inf allowed).
     """
-    V.check_floating(name, features)
+    features = V.check_floating(name, features)
     if pool:
         if features.ndim < 2:
             raise ValueError(
@@ -98,7 +98,7 @@ def normalize_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows divided by their L2 norm (a zero row stays zero), computed on the rows scaled
     to a largest entry of 1 (:func:`scale_rows`): exact at any finite magnitude."""
     x = scale_rows(x)
-    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    norm: torch.Tensor = torch.linalg.vector_norm(x, dim=1, keepdim=True)
     return x / norm.clamp(min=torch.finfo(x.dtype).tiny)
 
 
@@ -300,6 +300,9 @@ class FeatureScore(ABC):
         return self.score(features)
 
 
+_Detector = TypeVar("_Detector", bound="FeatureDetector")
+
+
 class FeatureDetector(FeatureScore):
     """:class:`FeatureScore` with the fitting half, ``fit(features, labels=None) -> self``.
 
@@ -313,11 +316,12 @@ class FeatureDetector(FeatureScore):
         return self._fit(features, labels)
 
     def _fit(
-        self, features: object, labels: torch.Tensor | None, **options: object
-    ) -> FeatureDetector:
+        self: _Detector, features: object, labels: torch.Tensor | None, **options: object
+    ) -> _Detector:
         self._fit_checked(check_features("features", features, pool=self._pool), labels, **options)
         return self
 
+    # ``*args: Any, **options: Any``: each detector has its own labels and options
     @abstractmethod
-    def _fit_checked(self, x: torch.Tensor, labels: torch.Tensor | None, **options: object) -> None:
+    def _fit_checked(self, x: torch.Tensor, *args: Any, **options: Any) -> None:
         """Store what scoring needs from checked features (and labels)."""

@@ -62,7 +62,7 @@ class KNNScore(FeatureDetector):
         self.chunk_size = chunk_size
         self.bank: torch.Tensor | None = None
 
-    def fit(self, features: torch.Tensor) -> KNNScore:
+    def fit(self, features: torch.Tensor) -> KNNScore:  # type: ignore[override]  # no labels
         """Store the L2-normalised training features ``features`` (M, d), M >= k.
 
         float16/bfloat16 are stored in float32; float32/float64 as given.
@@ -85,6 +85,7 @@ class KNNScore(FeatureDetector):
         return rows, max(self.k, _BLOCK_ELEMENTS // rows)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        assert self.bank is not None  # score checked the fit first
         return self.bank.dtype  # queries are compared in the bank's dtype
 
     def _rows_per_block(self, x: torch.Tensor) -> int:
@@ -93,6 +94,7 @@ class KNNScore(FeatureDetector):
     def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
         """``-||z* - z*_(k)||`` of one query chunk, with a running top-k over bank chunks."""
         bank = self.bank
+        assert bank is not None  # score checked the fit first
         q = normalize_rows(x.detach())
         b_step = self._chunks()[1]
         best_sim = q.new_full((q.shape[0], 0), float("-inf"))
@@ -107,7 +109,8 @@ class KNNScore(FeatureDetector):
             best_idx = idx.gather(1, where)
         # k-th largest similarity = k-th smallest distance; recompute it directly
         kth = best_idx[:, -1]  # topk is sorted: the last kept one is the k-th
-        return -torch.linalg.vector_norm(q - bank[kth], dim=1)
+        dist: torch.Tensor = torch.linalg.vector_norm(q - bank[kth], dim=1)
+        return -dist
 
     def score(self, features: torch.Tensor) -> torch.Tensor:
         """Scores of ``features`` (N, d): ``-||z* - z*_(k)||``, shape (N,), ``features``' dtype."""

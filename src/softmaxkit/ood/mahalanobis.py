@@ -16,6 +16,7 @@ ensemble's regression weights differ by a factor 2 (and, through the L2 penalty,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 
@@ -43,6 +44,10 @@ def _check_finite(name: str, x: torch.Tensor) -> None:
     V.check_tensor_values(
         name, x, low=float("-inf"), high=float("inf"), low_open=True, high_open=True
     )
+
+
+#: Mahalanobis._factors: -m, W, the projected centres, their squared norms, 1 / scale
+_Factors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]
 
 
 class Mahalanobis(FeatureDetector):
@@ -117,10 +122,10 @@ class Mahalanobis(FeatureDetector):
         self.means: torch.Tensor | None = None
         self.covariance: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._cache: dict[tuple[torch.dtype, torch.device], _Factors] = {}
 
     # ------------------------------------------------------------------ fit
-    def fit(
+    def fit(  # type: ignore[override]  # target is required
         self, features: torch.Tensor, target: torch.Tensor, *, num_classes: int | None = None
     ) -> Mahalanobis:
         """Fit the class means and tied covariance on ``features`` (N, d) with labels
@@ -176,9 +181,10 @@ class Mahalanobis(FeatureDetector):
 
     def _fitted(self) -> torch.Tensor:
         self._fitted_width()
+        assert self.means is not None  # _fitted_width raised otherwise
         return self.means
 
-    def _factors(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    def _factors(self, dtype: torch.dtype, device: torch.device) -> _Factors:
         """(-m, W, W^T(mu_c - m) as (C, r), their squared norms, 1 / scale) in ``dtype``,
         all in the fit's scaled units ``x / scale`` (exact: a power of two), so that
         ``x / scale - m`` cannot overflow where the distance is finite. The centre ``m``
@@ -192,7 +198,7 @@ class Mahalanobis(FeatureDetector):
             proj = (means - centre) @ fit.factor
             parts = (-centre, fit.factor, proj, proj.square().sum(1))
             cached = tuple(p.to(device=device, dtype=dtype) for p in parts)
-            self._cache[key] = (*cached, 1.0 / fit.scale)
+            self._cache[key] = cast(_Factors, (*cached, 1.0 / fit.scale))
         return self._cache[key]
 
     def _whiten(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -315,7 +321,7 @@ class Mahalanobis(FeatureDetector):
             return self.score(_select_layer(model(inputs), layer))
 
 
-def _select_layer(output: object, layer: int | None) -> torch.Tensor:
+def _select_layer(output: object, layer: int | None) -> Any:  # unchecked: score checks it
     if isinstance(output, (list, tuple)):
         if layer is None:
             raise ValueError(
@@ -530,6 +536,7 @@ class MahalanobisEnsemble:
         """``layer_scores @ weight + bias``: the ensemble score of (N, L) layer scores."""
         if self.weight is None:
             raise RuntimeError("MahalanobisEnsemble.score called before fit_regression(...)")
+        assert self.bias is not None  # fitted with the weight
         return layer_scores.to(torch.float64) @ self.weight.to(layer_scores.device) + self.bias
 
     def score(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -601,7 +608,7 @@ class MahalanobisEnsemble:
         if not mags:
             raise ValueError("noise_magnitudes must hold at least one magnitude, got none")
         h_in, h_out = inputs_in.shape[0] // 2, inputs_out.shape[0] // 2
-        best = None
+        best: tuple[float, float, torch.Tensor | None, torch.Tensor | None] | None = None
         for eps in mags:
             s_in = self.layer_scores_inputs(
                 model, inputs_in, noise_magnitude=eps, input_std=input_std
@@ -613,6 +620,7 @@ class MahalanobisEnsemble:
             fpr = float(fpr_at_tpr(self.combine(s_in[h_in:]), self.combine(s_out[h_out:]), tpr))
             if best is None or fpr < best[0]:
                 best = (fpr, eps, self.weight, self.bias)
+        assert best is not None  # mags is not empty
         _, self.noise_magnitude, self.weight, self.bias = best
         self.validation_fpr = best[0]
         return self

@@ -193,9 +193,10 @@ class SSDScore(FeatureDetector):
         same function, with no overflow of the norm at any finite magnitude."""
         peak = x.detach().abs().amax(1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
         xs = x / peak
-        return xs / (torch.linalg.vector_norm(xs, dim=1, keepdim=True) + 1e-10 / peak)
+        norm: torch.Tensor = torch.linalg.vector_norm(xs, dim=1, keepdim=True)
+        return xs / (norm + 1e-10 / peak)
 
-    def fit(self, features: torch.Tensor) -> SSDScore:
+    def fit(self, features: torch.Tensor) -> SSDScore:  # type: ignore[override]  # no labels
         """Fit the mean, std and precision on training features (N, d). A zero covariance
         (one sample, or identical rows) raises ``ValueError``; a singular one (fewer than
         d + 1 samples, constant or collinear features) warns (``UserWarning``): the
@@ -236,6 +237,7 @@ class SSDScore(FeatureDetector):
         return torch.float64
 
     def _score_rows(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.mean is not None  # score checked the fit first
         mean, mean_s, denom, precision = (
             t.to(device=x.device, dtype=x.dtype) for t in (self.mean, *self._scaled)
         )

@@ -103,6 +103,11 @@ class Quantizer(nn.Module, abc.ABC):
         tensor([ 0,  2, 15], dtype=torch.uint8)
     """
 
+    calibrated: torch.Tensor
+    observed_min: torch.Tensor
+    observed_max: torch.Tensor
+    observed_count: torch.Tensor
+
     #: applying the calibrated quantizer to blocks equals applying it to the whole tensor
     elementwise: bool = True
     #: the largest integer code (set by each subclass from its bits)
@@ -122,7 +127,8 @@ class Quantizer(nn.Module, abc.ABC):
         self._sample: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
         self._generator: torch.Generator | None = None
-        self.register_load_state_dict_post_hook(_after_load)
+        # the hook registration is unannotated in torch (module method, not excluded)
+        self.register_load_state_dict_post_hook(_after_load)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------------ calibration
     @property
@@ -161,6 +167,7 @@ class Quantizer(nn.Module, abc.ABC):
                 "one non-empty tensor between start_calibration() and finish_calibration()"
             )
         sample = self._sample
+        assert sample is not None  # observed_count > 0: _observe kept a sample
         with torch.no_grad():
             self._fit(sample)
         self.calibrated.fill_(True)
@@ -207,6 +214,7 @@ class Quantizer(nn.Module, abc.ABC):
         keys = torch.rand(flat.numel(), generator=self._generator, device=flat.device)
         values = flat.to(torch.float64)
         if self._sample is not None:
+            assert self._keys is not None  # kept with the sample
             values = torch.cat([self._sample, values])
             keys = torch.cat([self._keys, keys])
         if values.numel() > self.max_samples:  # keep the bottom-k keys: a uniform sample
@@ -291,7 +299,7 @@ def lookup(table: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return table.index_select(0, index).view(codes.shape)
 
 
-def _after_load(module: nn.Module, incompatible: Any) -> None:
+def _after_load(module: Quantizer, incompatible: Any) -> None:
     module._ready = bool(module.calibrated)
     module._sync()
 

@@ -55,6 +55,10 @@ class SoftmaxBinarizer(Quantizer):
                 [1., 1., 1., 1.]])
     """
 
+    threshold: torch.Tensor
+    row_max_sum: torch.Tensor
+    row_count: torch.Tensor
+
     def __init__(
         self,
         ratio: float = 0.25,
@@ -106,7 +110,7 @@ class SoftmaxBinarizer(Quantizer):
             if x.numel() == 0:
                 return torch.zeros_like(x)
             top = x if x.ndim == 0 else x.amax(dim=self.dim, keepdim=True)
-            threshold = top * self.ratio
+            threshold: torch.Tensor | float = top * self.ratio
         else:
             threshold = self._threshold
         return ((x >= threshold) & (x > 0)).to(x.dtype)

@@ -25,7 +25,8 @@ def mantissa_candidates(bits: int) -> tuple[int, ...]:
 
 def initial_bias(max_value: float, exponent_bits: int, mantissa_bits: int) -> float:
     """The bias that puts the format's largest value at ``max_value``."""
-    return 2**exponent_bits - math.log2(max_value) + math.log2(2 - 2.0**-mantissa_bits) - 1
+    bias: float = 2**exponent_bits - math.log2(max_value) + math.log2(2 - 2.0**-mantissa_bits) - 1
+    return bias
 
 
 class FPQuantizer(Quantizer):
@@ -99,6 +100,9 @@ class FPQuantizer(Quantizer):
         tensor([0, 1, 2, 5, 7], dtype=torch.uint8)
     """
 
+    mantissa_bits: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(
         self,
         bits: int,
@@ -148,7 +152,8 @@ class FPQuantizer(Quantizer):
     def max_value(self) -> float:
         """The format's largest value :math:`m = (2 - 2^{-M})2^{2^E - 1 - \\beta}`."""
         m, e = self._m, self.exponent_bits
-        return (2 - 2.0**-m) * 2.0 ** (2**e - 1 - self._bias)
+        top: float = (2 - 2.0**-m) * 2.0 ** (2**e - 1 - self._bias)
+        return top
 
     # the map, for any format (the search calls it with candidate formats)
     def _codes_of(self, x: torch.Tensor, m: int, bias: float) -> torch.Tensor:
@@ -157,11 +162,12 @@ class FPQuantizer(Quantizer):
         xc = x.clamp(max=top)
         e = torch.log2(xc).add_(bias).floor_().clamp_(1, 2**e_bits - 1)
         k = xc.div_(torch.exp2(e - (m + bias))).round_()
-        return e.sub_(1).mul_(2**m).add_(k)  # (e - 1) 2^M + k
+        codes: torch.Tensor = e.sub_(1).mul_(2**m).add_(k)  # (e - 1) 2^M + k
+        return codes
 
     def _values_of(self, codes: torch.Tensor, m: int, bias: float) -> torch.Tensor:
         e = torch.div(codes, 2**m, rounding_mode="floor").clamp_(min=1)
-        k = codes - (e - 1) * 2**m
+        k: torch.Tensor = codes - (e - 1) * 2**m
         return k.mul_(torch.exp2(e.sub_(m + bias)))
 
     def _fit(self, sample: torch.Tensor) -> None:

@@ -49,9 +49,12 @@ class _LogQuantizer(Quantizer):
     value of every code (``_level_table``, float64, refreshed by ``_sync``); decoding is a
     lookup in that table (cheaper than an exp2 and a zero mask per entry)."""
 
+    scale: torch.Tensor
+    levels: torch.Tensor
+
     def __init__(self, bits: int, *, max_samples: int, seed: int) -> None:
         super().__init__(check_bits(bits, 2, 8), max_samples=max_samples, seed=seed)
-        self.zero_code = 2**bits  # the flush-to-zero code
+        self.zero_code: int = 2**bits  # the flush-to-zero code
         self.max_code = self.zero_code
         self.register_buffer("scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("levels", torch.zeros(self.zero_code + 1, dtype=torch.float64))
@@ -288,6 +291,8 @@ class AdaLogQuantizer(_LogQuantizer):
         tensor([0.0000, 0.1250, 0.2500, 1.0000])
     """
 
+    q: torch.Tensor
+
     r = ADALOG_R
 
     def __init__(
@@ -446,7 +451,7 @@ class AdaLogQuantizer(_LogQuantizer):
                 best_q = search_q(v_sim(*state))
                 a_q = self._fake(octaves, best_q)
 
-                def err(pair, a_q=a_q):
+                def err(pair: tuple[float, float], a_q: torch.Tensor = a_q) -> float:
                     return out_error(a_q, v_sim(*pair))
 
                 pairs = list(zip(scales, zeros))
@@ -473,7 +478,9 @@ class AdaLogQuantizer(_LogQuantizer):
         return f"{super().extra_repr()}, mode={self.mode!r}, q={self._q}, r={self.r}"
 
 
-def _value_candidates(values: torch.Tensor, bits: int, eq_n: int) -> tuple[list, list]:
+def _value_candidates(
+    values: torch.Tensor, bits: int, eq_n: int
+) -> tuple[list[float], list[float]]:
     """AdaLog's ``calculate_percentile_candidates`` for V (per tensor): ``num_zp = min(16,
     2^(b-1))`` zero points centred on :math:`2^{b-1}` times ``eq_n // num_zp`` scales from
     the (0.1, 0.9)-quantile range to the (0, 1) range, over :math:`2^b - 1`; zero points

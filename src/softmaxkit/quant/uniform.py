@@ -62,6 +62,8 @@ class UniformQuantizer(Quantizer):
         tensor([0.0000, 0.3000, 0.6000, 0.9000])
     """
 
+    scale: torch.Tensor
+
     def __init__(
         self,
         bits: int,
@@ -74,7 +76,7 @@ class UniformQuantizer(Quantizer):
         super().__init__(check_bits(bits, 2, 8), max_samples=max_samples, seed=seed)
         self.calibration = v.check_choice("calibration", calibration, ("minmax", "percentile"))
         self.percentile = check_candidates("percentile", percentile)
-        self.levels = 2**bits - 1
+        self.levels: int = 2**bits - 1
         self.max_code = self.levels
         self.register_buffer("scale", torch.tensor(1.0 / self.levels, dtype=torch.float64))
 

@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -261,7 +262,14 @@ class _Schedule:
     """The shared annealing state of every layer of one learner (plain object, not a module,
     so the layers' parametrizations can hold it without a module cycle)."""
 
-    def __init__(self, scale_range, temperature_range, total_steps, hard, generator):
+    def __init__(
+        self,
+        scale_range: tuple[float, float],
+        temperature_range: tuple[float, float],
+        total_steps: int,
+        hard: bool,
+        generator: torch.Generator | None,
+    ) -> None:
         self.scale_range = scale_range
         self.temperature_range = temperature_range
         self.total_steps = total_steps
@@ -281,7 +289,11 @@ class _Schedule:
 class _NMMask(nn.Module):
     """The parametrization ``W -> W * mask`` of one linear layer's weight."""
 
-    def __init__(self, weight: torch.Tensor, n: int, m: int, schedule: _Schedule, gate_init):
+    candidates: torch.Tensor
+
+    def __init__(
+        self, weight: torch.Tensor, n: int, m: int, schedule: _Schedule, gate_init: torch.Tensor
+    ) -> None:
         super().__init__()
         self.n, self.m, self.shape = n, m, tuple(weight.shape)
         self.schedule = schedule
@@ -315,7 +327,13 @@ class _NMMask(nn.Module):
         return (weight.to(mask.dtype) * mask).to(weight.dtype)
 
 
-def _linears(model: nn.Module, layers) -> list[tuple[str, nn.Linear]]:
+def _original(layer: nn.Linear) -> torch.Tensor:
+    """The unmasked weight of a layer parametrized by :class:`_NMMask`."""
+    plists = cast(nn.ModuleDict, layer.parametrizations)
+    return cast(parametrize.ParametrizationList, plists.weight).original
+
+
+def _linears(model: nn.Module, layers: object) -> list[tuple[str, nn.Linear]]:
     found = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
     if layers is None:
         return found
@@ -402,7 +420,7 @@ class NMMaskLearner(nn.Module):
         scale_range: tuple[float, float] = (1e2, 5e2),
         temperature_range: tuple[float, float] = (4.0, 0.05),
         weight_reg: float = 1e-5,
-        layers: Iterable[str] | None = None,
+        layers: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
         total_steps: int = 2000,
         hard: bool = False,
         freeze_weights: bool = True,
@@ -449,13 +467,17 @@ class NMMaskLearner(nn.Module):
             mask = _NMMask(layer.weight, self.n, self.m, schedule, gate)
             parametrize.register_parametrization(layer, "weight", mask, unsafe=True)
             if self.freeze_weights:
-                layer.parametrizations.weight.original.requires_grad_(False)
+                _original(layer).requires_grad_(False)
             masks.append(mask)
         self.masks = nn.ModuleList(masks)
 
     # ---------------------------------------------------------------- construction pieces
 
-    def _priors(self, prior, chosen) -> list[torch.Tensor | None]:
+    def _priors(
+        self,
+        prior: str | torch.Tensor | Mapping[str, torch.Tensor] | None,
+        chosen: list[tuple[str, nn.Linear]],
+    ) -> list[torch.Tensor | None]:
         if prior is None:
             return [None] * len(chosen)
         if isinstance(prior, str):
@@ -472,7 +494,7 @@ class NMMaskLearner(nn.Module):
             raise TypeError(
                 f"prior must be 'magnitude', None, a boolean tensor or a mapping, got {prior!r}"
             )
-        found = []
+        found: list[torch.Tensor | None] = []
         for name, layer in chosen:
             if name not in prior:
                 raise ValueError(f"prior has no mask for layer {name!r}")
@@ -487,7 +509,13 @@ class NMMaskLearner(nn.Module):
             found.append(mask.to(layer.weight.device))
         return found
 
-    def _init_gate(self, weight, prior_mask, strength, generator) -> torch.Tensor:
+    def _init_gate(
+        self,
+        weight: torch.Tensor,
+        prior_mask: torch.Tensor | None,
+        strength: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         count = math.comb(self.m, self.n)
         dtype = compute_dtype(weight)
         # drawn in float32 (the official gate's dtype) on the generator's device (the CPU
@@ -544,15 +572,16 @@ class NMMaskLearner(nn.Module):
     def regularizer(self) -> torch.Tensor:
         r"""The term to *add* to the loss: :math:`-\lambda(1 - t/T)\sum \lVert\mathrm{sg}(W)
         \odot \tilde m\rVert^2` over the masks of the last forward (0 before any forward)."""
-        total = None
-        for (_, layer), mask in zip(self._layers, self.masks):
+        total: torch.Tensor | None = None
+        masks = self._mask_modules()
+        for (_, layer), mask in zip(self._layers, masks):
             if mask.last_mask is None:
                 continue
-            w = layer.parametrizations.weight.original.detach().to(mask.last_mask.dtype)
+            w = _original(layer).detach().to(mask.last_mask.dtype)
             term = (w * mask.last_mask).pow(2).sum()
             total = term if total is None else total + term
         if total is None:
-            return torch.zeros((), dtype=self.masks[0].gate.dtype)
+            return torch.zeros((), dtype=masks[0].gate.dtype)
         return -self.reg_weight * total
 
     # ----------------------------------------------------------------- export / removal
@@ -562,8 +591,12 @@ class NMMaskLearner(nn.Module):
         with torch.no_grad():
             return {
                 name: mask.candidates[mask.gate.argmax(-1)].reshape(mask.shape).bool()
-                for name, mask in zip(self.names, self.masks)
+                for name, mask in zip(self.names, self._mask_modules())
             }
+
+    def _mask_modules(self) -> list[_NMMask]:
+        """``self.masks`` with their type (``nn.ModuleList`` is not generic)."""
+        return [cast(_NMMask, mask) for mask in self.masks]
 
     def export(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(masks, weights)``: the hard masks and the masked original weights per layer
@@ -572,7 +605,7 @@ class NMMaskLearner(nn.Module):
         weights = {}
         with torch.no_grad():
             for (name, layer), mk in zip(self._layers, masks.values()):
-                original = layer.parametrizations.weight.original
+                original = _original(layer)
                 weights[name] = original * mk.to(original.dtype)
         return masks, weights
 
@@ -591,10 +624,10 @@ class NMMaskLearner(nn.Module):
                     layer.weight.copy_(weights[name])
             layer.weight.requires_grad_(flag)
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> dict[str, int]:
         return {"iteration": self._schedule.iteration}
 
-    def set_extra_state(self, state: dict) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self._schedule.iteration = int(state["iteration"])
 
     def extra_repr(self) -> str:
@@ -611,8 +644,8 @@ def apply_nm_masks(
     scale_range: tuple[float, float] = (1e2, 5e2),
     temperature_range: tuple[float, float] = (4.0, 0.05),
     weight_reg: float = 1e-5,
-    layers: Iterable[str] | None = None,
-    **options,
+    layers: Iterable[str] | Callable[[str, nn.Module], bool] | None = None,
+    **options: Any,
 ) -> NMMaskLearner:
     r"""Put MaskLLM's learnable N:M masks on ``model``'s linear layers; returns the learner.
 
