@@ -158,8 +158,9 @@ class FourierHead(nn.Module):
         w, b = self.linear.weight, self.linear.bias
         dtype = compute_dtype(x, w)
         h = F.linear(upcast(x).to(dtype), w.to(dtype), b.to(dtype))
-        n1 = self.num_frequencies + 1
-        return h[..., :n1], h[..., n1:], dtype
+        # split (not slicing): its backward concatenates instead of zero-filling twice
+        ar, ai = h.split(self.num_frequencies + 1, -1)
+        return ar, ai, dtype
 
     def _spectrum(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """|sum_j a_j e^{i pi j x}|^2 of a / s (s = the row's largest |Re a_j|, |Im a_j|;
@@ -170,14 +171,14 @@ class FourierHead(nn.Module):
         scale = u.abs().amax(-1, keepdim=True)
         scale = scale.clamp_min(torch.finfo(dtype).tiny)
         z = (u / scale) @ self._synthesis.to(dtype)
-        half = z.shape[-1] // 2
-        q = z[..., :half] ** 2 + z[..., half:] ** 2
-        return q[..., : self.num_bins], q[..., self.num_bins :], scale
+        zr, zi = z.split(z.shape[-1] // 2, -1)
+        q = zr * zr + zi * zi
+        pdf, grid = q.split([self.num_bins, q.shape[-1] - self.num_bins], -1)
+        return pdf, grid, scale
 
     def _coefficients(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        c = grid @ self._analysis.to(grid.dtype)
-        n1 = self.num_frequencies + 1
-        return c[..., :n1], c[..., n1:]
+        cr, ci = (grid @ self._analysis.to(grid.dtype)).split(self.num_frequencies + 1, -1)
+        return cr, ci
 
     def fourier_coefficients(self, input: torch.Tensor) -> torch.Tensor:
         """The un-normalised Fourier coefficients :math:`c_k`, k = 0..N, of the PDF before
