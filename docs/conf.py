@@ -4,9 +4,8 @@ Sphinx (autodoc + napoleon) is used rather than MkDocs because the docstrings ar
 in reST with roles such as ``:math:`` and ``:func:``; autodoc reads them as written.
 
 One page per package is generated at build time (into ``docs/api/``, not versioned) from
-``PACKAGES`` below, in the order of the life of a softmax layer. A package that does not
-import (``softmaxkit.moe`` and ``softmaxkit.sparsity`` before they are merged) is left out
-of the index without a warning, so ``-W`` passes before and after the merge.
+``PACKAGES`` below, in the order of the life of a softmax layer. The build stops when a
+listed package does not import or a public sub-package is missing from the list.
 
 The build fails (a warning, turned into an error by ``-W``) when a public name of a
 package's ``__all__`` has no docstring of its own.
@@ -17,6 +16,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -67,11 +67,16 @@ myst_heading_anchors = 3
 nitpicky = False
 
 
-def _imported(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        return None
+def _check_every_package_listed() -> None:
+    listed = {module for _, _, module in PACKAGES}
+    public = {
+        info.name
+        for info in pkgutil.iter_modules(softmaxkit.__path__, "softmaxkit.")
+        if info.ispkg and not info.name.rpartition(".")[2].startswith("_")
+    }
+    missing = sorted(public - listed - {"softmaxkit.cli"})  # the CLI has its own page
+    if missing:
+        raise RuntimeError(f"docs/conf.py PACKAGES lacks the public packages {missing}")
 
 
 def _own_doc(obj) -> str | None:
@@ -85,13 +90,12 @@ def _own_doc(obj) -> str | None:
 
 
 def _write_pages() -> list[str]:
+    _check_every_package_listed()
     out = HERE / "api"
     out.mkdir(exist_ok=True)
     pages = []
     for page, title, module in PACKAGES:
-        mod = _imported(module)
-        if mod is None:
-            continue
+        mod = importlib.import_module(module)
         lines = [title, "=" * len(title), "", f".. automodule:: {module}", "   :no-members:", ""]
         for name in mod.__all__:
             obj = getattr(mod, name)
@@ -147,9 +151,7 @@ def _check_docstrings(app) -> None:
 
     log = logging.getLogger("softmaxkit.docs")
     for _page, _title, module in PACKAGES:
-        mod = _imported(module)
-        if mod is None:
-            continue
+        mod = importlib.import_module(module)
         for name in mod.__all__:
             if not _own_doc(getattr(mod, name)):
                 log.warning("public name %s.%s has no docstring", module, name)
