@@ -34,3 +34,10 @@ def test_cli_version_is_the_package_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.strip() == f"softmaxkit {softmaxkit.__version__}"
+
+
+def test_the_softmaxkit_command_is_declared():
+    """The console script the README's commands run (a merge once dropped it silently)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    scripts = re.search(r"^\[project\.scripts\]\n(.*?)(?:\n\[|\Z)", text, re.M | re.S)
+    assert scripts and 'softmaxkit = "softmaxkit.cli.main:main"' in scripts.group(1)
