@@ -145,6 +145,7 @@ def test_missing_docstring_is_caught():
     """The conf.py check that fails the build: a class or function without its own docstring
     (a class does not borrow its base's) is caught; every public name today has one."""
     pytest.importorskip("sphinx")
+    import importlib
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("softmaxkit_docs_conf", ROOT / "docs" / "conf.py")
@@ -162,7 +163,8 @@ def test_missing_docstring_is_caught():
 
     assert conf._own_doc(Documented) == "Here."
     assert conf._own_doc(Bare) is None and conf._own_doc(bare) is None
+    conf._check_every_package_listed()  # raises when a public package has no page
     for _page, _title, module in conf.PACKAGES:
-        mod = conf._imported(module)
+        mod = importlib.import_module(module)
         for name in getattr(mod, "__all__", []):
             assert conf._own_doc(getattr(mod, name)), f"{module}.{name} has no docstring"
