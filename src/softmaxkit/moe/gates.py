@@ -234,11 +234,11 @@ class _TemperatureGate(nn.Module):
         d_model: int,
         num_experts: int,
         *,
-        temperature: float,
-        learn_temperature: bool,
-        final_temperature: float | None,
-        anneal_steps: int,
-        bias_placement: str,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+        final_temperature: float | None = None,
+        anneal_steps: int = 0,
+        bias_placement: str = "outside",
     ) -> None:
         super().__init__()
         self.d_model = v.check_int("d_model", d_model, low=1)
@@ -283,8 +283,17 @@ class _TemperatureGate(nn.Module):
         start, end = math.log(self.initial_temperature), math.log(self.final_temperature)
         self.log_temperature.fill_(start + frac * (end - start))
 
+    def _squash(self, z: torch.Tensor) -> torch.Tensor:
+        """σ between the router linear and the temperature: the identity here."""
+        return z
+
     def _scores(self, xc: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        tau = self.temperature.to(xc.dtype)
+        lin = xc @ self.weight.to(xc.dtype).t()
+        b = self.bias.to(xc.dtype)
+        if self.bias_placement == "inside":
+            return self._squash(lin + b) / tau
+        return self._squash(lin) / tau + b
 
     def forward(self, x: torch.Tensor) -> GateOutput:
         x2 = _flatten_tokens(x, self.d_model)
@@ -336,33 +345,6 @@ class DenseToSparseGate(_TemperatureGate):
         >>> w.shape, torch.allclose(w.sum(-1), torch.ones(2))
         (torch.Size([2, 3]), True)
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        num_experts: int,
-        *,
-        temperature: float = 1.0,
-        learn_temperature: bool = False,
-        final_temperature: float | None = None,
-        anneal_steps: int = 0,
-        bias_placement: str = "outside",
-    ) -> None:
-        super().__init__(
-            d_model,
-            num_experts,
-            temperature=temperature,
-            learn_temperature=learn_temperature,
-            final_temperature=final_temperature,
-            anneal_steps=anneal_steps,
-            bias_placement=bias_placement,
-        )
-
-    def _scores(self, xc: torch.Tensor) -> torch.Tensor:
-        tau = self.temperature.to(xc.dtype)
-        lin = xc @ self.weight.to(xc.dtype).t()
-        b = self.bias.to(xc.dtype)
-        return (lin + b) / tau if self.bias_placement == "inside" else lin / tau + b
 
 
 class ActivationGate(_TemperatureGate):
@@ -429,13 +411,8 @@ class ActivationGate(_TemperatureGate):
                 stacklevel=2,
             )
 
-    def _scores(self, xc: torch.Tensor) -> torch.Tensor:
-        tau = self.temperature.to(xc.dtype)
-        lin = xc @ self.weight.to(xc.dtype).t()
-        b = self.bias.to(xc.dtype)
-        if self.bias_placement == "inside":
-            return self.activation(lin + b) / tau
-        return self.activation(lin) / tau + b
+    def _squash(self, z: torch.Tensor) -> torch.Tensor:
+        return self.activation(z)
 
 
 def _is_linear_or_relu(fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
