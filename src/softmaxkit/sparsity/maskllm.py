@@ -189,9 +189,23 @@ def nm_soft_mask(
     scale = v.check_number("scale", scale, low=0.0, low_open=True)
     tau = v.check_number("tau", tau, low=0.0, low_open=True)
     work = compute_dtype(logits)
+    candidates = nm_candidates(n, m, dtype=work, device=logits.device)
+    return _mix(logits, candidates, scale, tau, hard, generator)
+
+
+def _mix(
+    logits: torch.Tensor,
+    candidates: torch.Tensor,
+    scale: float,
+    tau: float,
+    hard: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`nm_soft_mask` on checked arguments and given ``(C, m)`` candidates (the layers
+    keep them as a buffer: no rebuild per forward)."""
+    work = compute_dtype(logits)
     choices = gumbel_softmax(logits.to(work) * scale, tau, hard=hard, generator=generator)
-    mask = choices @ nm_candidates(n, m, dtype=work, device=logits.device)
-    return mask.to(logits.dtype)
+    return (choices @ candidates.to(work)).to(logits.dtype)
 
 
 def magnitude_nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
@@ -308,14 +322,13 @@ class _NMMask(nn.Module):
     def mask(self) -> torch.Tensor:
         if self.training:
             s = self.schedule
-            mask = nm_soft_mask(
+            mask = _mix(
                 self.gate,
-                self.n,
-                self.m,
-                scale=s.value(s.scale_range),
-                tau=s.value(s.temperature_range),
-                hard=s.hard,
-                generator=s.generator,
+                self.candidates,
+                s.value(s.scale_range),
+                s.value(s.temperature_range),
+                s.hard,
+                s.generator,
             )
         else:
             mask = self.candidates[self.gate.argmax(-1)]
