@@ -122,13 +122,13 @@ def equiangular_basis(
     basis = torch.randn(num_classes, dim, generator=g, dtype=work).to(device)
     eye = torch.eye(num_classes, dtype=torch.bool, device=basis.device)
     reached = float("inf")
-    for _ in range(max_steps + 1):
+    for step in range(max_steps + 1):
         basis = torch.nn.functional.normalize(basis, dim=1)
         gram = (basis @ basis.T).masked_fill_(eye, 0.0)
         reached = float(_max_abs_cos(gram))
         if reached <= threshold + STOP_SLACK:
             return basis.to(dtype)
-        if _ == max_steps:
+        if step == max_steps:
             break
         s = torch.where(gram.abs() > threshold, gram.sign(), 0.0)
         basis = basis - (2.0 * lr) * (s @ basis)
