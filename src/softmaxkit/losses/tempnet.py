@@ -15,8 +15,8 @@ from torch import nn
 
 from softmaxkit._ops.blocks import compute_dtype, upcast
 from softmaxkit._validation import (
+    check_class_target,
     check_floating,
-    check_index_dtype,
     check_int,
     check_number,
     check_reduction,
@@ -33,20 +33,7 @@ def _check(
     check_floating("tau", tau)
     if logits.dim() != 2:
         raise ValueError(f"logits must be 2-D (N, V), got shape {tuple(logits.shape)}")
-    target = check_index_dtype("target", target)
-    if tuple(target.shape) != tuple(logits.shape[:1]):
-        raise ValueError(
-            f"target must have shape {tuple(logits.shape[:1])}, got {tuple(target.shape)}"
-        )
-    if target.numel() and readable(target):
-        counted = target[target != ignore_index]
-        if counted.numel() and not (
-            int(counted.min()) >= 0 and int(counted.max()) < logits.shape[-1]
-        ):
-            raise ValueError(
-                f"target must hold class indices in [0, {logits.shape[-1] - 1}] "
-                f"or ignore_index={ignore_index}"
-            )
+    target = check_class_target(target, logits, 1, ignore_index)
     n = logits.shape[0]
     if tau.shape not in ((n,), (n, 1)):
         raise ValueError(f"tau must have shape ({n},) or ({n}, 1), got {tuple(tau.shape)}")
@@ -118,7 +105,7 @@ def tempnet_dro_loss(
     elif reduction == "sum":
         out = loss.sum()
     else:
-        out = loss.sum() / keep.sum().clamp_min(1)
+        out = (loss / keep.sum().clamp_min(1)).sum()  # divide first: finite wherever the mean is
     return out.to(logits.dtype)
 
 
