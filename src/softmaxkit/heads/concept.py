@@ -25,6 +25,7 @@ from torch import nn
 from softmaxkit import _validation as v
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit.functional import gumbel_softmax
+from softmaxkit.losses import cosine_logits
 
 __all__ = ["ConceptBottleneck", "concept_matrix_search"]
 
@@ -143,10 +144,6 @@ class ConceptBottleneck(nn.Module):
         )
 
 
-def _cosine_matrix(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.normalize(a, dim=-1, eps=eps) @ F.normalize(b, dim=-1, eps=eps).T
-
-
 def _check_features(name: str, value: torch.Tensor, dim: int | None) -> torch.Tensor:
     value = v.check_floating(name, value)
     if value.ndim != 2:
@@ -185,9 +182,9 @@ def concept_matrix_search(
     Paper: A. Semenov et al., "Sparse Concept Bottleneck Models: Gumbel Tricks in
     Contrastive Learning", 2024, arXiv:2404.03323. The official code loops over images and
     classes in Python and scores accuracies per class slice; this function returns the
-    (N, K) score matrix in one batched computation. The cosine uses
-    ``F.normalize`` with ``eps`` (the official code divides by the product of norms and
-    gives NaN for a zero vector).
+    (N, K) score matrix in one batched computation. The cosine is
+    :func:`softmaxkit.losses.cosine_logits` at temperature 1 with ``eps`` (the official code
+    divides by the product of norms and gives NaN for a zero vector).
 
     Args:
         image_features: (N, D) image embeddings.
@@ -220,12 +217,12 @@ def concept_matrix_search(
     axis = 1 if normalize == "row" else 0
 
     def matrix(a: torch.Tensor) -> torch.Tensor:
-        m = _cosine_matrix(a.to(dtype), concept_features.to(dtype), eps)
+        m = cosine_logits(a.to(dtype), concept_features.to(dtype), temperature=1.0, eps=eps)
         return m / (m.sum(axis, keepdim=True) + eps)
 
     V, T = matrix(image_features), matrix(class_features)
     if mode == "similarity":
-        return _cosine_matrix(V, T, eps)
+        return cosine_logits(V, T, temperature=1.0, eps=eps)
     if V.shape[1] == 0 or V.shape[0] == 0:
         return V.new_zeros(V.shape[0], T.shape[0])
     top = V.argmax(1)
