@@ -110,14 +110,15 @@ class TempNet(nn.Module):
         x = input.detach() if self.detach_input else input
         x = upcast(x)
         x = x.to(torch.promote_types(x.dtype, upcast(self.last.weight).dtype))
-        params = {n: upcast(p).to(x.dtype) for n, p in self.named_parameters()}
-        h = F.normalize(x, p=2.0, dim=-1)
-        h = F.linear(h, params["proj.0.weight"], params["proj.0.bias"])
-        h = F.dropout(torch.sigmoid(h), cast(nn.Dropout, self.proj[2]).p, self.training)
-        h = F.linear(h, params["proj.3.weight"], params["proj.3.bias"])
-        w = torch.softmax(h / params["scaler"].exp(), dim=-1)
-        diff = F.linear(
-            (w - 1.0 / self.hidden_size) * h, params["last.weight"], params["last.bias"]
-        )
+        first, second = cast(nn.Linear, self.proj[0]), cast(nn.Linear, self.proj[3])
+        dropout = self.proj[2]
+
+        def linear(layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+            return F.linear(h, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+
+        h = linear(first, F.normalize(x, p=2.0, dim=-1))
+        h = linear(second, dropout(torch.sigmoid(h)))
+        w = torch.softmax(h / self.scaler.to(x.dtype).exp(), dim=-1)
+        diff = linear(self.last, (w - 1.0 / self.hidden_size) * h)
         tau = (self.tau_max - self.tau_min) * torch.sigmoid(diff) + self.tau_min
         return tau.to(input.dtype)
