@@ -112,3 +112,21 @@ def test_paper_claim_perpgrad_generalises_where_adamw_overfits():
     plain = demo.train("softmax", data, 200, 200, 42, out=sink, err=sink)["curves"]
     assert perp["test_acc"][-1] > 0.95 and perp["train_acc"][-1] == 1.0
     assert plain["train_acc"][-1] == 1.0 and plain["test_acc"][-1] < 0.05
+
+
+def test_named_experiment_grokking_is_the_default_demo(tmp_path):
+    named = tmp_path / "named"
+    assert main(["demo", "grokking", *TINY[1:], "--no-report", "--out", str(named)]) == 0
+    plain = tmp_path / "plain"
+    assert main([*TINY, "--no-report", "--out", str(plain)]) == 0
+    first = json.loads((named / "curves.json").read_text())["runs"]
+    second = json.loads((plain / "curves.json").read_text())["runs"]
+    assert {k: r["curves"] for k, r in first.items()} == {k: r["curves"] for k, r in second.items()}
+
+
+def test_demo_help_lists_every_experiment(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    printed = capsys.readouterr().out
+    for name in demo.EXPERIMENTS:
+        assert f"softmaxkit demo {name}" in printed

@@ -68,6 +68,21 @@ from torch import nn
 
 from softmaxkit import _validation as V
 
+# ``softmaxkit demo NAME``: the module that runs experiment NAME and a one-line description
+EXPERIMENTS = {
+    "grokking": (
+        "softmaxkit.cli.demo",
+        "grokking, Softmax Collapse, ⊥Grad and StableMax (default)",
+    ),
+    "icl": (
+        "softmaxkit.cli.demo_icl",
+        "in-context linear regression with multi-head softmax attention",
+    ),
+    "ood": (
+        "softmaxkit.cli.demo_ood",
+        "PALM vs cross-entropy training for OOD detection on digits",
+    ),
+}
 RUNS = ("softmax", "perpgrad", "stablemax")
 DEFAULT_EPOCHS = {"softmax": 2000, "perpgrad": 300, "stablemax": 500}
 LONG_STABLEMAX_EPOCHS = 80_000
@@ -354,9 +369,13 @@ def _runs(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s [" + "|".join(EXPERIMENTS) + "] [options]"
     parser.description = (
         "Grokking on modular addition (Prieto et al. 2025, arXiv:2501.04697): softmax "
-        "cross-entropy collapses, ⊥Grad generalises at once, StableMax keeps every gradient."
+        "cross-entropy collapses, ⊥Grad generalises at once, StableMax keeps every gradient. "
+        "Other experiments: "
+        + "; ".join(f"`softmaxkit demo {k}`: {v}" for k, (_, v) in EXPERIMENTS.items())
+        + "."
     )
     parser.add_argument("--p", type=_positive_int, default=113, help="modulus (default 113)")
     parser.add_argument(

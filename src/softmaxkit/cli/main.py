@@ -1,7 +1,9 @@
 """Entry point of the ``softmaxkit`` console script.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
-``run(args) -> int``; modules are imported only when their subcommand runs.
+``run(args) -> int``; modules are imported only when their subcommand runs. ``softmaxkit
+demo NAME`` runs the experiment ``NAME`` of :data:`softmaxkit.cli.demo.EXPERIMENTS` (its own
+module, same interface); plain ``softmaxkit demo`` is the grokking experiment.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMANDS = {
-    "demo": "run the grokking / Softmax Collapse experiment of Prieto et al. 2025",
+    "demo": "run a paper's experiment on built-in data: grokking (default), icl or ood",
     "bench": "time our ops against the plain torch code they replace",
     "report": "calibration, Softmax Collapse and OOD report of a file of logits (HTML + JSON)",
 }
@@ -30,7 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def experiment_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``softmaxkit demo NAME``."""
+    from softmaxkit.cli.demo import EXPERIMENTS
+
+    module = importlib.import_module(EXPERIMENTS[name][0])
+    parser = argparse.ArgumentParser(prog=f"softmaxkit demo {name}")
+    module.add_arguments(parser)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from softmaxkit.cli.demo import EXPERIMENTS
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "demo" and argv[1] in EXPERIMENTS:
+        module = importlib.import_module(EXPERIMENTS[argv[1]][0])
+        return int(module.run(experiment_parser(argv[1]).parse_args(argv[2:])) or 0)
     args = build_parser().parse_args(argv)
     module = importlib.import_module(f"softmaxkit.cli.{args.command}")
     return int(module.run(args) or 0)
