@@ -130,3 +130,18 @@ def test_demo_help_lists_every_experiment(capsys):
     printed = capsys.readouterr().out
     for name in demo.EXPERIMENTS:
         assert f"softmaxkit demo {name}" in printed
+
+
+def test_lookup_input_layer_equals_the_one_hot_model_and_its_gradients():
+    import torch.nn.functional as F
+
+    torch.manual_seed(1)
+    model, data = demo.make_model(7), demo.make_data(7, 0.4, seed=0)
+    w = [model.first.weight, model.rest[1].weight, model.rest[3].weight]
+    one_hot = F.linear(F.relu(F.linear(F.relu(F.linear(data.x_train, w[0])), w[1])), w[2])
+    lookup = model(data.pairs("train"))
+    assert torch.equal(one_hot, lookup)
+    g1 = torch.autograd.grad(one_hot.square().sum(), w)
+    g2 = torch.autograd.grad(lookup.square().sum(), w)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -144,8 +144,8 @@ class PairMLP(nn.Module):
 
     def __init__(self, p: int) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(2 * p, HIDDEN, bias=False),
+        self.first = nn.Linear(2 * p, HIDDEN, bias=False)
+        self.rest = nn.Sequential(
             nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN, bias=False),
             nn.ReLU(),
@@ -153,8 +153,8 @@ class PairMLP(nn.Module):
         )
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        first = F.embedding(pairs, self.layers[0].weight.t()).sum(1)
-        return self.layers[1:](first)
+        out: torch.Tensor = self.rest(F.embedding(pairs, self.first.weight.t()).sum(1))
+        return out
 
 
 def make_model(p: int) -> PairMLP:
