@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions, default_chunk_size
 from softmaxkit.distributed._group import (
@@ -193,6 +194,10 @@ def vocab_parallel_linear_cross_entropy(
         >>> torch.allclose(loss, F.cross_entropy(h @ W.T, y, label_smoothing=0.1))
         True
     """
+    dtensor.refuse("hidden", hidden)  # DTensors: a TypeError that names the fix
+    dtensor.refuse("target", target)
+    dtensor.refuse("local_weight", local_weight, dtensor.LOCAL_FIX)
+    dtensor.refuse("local_bias", local_bias, dtensor.LOCAL_FIX)
     ranks = resolve_group(group)
     group, world = ranks[0], ranks[1]
     mine, error = Local(rows_name="hidden"), None

@@ -59,6 +59,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype, fill_where, row_blocks
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions
 from softmaxkit.distributed._group import (
@@ -174,6 +175,7 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         >>> vocab_parallel_log_softmax(z)
         tensor([[-0.1698, -2.1698, -3.1698]])
     """
+    dtensor.refuse("local_logits", local_logits, dtensor.LOCAL_FIX)
     ranks = resolve_group(group)
     mine, error = Local(), None
     try:
@@ -321,6 +323,8 @@ def vocab_parallel_cross_entropy(
         >>> round(vocab_parallel_cross_entropy(z, y, label_smoothing=0.3).item(), 4)
         2.0698
     """
+    dtensor.refuse("local_logits", local_logits, dtensor.LOCAL_FIX)
+    dtensor.refuse("target", target)
     ranks = resolve_group(group)
     mine, error = Local(), None
     try:  # local checks; agree() then makes every rank raise alike, before any collective

@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.cross_entropy import (  # noqa: F401 (default_chunk_size: docstrings name it here)
     MAX_CHUNK_BYTES,
@@ -322,6 +323,11 @@ def linear_cross_entropy(
         >>> extras.lse.shape, extras.predicted.shape, extras.accuracy.shape
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
+    dtensor.refuse("input", input)  # FSDP2: a sharded weight is all-gathered (_ops/dtensor)
+    dtensor.refuse("target", target)
+    linear_weight = dtensor.full_weight("linear_weight", linear_weight)
+    linear_bias = dtensor.full_weight("linear_bias", linear_bias)
+    weight = dtensor.full_detached("weight", weight)
     V = _check_layer(input, linear_weight, linear_bias, weight)
     opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
     ce_ops.check_options(*opts)
