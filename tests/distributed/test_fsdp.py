@@ -21,7 +21,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh  # imported here: the forkserver
+from torch.distributed.fsdp import fully_shard  # preloads them once for all ranks
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
+from softmaxkit._ops.dtensor import is_dtensor
+from softmaxkit.distributed import vocab_parallel_cross_entropy
+from softmaxkit.heads import LinearCrossEntropy, VQLogits, linear_cross_entropy
+from softmaxkit.losses import cosine_logits, normalized_softmax_loss
 from tests.distributed.launch import spawn
 
 D_IN, D, V, K = 5, 6, 11, 4
@@ -40,9 +47,6 @@ class Tiny(nn.Module):
         self.saw_dtensor = False
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        from softmaxkit._ops.dtensor import is_dtensor
-        from softmaxkit.heads import linear_cross_entropy
-
         h = torch.tanh(self.body(x))
         if y is None:
             return h
@@ -70,8 +74,6 @@ def _hidden(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _vq():
-    from softmaxkit.heads import VQLogits
-
     return VQLogits(D, V, K, bias=True, generator=torch.Generator().manual_seed(3)).double()
 
 
@@ -84,9 +86,6 @@ class Proxies(nn.Module):
 
 def _train(model: Tiny, rank: int, outside: bool) -> dict:
     """Two SGD steps on this rank's batches; the losses and each step's full gradients."""
-    from softmaxkit._ops.dtensor import is_dtensor
-    from softmaxkit.heads import linear_cross_entropy
-
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     out: dict = {"loss": [], "grads": [], "dtensor": []}
     for step in range(2):
@@ -110,14 +109,6 @@ def _train(model: Tiny, rank: int, outside: bool) -> dict:
 
 
 def _checks(rank: int, world: int) -> dict:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-
-    from softmaxkit.distributed import vocab_parallel_cross_entropy
-    from softmaxkit.heads import LinearCrossEntropy, linear_cross_entropy
-    from softmaxkit.losses import normalized_softmax_loss
-
     mesh = init_device_mesh("cpu", (world,))
     out: dict = {}
     for scenario in SCENARIOS:
@@ -225,8 +216,6 @@ def test_training_matches_one_process(ranks, scenario):
 
 
 def test_linear_cross_entropy_module(ranks):
-    from softmaxkit.heads import LinearCrossEntropy
-
     torch.manual_seed(2)
     head = LinearCrossEntropy(D, V, bias=True, label_smoothing=0.1, dtype=torch.float64)
     x, y = _full_hidden()
@@ -255,8 +244,6 @@ def test_vq_logits_cross_entropy_outside_forward(ranks):
 
 
 def test_normalized_softmax_with_sharded_proxies(ranks):
-    from softmaxkit.losses import cosine_logits
-
     proxies = Proxies()
     x, y = _full_hidden()
     loss = F.cross_entropy(cosine_logits(x, proxies.weight, temperature=0.5), y)

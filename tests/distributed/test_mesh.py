@@ -15,7 +15,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh  # imported here: the forkserver
+from torch.distributed.tensor import Shard, distribute_tensor  # preloads it once for all ranks
 
+from softmaxkit.distributed import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_linear_cross_entropy,
+    vocab_parallel_log_softmax,
+)
 from tests.distributed.launch import spawn
 
 N, V, D = 6, 10, 4
@@ -41,12 +48,6 @@ def _tp_cols(tp: int, parts: int) -> slice:
 
 
 def _run(group, z, y, h, w, cols) -> dict:
-    from softmaxkit.distributed import (
-        vocab_parallel_cross_entropy,
-        vocab_parallel_linear_cross_entropy,
-        vocab_parallel_log_softmax,
-    )
-
     x = z[:, cols].clone().requires_grad_(True)
     ce = vocab_parallel_cross_entropy(x, y, group=group, label_smoothing=0.1)
     ce.backward()
@@ -59,11 +60,6 @@ def _run(group, z, y, h, w, cols) -> dict:
 
 
 def _checks(rank: int, world: int) -> dict:
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-
-    from softmaxkit.distributed import vocab_parallel_cross_entropy
-
     mesh = init_device_mesh("cpu", (DP, TP), mesh_dim_names=("dp", "tp"))
     dp, tp = mesh.get_coordinate()
     z, y, h, w = _data(dp)
