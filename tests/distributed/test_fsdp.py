@@ -130,6 +130,7 @@ def _checks(rank: int, world: int) -> dict:
     loss.backward()
     grads = (head.weight.grad.full_tensor(), head.bias.grad.full_tensor())
     out["head"] = (loss.detach(), x.grad, *grads)
+    out["head_logits"] = head.logits(h)  # not forward: the sharded weight is all-gathered
 
     # VQLogits.cross_entropy is not forward: FSDP leaves the codebook sharded
     vq = _vq()
@@ -228,6 +229,7 @@ def test_linear_cross_entropy_module(ranks):
         torch.testing.assert_close(res["head"][1], WORLD * x.grad[r * rows : (r + 1) * rows], **TOL)
         torch.testing.assert_close(res["head"][2], head.weight.grad, **TOL)
         torch.testing.assert_close(res["head"][3], head.bias.grad, **TOL)
+        torch.testing.assert_close(res["head_logits"], head.logits(x[r * rows : (r + 1) * rows]))
 
 
 def test_vq_logits_cross_entropy_outside_forward(ranks):

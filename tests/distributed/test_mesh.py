@@ -6,8 +6,10 @@ the vocabulary over "tp"; ``group=mesh["tp"]``, ``group=(mesh, "tp")`` and
 ``ProcessGroup`` path) gives, and that must equal ``F.cross_entropy`` /
 ``torch.log_softmax`` of one process over the whole vocabulary. On a 1-D mesh of the 4
 ranks, ``group=mesh`` equals ``group=None``; the shard of a ``Shard(1)`` DTensor with
-``group=dt.device_mesh`` (the fix named by the DTensor error) equals the reference. Bad
-``group`` values raise on every rank before any collective.
+``group=dt.device_mesh`` (the fix named by the DTensor error) equals the reference. HSDP
+(``fully_shard`` on the 2-D mesh) with the fused loss called outside the head's forward
+gives one process's gradient on the 4 ranks' concatenated batch. Bad ``group`` values raise
+on every rank before any collective.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.distributed.device_mesh import init_device_mesh  # imported here: the forkserver
-from torch.distributed.tensor import Shard, distribute_tensor  # preloads it once for all ranks
+from torch.distributed.fsdp import fully_shard  # preloads them once for all ranks
+from torch.distributed.tensor import Shard, distribute_tensor
 
+from softmaxkit._ops.dtensor import is_dtensor
 from softmaxkit.distributed import (
     vocab_parallel_cross_entropy,
     vocab_parallel_linear_cross_entropy,
     vocab_parallel_log_softmax,
 )
+from softmaxkit.heads import linear_cross_entropy
 from tests.distributed.launch import spawn
 
 N, V, D = 6, 10, 4
@@ -40,6 +46,17 @@ def _data(dp: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
     h = torch.randn(N, D, generator=g, dtype=torch.float64)
     w = torch.randn(V, D, generator=g, dtype=torch.float64)
     return z, y, h, w
+
+
+def _head() -> nn.Linear:
+    torch.manual_seed(5)
+    return nn.Linear(D, V).double()
+
+
+def _hsdp_data(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(20 + rank)
+    h = torch.randn(3, D, generator=g, dtype=torch.float64)
+    return h, torch.randint(0, V, (3,), generator=g)
 
 
 def _tp_cols(tp: int, parts: int) -> slice:
@@ -87,6 +104,20 @@ def _checks(rank: int, world: int) -> dict:
     loss = vocab_parallel_cross_entropy(x, y, group=dt.device_mesh)
     loss.backward()
     out["dtensor"] = (loss.detach(), x.grad, x.shape[1])
+
+    # HSDP (fully_shard on the 2-D mesh: replicated over "dp", sharded over "tp"), the fused
+    # loss called outside the head's forward: the gradient is averaged over all 4 ranks
+    head = _head()
+    fully_shard(head, mesh=mesh)
+    h, y = _hsdp_data(rank)
+    loss = linear_cross_entropy(h, head.weight, y, linear_bias=head.bias)
+    loss.backward()
+    out["hsdp"] = (
+        loss.detach(),
+        is_dtensor(head.weight) and tuple(map(str, head.weight.placements)),
+        head.weight.grad.full_tensor(),
+        head.bias.grad.full_tensor(),
+    )
 
     errors = {}
     for name, group in {
@@ -165,6 +196,18 @@ def test_dtensor_shard_with_its_mesh(ranks):
         torch.testing.assert_close(res["dtensor"][0], loss.detach(), **TOL)
         torch.testing.assert_close(res["dtensor"][1], x.grad[:, start : start + width], **TOL)
         start += width
+
+
+def test_hsdp_weight_outside_forward_matches_one_process(ranks):
+    head = _head()
+    hs, ys = zip(*(_hsdp_data(r) for r in range(WORLD)), strict=True)
+    loss = F.cross_entropy(head(torch.cat(hs)), torch.cat(ys))
+    loss.backward()
+    torch.testing.assert_close(torch.stack([r["hsdp"][0] for r in ranks]).mean(), loss, **TOL)
+    for res in ranks:
+        assert res["hsdp"][1] == ("R", "S(0)")  # Replicate over "dp", Shard(0) over "tp"
+        torch.testing.assert_close(res["hsdp"][2], head.weight.grad, **TOL)
+        torch.testing.assert_close(res["hsdp"][3], head.bias.grad, **TOL)
 
 
 @pytest.mark.parametrize(

@@ -457,7 +457,9 @@ class LinearCrossEntropy(nn.Module):
 
     def logits(self, input: torch.Tensor) -> torch.Tensor:
         """The plain (N, V) logits ``input @ weight.T + bias`` (soft-capped if set)."""
-        z = nn.functional.linear(input, self.weight, self.bias)
+        # not forward: under FSDP2 the parameters may be sharded here (all-gathered)
+        weight = dtensor.full_weight("weight", self.weight)
+        z = nn.functional.linear(input, weight, dtensor.full_weight("bias", self.bias))
         return z if self.softcap is None else self.softcap * torch.tanh(z / self.softcap)
 
     @overload
