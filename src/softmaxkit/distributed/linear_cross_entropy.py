@@ -155,8 +155,11 @@ def vocab_parallel_linear_cross_entropy(
         target: (...) global class indices in [0, V - 1] or ``ignore_index``, identical on
             every rank. (Probability targets would need an (N, V) target; not supported.)
         local_bias: optional (V_r,) slice of the output bias.
-        group: the process group (default None: the default group); with no process group
-            initialised this is the single-process case.
+        group: the process group (default None: the default group), a ``ProcessGroup``, a
+            1-D ``DeviceMesh`` (e.g. ``mesh["tp"]``) or ``(mesh, "tp")`` (see
+            :mod:`softmaxkit.distributed.vocab_parallel`); with no process group initialised
+            this is the single-process case. A DTensor ``local_weight`` is refused: pass
+            ``w.to_local()`` with ``group=w.device_mesh``.
         vocab_start_index: global index of this rank's first class (given on every rank or
             on none). Default None: the sum of the lower ranks' V_r, from the one checking
             collective below.

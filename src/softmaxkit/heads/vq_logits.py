@@ -316,6 +316,16 @@ class VQLogits(nn.Module):
     Shapes: ``hidden`` (..., d) -> logits (..., V); half-precision inputs are computed in
     float32 and returned in the hidden state's dtype.
 
+    FSDP2: :meth:`code_logits`, :meth:`log_prob` and :meth:`cross_entropy` are not
+    ``forward``, so on a ``fully_shard``-ed head they see the sharded codebook (and bias):
+    it is all-gathered and its gradient averaged over the mesh as FSDP's own reduction (the
+    same as :func:`softmaxkit.heads.linear_cross_entropy`; or register them with
+    ``torch.distributed.fsdp.register_fsdp_forward_method``). A DTensor ``weight`` (for
+    k-means) is all-gathered once, without gradient. With ``assignment="learned"`` under
+    data parallelism each rank gathers its own statistics and :meth:`reassign` moves
+    tokens by them: all-reduce ``_token_sums``, ``_token_counts`` and ``_code_mass`` first
+    or the maps diverge.
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> head = VQLogits(16, 100, 8, generator=g)

@@ -83,6 +83,11 @@ def cosine_logits(
         (N, C) or (N, C, d1, ...) logits in the promoted dtype of the inputs (float32
         for half inputs).
 
+    A DTensor ``class_weights`` (an FSDP2-sharded parameter used outside its module's
+    forward) is all-gathered, its gradient averaged over the mesh as FSDP reduces it (see
+    :func:`softmaxkit.heads.linear_cross_entropy`); a DTensor ``embeddings`` raises a
+    TypeError naming the fix.
+
     Example:
         >>> import torch
         >>> from softmaxkit.losses import cosine_logits
