@@ -66,7 +66,8 @@ def resolve_group(group: Any) -> tuple[Any, int, int]:
             )
         return None, 1, 0
     group = _mesh_group(group)
-    if group is not None and not isinstance(group, dist.ProcessGroup):
+    member = group is not dist.GroupMember.NON_GROUP_MEMBER  # new_group() on a non-member
+    if member and group is not None and not isinstance(group, dist.ProcessGroup):
         raise TypeError(
             "group must be None, a torch.distributed ProcessGroup, a 1-D DeviceMesh or a "
             f"(DeviceMesh, dim) pair, got {type(group).__name__}"
