@@ -9,10 +9,11 @@ DTensor). Each rank trains two SGD steps on its own batch; the mean of the ranks
 the full gradients (``grad.full_tensor()``) must equal one process on the concatenated batch
 (float64, to rounding), which checks that the all-gather of a sharded weight
 (:mod:`softmaxkit._ops.dtensor`) gives back FSDP's averaged gradient. Also: a
-``fully_shard``-ed ``LinearCrossEntropy``, ``VQLogits.cross_entropy`` called outside the
-head's forward (sharded codebook), ``normalized_softmax_loss`` with sharded class proxies,
-and the TypeErrors for DTensor activations and logits. The vocabulary (11) splits unevenly
-(6 + 5 rows per shard).
+``fully_shard``-ed ``LinearCrossEntropy`` (and its ``logits`` method, outside forward),
+``VQLogits.cross_entropy`` called outside the head's forward (sharded codebook),
+``VQLogits.from_linear`` of a sharded ``nn.Linear``, ``normalized_softmax_loss`` with
+sharded class proxies, and the TypeErrors for DTensor activations and logits. The
+vocabulary (11) splits unevenly (6 + 5 rows per shard).
 """
 
 from __future__ import annotations
@@ -140,6 +141,13 @@ def _checks(rank: int, world: int) -> dict:
     loss.backward()
     out["vq"] = (loss.detach(), x.grad, vq.codebook.grad.full_tensor(), vq.bias.grad.full_tensor())
 
+    # VQLogits.from_linear of a fully_shard-ed nn.Linear: k-means of the all-gathered rows
+    torch.manual_seed(6)
+    lin = nn.Linear(D, V).double()
+    fully_shard(lin, mesh=mesh)
+    built = VQLogits.from_linear(lin, K, generator=torch.Generator().manual_seed(7))
+    out["vq_init"] = (built.codebook.detach(), built.mapping, built.bias.detach())
+
     # normalized softmax with sharded class proxies, called outside the module's forward
     proxies = Proxies()
     fully_shard(proxies, mesh=mesh)
@@ -243,6 +251,18 @@ def test_vq_logits_cross_entropy_outside_forward(ranks):
         torch.testing.assert_close(res["vq"][1], WORLD * x.grad[r * rows : (r + 1) * rows], **TOL)
         torch.testing.assert_close(res["vq"][2], vq.codebook.grad, **TOL)
         torch.testing.assert_close(res["vq"][3], vq.bias.grad, **TOL)
+
+
+def test_vq_logits_from_a_sharded_linear(ranks):
+    torch.manual_seed(6)
+    built = VQLogits.from_linear(
+        nn.Linear(D, V).double(), K, generator=torch.Generator().manual_seed(7)
+    )
+    for res in ranks:
+        codebook, mapping, bias = res["vq_init"]
+        torch.testing.assert_close(codebook, built.codebook.detach(), **TOL)
+        assert torch.equal(mapping, built.mapping)
+        torch.testing.assert_close(bias, built.bias.detach(), **TOL)
 
 
 def test_normalized_softmax_with_sharded_proxies(ranks):

@@ -321,10 +321,10 @@ class VQLogits(nn.Module):
     it is all-gathered and its gradient averaged over the mesh as FSDP's own reduction (the
     same as :func:`softmaxkit.heads.linear_cross_entropy`; or register them with
     ``torch.distributed.fsdp.register_fsdp_forward_method``). A DTensor ``weight`` (for
-    k-means) is all-gathered once, without gradient. With ``assignment="learned"`` under
-    data parallelism each rank gathers its own statistics and :meth:`reassign` moves
-    tokens by them: all-reduce ``_token_sums``, ``_token_counts`` and ``_code_mass`` first
-    or the maps diverge.
+    k-means) is all-gathered once, without gradient. ``assignment="learned"`` is not
+    synchronised across data-parallel ranks: each rank gathers statistics from its own
+    batches, so :meth:`reassign` on every rank would give different maps (broadcast the
+    ``mapping`` and ``code_counts`` buffers from one rank after it).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
