@@ -22,8 +22,42 @@ def checks_values(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+def _mesh_group(group: Any) -> Any:
+    """The process group of a DeviceMesh dimension: ``mesh`` (1-D), ``mesh["tp"]`` (a 1-D
+    sub-mesh) or ``(mesh, dim)`` with ``dim`` a dimension's name or index (the forms of
+    torch's functional collectives); anything else is returned unchanged."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if isinstance(group, tuple) and len(group) == 2 and isinstance(group[0], DeviceMesh):
+        mesh, dim = group
+        names = mesh.mesh_dim_names or ()
+        if isinstance(dim, str):
+            if dim not in names:
+                raise ValueError(
+                    f"group=(mesh, {dim!r}) names no dimension of the mesh, whose dimensions "
+                    f"are {names or 'unnamed'} (shape {tuple(mesh.shape)})"
+                )
+        elif isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim < mesh.ndim:
+            raise ValueError(
+                f"group=(mesh, dim) needs dim a dimension name in {names} or an index in "
+                f"[0, {mesh.ndim - 1}], got {dim!r}"
+            )
+        return mesh.get_group(dim)
+    if isinstance(group, DeviceMesh):
+        if group.ndim != 1:
+            raise ValueError(
+                f"group must be a 1-D DeviceMesh, got a {group.ndim}-D mesh of shape "
+                f"{tuple(group.shape)} with dimensions {group.mesh_dim_names}; pick the "
+                f'vocabulary-parallel dimension with group=mesh["tp"] or group=(mesh, "tp")'
+            )
+        return group.get_group()
+    return group
+
+
 def resolve_group(group: Any) -> tuple[Any, int, int]:
-    """(group, world size, rank in group); world size 1 without an initialised process group."""
+    """(process group, world size, rank in group); world size 1 without an initialised
+    process group. ``group`` is None (the default group), a ``ProcessGroup``, a 1-D
+    ``DeviceMesh`` or a ``(mesh, dim)`` pair (see :func:`_mesh_group`)."""
     if not (dist.is_available() and dist.is_initialized()):
         if group is not None:
             raise ValueError(
@@ -31,6 +65,13 @@ def resolve_group(group: Any) -> tuple[Any, int, int]:
                 f"(world size 1), got {group!r}"
             )
         return None, 1, 0
+    group = _mesh_group(group)
+    member = group is not dist.GroupMember.NON_GROUP_MEMBER  # new_group() on a non-member
+    if member and group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(
+            "group must be None, a torch.distributed ProcessGroup, a 1-D DeviceMesh or a "
+            f"(DeviceMesh, dim) pair, got {type(group).__name__}"
+        )
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     if rank < 0:

@@ -22,6 +22,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions, default_chunk_size
 from softmaxkit.distributed._group import (
@@ -154,8 +155,11 @@ def vocab_parallel_linear_cross_entropy(
         target: (...) global class indices in [0, V - 1] or ``ignore_index``, identical on
             every rank. (Probability targets would need an (N, V) target; not supported.)
         local_bias: optional (V_r,) slice of the output bias.
-        group: the process group (default None: the default group); with no process group
-            initialised this is the single-process case.
+        group: the process group (default None: the default group), a ``ProcessGroup``, a
+            1-D ``DeviceMesh`` (e.g. ``mesh["tp"]``) or ``(mesh, "tp")`` (see
+            :mod:`softmaxkit.distributed.vocab_parallel`); with no process group initialised
+            this is the single-process case. A DTensor ``local_weight`` is refused: pass
+            ``w.to_local()`` with ``group=w.device_mesh``.
         vocab_start_index: global index of this rank's first class (given on every rank or
             on none). Default None: the sum of the lower ranks' V_r, from the one checking
             collective below.
@@ -193,6 +197,10 @@ def vocab_parallel_linear_cross_entropy(
         >>> torch.allclose(loss, F.cross_entropy(h @ W.T, y, label_smoothing=0.1))
         True
     """
+    dtensor.refuse("hidden", hidden)  # DTensors: a TypeError that names the fix
+    dtensor.refuse("target", target)
+    dtensor.refuse("local_weight", local_weight, dtensor.LOCAL_FIX)
+    dtensor.refuse("local_bias", local_bias, dtensor.LOCAL_FIX)
     ranks = resolve_group(group)
     group, world = ranks[0], ranks[1]
     mine, error = Local(rows_name="hidden"), None

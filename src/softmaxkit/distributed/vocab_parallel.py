@@ -33,6 +33,16 @@ Running under ``torchrun`` (save as ``script.py``, run
     print(rank, loss.item())  # the same value on every rank
     dist.destroy_process_group()
 
+The group: ``None`` (the default process group), a ``ProcessGroup`` (Megatron-LM's style),
+or a ``DeviceMesh`` dimension as torch's functional collectives and torchtitan take it: a
+1-D mesh (``group=mesh["tp"]``, a named sub-mesh of a 2-D ``("dp", "tp")`` mesh) or a pair
+``group=(mesh, "tp")`` / ``(mesh, 1)``; a mesh of more than one dimension alone is refused
+(which dimension is the vocabulary's is ambiguous). DTensors are not taken: for logits or a
+weight that are a DTensor sharded on the vocabulary over a 1-D mesh (a ``ColwiseParallel``
+output head), pass the shard ``x.to_local()`` with ``group=x.device_mesh``; DTensor's
+``Shard`` splits are contiguous in rank order, which the default ``vocab_start_index``
+assumes. A DTensor argument raises a TypeError that says so.
+
 Only tensor collectives (``all_reduce``, ``all_gather``) on tensors on the logits' device
 are used, so the NCCL backend works unchanged with CUDA tensors (each rank on its own GPU,
 ``torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))``). Memory: forward and backward run
@@ -59,6 +69,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype, fill_where, row_blocks
 from softmaxkit._ops.cross_entropy import CrossEntropyOptions
 from softmaxkit.distributed._group import (
@@ -153,8 +164,10 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         local_logits: (..., V_local) this rank's contiguous slice of the logits, classes on
             the last dimension, the same leading shape on every rank. Any floating dtype;
             float16/bfloat16 are computed in float32 and returned in the input dtype.
-        group: the process group (default None: the default group). With no process group
-            initialised this is the world-size-1 case and equals ``torch.log_softmax(z, -1)``.
+        group: the process group (default None: the default group), a ``ProcessGroup``, a
+            1-D ``DeviceMesh`` (e.g. ``mesh["tp"]``) or ``(mesh, "tp")`` (see the module
+            docstring). With no process group initialised this is the world-size-1 case and
+            equals ``torch.log_softmax(z, -1)``.
 
     A row that is -inf over the whole vocabulary (a fully masked row) gives -inf and zero
     gradient, the library's convention (as :func:`softmaxkit.log_softmax`), not NaN.
@@ -174,6 +187,7 @@ def vocab_parallel_log_softmax(local_logits: torch.Tensor, *, group: Any = None)
         >>> vocab_parallel_log_softmax(z)
         tensor([[-0.1698, -2.1698, -3.1698]])
     """
+    dtensor.refuse("local_logits", local_logits, dtensor.LOCAL_FIX)
     ranks = resolve_group(group)
     mine, error = Local(), None
     try:
@@ -295,9 +309,10 @@ def vocab_parallel_cross_entropy(
             the input dtype.
         target: (...) global class indices in [0, V - 1] or ``ignore_index``, identical on
             every rank.
-        group: the process group (default None: the default group). With no process group
-            initialised (world size 1) this is exactly ``cross_entropy`` over the last
-            dimension.
+        group: the process group (default None: the default group), a ``ProcessGroup``, a
+            1-D ``DeviceMesh`` (e.g. ``mesh["tp"]``) or ``(mesh, "tp")`` (see the module
+            docstring). With no process group initialised (world size 1) this is exactly
+            ``cross_entropy`` over the last dimension.
         vocab_start_index: global index of this rank's first class (given on every rank or
             on none). Default None: the sum of the lower ranks' V_local, from the checking
             collective below.
@@ -321,6 +336,8 @@ def vocab_parallel_cross_entropy(
         >>> round(vocab_parallel_cross_entropy(z, y, label_smoothing=0.3).item(), 4)
         2.0698
     """
+    dtensor.refuse("local_logits", local_logits, dtensor.LOCAL_FIX)
+    dtensor.refuse("target", target)
     ranks = resolve_group(group)
     mine, error = Local(), None
     try:  # local checks; agree() then makes every rank raise alike, before any collective

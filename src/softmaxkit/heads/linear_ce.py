@@ -34,6 +34,7 @@ from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.cross_entropy import (  # noqa: F401 (default_chunk_size: docstrings name it here)
     MAX_CHUNK_BYTES,
@@ -291,9 +292,22 @@ def linear_cross_entropy(
     backward through the same call (``retain_graph=True``, ``gradcheck``) raises a
     RuntimeError; "none" allows it.
 
+    FSDP2 (``torch.distributed.fsdp.fully_shard``): inside the forward of the module that
+    owns the weight, FSDP has unsharded it and nothing changes. Called outside it (with
+    ``model.lm_head.weight`` after ``hidden = model(x)``, or with an ``lm_head`` that is its
+    own ``fully_shard`` unit), the weight and bias are sharded DTensors: they are
+    all-gathered (the full (V, in_features) weight is materialised, as FSDP does) and the
+    gradient reaching the shards is averaged over the mesh (reduce-scatter; all-reduce over
+    an HSDP replica dimension), exactly FSDP2's default reduction, so with equal per-rank
+    batches the training step equals one process on the concatenated batch (tested on 2
+    and 4 gloo ranks). With ``MixedPrecisionPolicy(param_dtype=...)`` the sharded weight
+    outside forward keeps its storage dtype, which must be ``input``'s. A DTensor
+    ``input`` or ``target`` raises a TypeError naming the fix (``full_tensor()``).
+
     Args:
         input: (N, in_features) or (..., in_features) hidden states.
-        linear_weight: (V, in_features) output weight, ``input``'s dtype.
+        linear_weight: (V, in_features) output weight, ``input``'s dtype (or a DTensor of
+            it, e.g. an FSDP2-sharded parameter: all-gathered, see above).
         target: class indices of shape (N,) / (...), or probabilities (N, V) / (..., V).
         linear_bias: optional (V,) output bias.
         weight: optional (V,) class weights, as ``cross_entropy``'s ``weight``.
@@ -322,6 +336,11 @@ def linear_cross_entropy(
         >>> extras.lse.shape, extras.predicted.shape, extras.accuracy.shape
         (torch.Size([6]), torch.Size([6]), torch.Size([]))
     """
+    dtensor.refuse("input", input)  # FSDP2: a sharded weight is all-gathered (_ops/dtensor)
+    dtensor.refuse("target", target)
+    linear_weight = dtensor.full_weight("linear_weight", linear_weight)
+    linear_bias = dtensor.full_weight("linear_bias", linear_bias)
+    weight = dtensor.full_detached("weight", weight)
     V = _check_layer(input, linear_weight, linear_bias, weight)
     opts = (reduction, ignore_index, label_smoothing, softcap, logsumexp_penalty, chunk_size)
     ce_ops.check_options(*opts)
@@ -451,7 +470,9 @@ class LinearCrossEntropy(nn.Module):
 
     def logits(self, input: torch.Tensor) -> torch.Tensor:
         """The plain (N, V) logits ``input @ weight.T + bias`` (soft-capped if set)."""
-        z = nn.functional.linear(input, self.weight, self.bias)
+        # not forward: under FSDP2 the parameters may be sharded here (all-gathered)
+        weight = dtensor.full_weight("weight", self.weight)
+        z = nn.functional.linear(input, weight, dtensor.full_weight("bias", self.bias))
         return z if self.softcap is None else self.softcap * torch.tanh(z / self.softcap)
 
     @overload

@@ -53,6 +53,7 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import cross_entropy as ce_ops
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import compute_dtype
 
 __all__ = ["KMeansResult", "VQLogits", "kmeans"]
@@ -315,6 +316,16 @@ class VQLogits(nn.Module):
     Shapes: ``hidden`` (..., d) -> logits (..., V); half-precision inputs are computed in
     float32 and returned in the hidden state's dtype.
 
+    FSDP2: :meth:`code_logits`, :meth:`log_prob` and :meth:`cross_entropy` are not
+    ``forward``, so on a ``fully_shard``-ed head they see the sharded codebook (and bias):
+    it is all-gathered and its gradient averaged over the mesh as FSDP's own reduction (the
+    same as :func:`softmaxkit.heads.linear_cross_entropy`; or register them with
+    ``torch.distributed.fsdp.register_fsdp_forward_method``). A DTensor ``weight`` (for
+    k-means) is all-gathered once, without gradient. ``assignment="learned"`` is not
+    synchronised across data-parallel ranks: each rank gathers statistics from its own
+    batches, so :meth:`reassign` on every rank would give different maps (broadcast the
+    ``mapping`` and ``code_counts`` buffers from one rank after it).
+
     Example:
         >>> g = torch.Generator().manual_seed(0)
         >>> head = VQLogits(16, 100, 8, generator=g)
@@ -346,6 +357,7 @@ class VQLogits(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        weight = dtensor.full_detached("weight", weight)  # FSDP2 / DTensor: the full matrix
         v.check_int("hidden_size", hidden_size, low=1)
         v.check_int("vocab_size", vocab_size, low=1)
         v.check_int("codebook_size", codebook_size, low=1)
@@ -486,6 +498,8 @@ class VQLogits(nn.Module):
                 "linear_or_weight must be an nn.Linear or a (vocab_size, hidden_size) tensor, "
                 f"got {type(linear_or_weight).__name__}"
             )
+        weight = dtensor.full_detached("linear_or_weight", weight)  # FSDP2 / DTensor: full
+        lin_bias = dtensor.full_detached("linear_or_weight.bias", lin_bias)
         v.check_floating("linear_or_weight", weight)
         if weight.ndim != 2:
             raise ValueError(
@@ -518,6 +532,7 @@ class VQLogits(nn.Module):
         return head
 
     def _check_hidden(self, hidden: torch.Tensor) -> None:
+        dtensor.refuse("hidden", hidden)
         v.check_floating("hidden", hidden)
         if hidden.ndim < 1 or hidden.shape[-1] != self.hidden_size:
             raise ValueError(
@@ -547,9 +562,12 @@ class VQLogits(nn.Module):
 
     def _code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Code logits in the compute dtype (float32 for half inputs/parameters)."""
-        dt = compute_dtype(hidden, self.codebook)
-        b = None if self.bias is None else self.bias.to(dt)
-        return F.linear(hidden.to(dt), self.codebook.to(dt), b)
+        # outside forward, FSDP2 leaves the parameters sharded: all-gathered (_ops/dtensor)
+        codebook = dtensor.full_weight("codebook", self.codebook)
+        bias = dtensor.full_weight("bias", self.bias)
+        dt = compute_dtype(hidden, codebook)
+        b = None if bias is None else bias.to(dt)
+        return F.linear(hidden.to(dt), codebook.to(dt), b)
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Code logits ``L_c = h C^T (+ b)``: (..., d) -> (..., K), in ``hidden``'s dtype.
@@ -703,8 +721,9 @@ class VQLogits(nn.Module):
             return 0
         sums, counts, mass = self._token_sums, self._token_counts, self._code_mass
         assert counts is not None and mass is not None  # allocated with the sums
-        codebook = self.codebook.detach().to(sums.dtype)
-        bias = None if self.bias is None else self.bias.detach().to(sums.dtype)
+        codebook = dtensor.full_detached("codebook", self.codebook).to(sums.dtype)
+        bias = dtensor.full_detached("bias", self.bias)
+        bias = None if bias is None else bias.detach().to(sums.dtype)
         new = self.mapping.clone()
         step = max(1, 2**22 // self.codebook_size)
         for lo in range(0, self.vocab_size, step):

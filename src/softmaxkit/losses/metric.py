@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import as_rows, compute_dtype
 from softmaxkit._ops.row_loss import LossModule, class_loss
 from softmaxkit.losses.comp_sum import _CompSum
@@ -82,6 +83,11 @@ def cosine_logits(
         (N, C) or (N, C, d1, ...) logits in the promoted dtype of the inputs (float32
         for half inputs).
 
+    A DTensor ``class_weights`` (an FSDP2-sharded parameter used outside its module's
+    forward) is all-gathered, its gradient averaged over the mesh as FSDP reduces it (see
+    :func:`softmaxkit.heads.linear_cross_entropy`); a DTensor ``embeddings`` raises a
+    TypeError naming the fix.
+
     Example:
         >>> import torch
         >>> from softmaxkit.losses import cosine_logits
@@ -89,6 +95,8 @@ def cosine_logits(
         >>> cosine_logits(x, w, temperature=0.5)
         tensor([[1.2000, 1.6000]])
     """
+    dtensor.refuse("embeddings", embeddings)  # FSDP2: a sharded weight is all-gathered
+    class_weights = dtensor.full_weight("class_weights", class_weights)
     _check_pair(embeddings, class_weights)
     temperature, eps = _check_scales(temperature, eps)
     dtype = compute_dtype(embeddings, class_weights)
