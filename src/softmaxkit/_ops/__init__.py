@@ -12,6 +12,9 @@
 * :mod:`~softmaxkit._ops.stablemax`: StableMax's element-wise pieces (``s``, its
   log-derivative ``r``), shared by the map and its cross-entropy.
 * :mod:`~softmaxkit._ops.optim`: the one float64 L-BFGS set-up of the small convex fits.
+* :mod:`~softmaxkit._ops.dtensor`: DTensor arguments at the public entries (an
+  FSDP2-sharded weight all-gathered with FSDP's averaged gradient; a TypeError naming the
+  fix for DTensor activations and logits).
 
 Dependencies point one way: ``_ops`` imports only torch and :mod:`softmaxkit._validation`.
 """
