@@ -11,8 +11,9 @@ official model's last step) and the plain torch code of the official
 over all K prototypes, the EMA update inside the forward), on its own copy of the same
 prototypes; ``PALMLoss`` normalises the rows itself (``normalize=True``). Target:
 ``PALMLoss`` within 1.2x of it (it adds the log-domain Sinkhorn's log-sum-exps and the
-overflow-safe row normalisation; measured about 1.05x in CPU time on one thread). Both update their prototypes on every call (from the same start, so the checked first
-calls agree).
+overflow-safe row normalisation; measured about 1.05x in CPU time on one thread). Both
+update their prototypes on every call (from the same start, so the checked first calls
+agree).
 """
 
 from __future__ import annotations
