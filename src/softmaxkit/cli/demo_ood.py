@@ -199,7 +199,7 @@ def train_palm(
     def step(gen: torch.Generator) -> torch.Tensor:
         views = torch.stack([augment(x, gen), augment(x, gen)], 1)  # (B, 2, 64)
         z = F.normalize(proj(encoder(views)), dim=-1)  # the official model's output
-        out = criterion(z, y)
+        out: O.PALMLossOutput = criterion(z, y)
         parts["mle"], parts["proto_contra"] = out.mle.item(), out.proto_contra.item()
         return out.loss
 
@@ -352,6 +352,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
     arms = results["arms"]
+    lowest = min(s["auroc"] for a in arms.values() for s in a["ood"]["scores"].values())
     for offset, (arm, label) in ((-0.2, ("ce", "cross-entropy")), (0.2, ("palm", "PALM"))):
         xs, ys = [], []
         for i, key in enumerate(TABLE_ORDER):
@@ -363,7 +364,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(TABLE_ORDER)))
     ax.set_xticklabels([_label(k).split(" (")[0] for k in TABLE_ORDER], fontsize=8)
     ax.set_ylabel("AUROC (ID: digits 0-7, OOD: 8, 9)")
-    ax.set_ylim(0.5, 1.0)
+    ax.set_ylim(min(0.5, lowest - 0.05), 1.0)
     ax.axhline(0.5, color="grey", lw=0.5)
     ax.legend(fontsize=8)
     ax.set_title("softmaxkit demo ood: PALM vs cross-entropy", fontsize=9)
