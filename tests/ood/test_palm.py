@@ -402,3 +402,17 @@ def test_training_pulls_each_class_to_its_prototypes():
         z = F.normalize(proj(x), dim=-1)
         nearest = (z @ crit.prototypes.T).argmax(1)
     assert (crit.prototype_labels[nearest] == y).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_order_does_not_matter(seed):
+    """Sinkhorn, the top-k and the means are equivariant / invariant under a permutation of
+    the samples (and of the views)."""
+    crit, feats, labels, _ = setup(CONFIGS[0], seed=seed)
+    twin = copy.deepcopy(crit)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(seed))
+    a = crit(feats, labels)
+    b = twin(feats[perm].flip(1), labels[perm])
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(crit.prototypes, twin.prototypes, atol=1e-12, rtol=1e-12)
