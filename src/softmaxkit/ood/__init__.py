@@ -10,6 +10,8 @@ pytorch-ood's detectors return outlier scores (higher = more OOD), the negation.
   ...)`` returns the detector, ``score(features)`` gives one score per row (in row blocks
   where memory needs them), scoring before fit raises ``RuntimeError``, and features are
   checked the same way (a floating (samples, features) tensor, as wide as the fit, finite).
+- Training: :class:`PALMLoss` (PALM's mixture-of-prototypes loss, returning a
+  :class:`PALMLossOutput`), whose encoder features :class:`SSDScore` scores.
 - Metrics (ID positive unless stated): :func:`auroc`, :func:`aupr_in`, :func:`aupr_out`,
   :func:`fpr_at_tpr`.
 """
@@ -22,6 +24,7 @@ from softmaxkit.ood.mahalanobis import (
     logistic_regression,
 )
 from softmaxkit.ood.metrics import aupr_in, aupr_out, auroc, fpr_at_tpr
+from softmaxkit.ood.palm import PALMLoss, PALMLossOutput
 from softmaxkit.ood.prototype import PrototypeScore, SSDScore
 from softmaxkit.ood.scores import energy_score, max_logit_score, msp_score
 
@@ -36,6 +39,8 @@ __all__ = [
     "KNNScore",
     "PrototypeScore",
     "SSDScore",
+    "PALMLoss",
+    "PALMLossOutput",
     "auroc",
     "aupr_in",
     "aupr_out",
