@@ -65,6 +65,7 @@ from softmaxkit.cli.report_task import (
     BUILTIN_LR,
     BUILTIN_TRAIN_FRACTION,
     _threads,
+    builtin_images,
 )
 
 DESCRIPTION = (
@@ -91,22 +92,14 @@ TABLE_ORDER = ["msp", "max_logit", "energy", "mahalanobis", "knn", "ssd_plus", "
 
 def load_task(seed: int, train_fraction: float) -> dict[str, torch.Tensor]:
     """The report task's images: train / test of classes 0-7 (seeded split) and 8-9 (OOD)."""
-    from softmaxkit.cli._extras import require
-
-    digits = require("sklearn.datasets", "softmaxkit demo ood", "report").load_digits()
-    x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.int64)
-    held_out = torch.isin(y, torch.tensor(BUILTIN_HELD_OUT))
-    x_in, y_in = x[~held_out], y[~held_out]
-    order = torch.randperm(len(y_in), generator=torch.Generator().manual_seed(seed))
-    n_train = int(train_fraction * len(y_in))
-    train, test = order[:n_train], order[n_train:]
+    images = builtin_images(seed, train_fraction, "softmaxkit demo ood")
+    x_in, y_in, train, test = images["x_in"], images["y_in"], images["train"], images["test"]
     return {
         "x_train": x_in[train],
         "y_train": y_in[train],
         "x_test": x_in[test],
         "y_test": y_in[test],
-        "x_ood": x[held_out],
+        "x_ood": images["x_ood"],
     }
 
 

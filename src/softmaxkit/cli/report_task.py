@@ -37,29 +37,46 @@ def _threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def builtin_images(
+    seed: int,
+    train_fraction: float = BUILTIN_TRAIN_FRACTION,
+    what: str = "the built-in report task",
+) -> dict[str, torch.Tensor]:
+    """scikit-learn's digits scaled to [0, 1]: ``x_in``/``y_in`` (classes 0-7), ``x_ood``
+    (8 and 9), and the seeded ``train``/``test`` row indices of ``x_in``."""
+    from softmaxkit.cli._extras import require
+
+    digits = require("sklearn.datasets", what, "report").load_digits()
+    x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
+    y = torch.as_tensor(digits.target, dtype=torch.int64)
+    held_out = torch.isin(y, torch.tensor(BUILTIN_HELD_OUT))
+    order = torch.randperm(int((~held_out).sum()), generator=torch.Generator().manual_seed(seed))
+    n_train = int(train_fraction * len(order))
+    return {
+        "x_in": x[~held_out],
+        "y_in": y[~held_out],
+        "x_ood": x[held_out],
+        "train": order[:n_train],
+        "test": order[n_train:],
+    }
+
+
 def builtin_task(seed: int = 0) -> tuple[Data, Data, dict[str, Any]]:
     """Digits classes 0-7 (the test split: MLP logits and features) and 8-9 as OOD.
 
     Returns ``(data, ood, description)``; deterministic for a given ``seed`` (the global
     torch RNG is left untouched).
     """
-    from softmaxkit.cli._extras import require
-
-    digits = require("sklearn.datasets", "the built-in report task", "report").load_digits()
-    x = torch.as_tensor(digits.data, dtype=torch.float32) / 16.0
-    y = torch.as_tensor(digits.target, dtype=torch.int64)
-    held_out = torch.isin(y, torch.tensor(BUILTIN_HELD_OUT))
-    x_in, y_in, x_out = x[~held_out], y[~held_out], x[held_out]
+    images = builtin_images(seed)
+    x_in, y_in, x_out = images["x_in"], images["y_in"], images["x_ood"]
+    train, test = images["train"], images["test"]
     num_classes = 10 - len(BUILTIN_HELD_OUT)
-    order = torch.randperm(len(y_in), generator=torch.Generator().manual_seed(seed))
-    n_train = int(BUILTIN_TRAIN_FRACTION * len(y_in))
-    train, test = order[:n_train], order[n_train:]
     # One thread: the model is tiny (threads only contend on a busy machine) and the
     # result does not depend on the machine's core count.
     with _threads(1):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            body = nn.Sequential(nn.Linear(x.shape[1], BUILTIN_HIDDEN), nn.ReLU())
+            body = nn.Sequential(nn.Linear(x_in.shape[1], BUILTIN_HIDDEN), nn.ReLU())
             head = nn.Linear(BUILTIN_HIDDEN, num_classes)
         params = [*body.parameters(), *head.parameters()]
         opt = torch.optim.Adam(params, lr=BUILTIN_LR)
@@ -84,7 +101,7 @@ def builtin_task(seed: int = 0) -> tuple[Data, Data, dict[str, Any]]:
         "n_train": len(train),
         "n_test": len(test),
         "n_ood": len(x_out),
-        "model": f"MLP {x.shape[1]}-{BUILTIN_HIDDEN}-{num_classes}, ReLU, float32",
+        "model": f"MLP {x_in.shape[1]}-{BUILTIN_HIDDEN}-{num_classes}, ReLU, float32",
         "training": f"full-batch Adam, lr {BUILTIN_LR}, {BUILTIN_EPOCHS} epochs, seed {seed}",
         "features": f"the {BUILTIN_HIDDEN} hidden ReLU units",
         "train_accuracy": train_acc,

@@ -17,8 +17,8 @@ used by that score. This module offers both:
   mixture weights at test time, as a test sample has no assignment weights). This is
   our construction from the paper's model, not a score the paper evaluates.
 
-Not built: PALM's training (Sinkhorn assignment, EMA prototype update, MLE and
-prototype-contrastive losses), so there is no ``fit`` that learns prototypes.
+PALM's training is :class:`softmaxkit.ood.PALMLoss` (``ood/palm.py``); its ``prototypes``
+buffer can feed :class:`PrototypeScore`.
 
 Sign convention: higher = more in-distribution.
 """
