@@ -48,10 +48,20 @@ def _without_times(result):
     return result
 
 
-def test_tiny_run_prints_tables_writes_json_and_png_and_is_reproducible(tmp_path):
-    first, printed, out_dir = _run(tmp_path, "a")
-    second, _, _ = _run(tmp_path, "b")
-    assert _without_times(first) == _without_times(second)
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("icl"), "a")
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path, tiny):
+    again, _, _ = _run(tmp_path, "b")
+    assert _without_times(again) == _without_times(tiny[0])
+    other, _, _ = _run(tmp_path, "c", ["--seed", "4"])
+    assert other["error_at_train_length"] != tiny[0]["error_at_train_length"]
+
+
+def test_tiny_run_prints_tables_writes_json_and_png(tiny):
+    first, printed, out_dir = tiny
 
     assert first["setting"] == {
         "d": 3,
@@ -105,12 +115,6 @@ def test_tiny_run_prints_tables_writes_json_and_png_and_is_reproducible(tmp_path
     else:
         assert "matplotlib is not installed" in printed
     assert not [f for f in out_dir.iterdir() if f.name.startswith(".results-")]
-
-
-def test_seed_changes_the_numbers(tmp_path):
-    one, _, _ = _run(tmp_path, "one")
-    other, _, _ = _run(tmp_path, "two", ["--seed", "4"])
-    assert one["error_at_train_length"] != other["error_at_train_length"]
 
 
 def _prompts(seed=0, length=12, d=4, batch=5):
@@ -183,6 +187,7 @@ def test_ideal_two_head_pattern_is_debiased_gd_to_first_order():
     torch.testing.assert_close(got, expect, rtol=1e-3, atol=1e-9)
     patterns = demo_icl._patterns(model)
     assert patterns["kq_offdiag_ratio"] == patterns["kq_diag_spread"] == 0.0
+    assert patterns["kq_effective_offdiag_ratio"] == patterns["kq_y_row_share"] == 0.0
     assert patterns["ov_last_entry_share"] == 1.0 and patterns["ov_sum_ratio"] == 0.0
     assert patterns["eta_model"] == pytest.approx(2 * omega * mu)
     assert patterns["active_heads"] == 2

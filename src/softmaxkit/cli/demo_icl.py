@@ -271,19 +271,23 @@ def _errors(
 
 @torch.no_grad()
 def _patterns(model: _Attention) -> dict[str, Any]:
-    """The paper's KQ / OV pattern measures (all ratios; 0 is the ideal pattern).
+    r"""The paper's KQ / OV pattern measures (all ratios; 0 is the ideal pattern).
 
     * ``kq_offdiag_ratio``: off-diagonal over diagonal Frobenius norm of the x-blocks
       :math:`W_{KQ}^{(h)}[:d, :d]`, pooled over heads (diagonal pattern);
+    * ``kq_effective_offdiag_ratio``: the same for :math:`\sum_h \mu_h W_{KQ}^{(h)}[:d, :d]`,
+      the matrix that the first-order predictor
+      :math:`\frac1L \sum_\ell y_\ell (x_\ell - \bar x)^\top (\sum_h \mu_h W_{KQ}^{(h)})
+      x_q` uses (heads sharing a role may cancel each other's off-diagonal noise);
     * ``kq_diag_spread``: norm of each diagonal minus its mean over the diagonal's norm,
-      pooled (homogeneous pattern: :math:`\\omega_h I_d`);
+      pooled (homogeneous pattern: :math:`\omega_h I_d`);
     * ``kq_y_row_share``: share of :math:`W_{KQ}[:, :d]`'s energy in its last row (the
-      :math:`y_\\ell` term of the score; the last column meets :math:`z_q`'s zero entry
+      :math:`y_\ell` term of the score; the last column meets :math:`z_q`'s zero entry
       and gets no gradient);
     * ``ov_last_entry_share``: share of the last rows' energy in their last entries
-      :math:`\\mu_h` (last-entry-only; the other rows of :math:`W_{OV}` never reach the
+      :math:`\mu_h` (last-entry-only; the other rows of :math:`W_{OV}` never reach the
       prediction and keep their initialisation);
-    * ``ov_sum_ratio``: :math:`|\\sum_h \\mu_h| / \\sum_h |\\mu_h|` (zero-sum).
+    * ``ov_sum_ratio``: :math:`|\sum_h \mu_h| / \sum_h |\mu_h|` (zero-sum).
     """
     kq, ov = model.kq.double(), model.ov.double()
     d = kq.shape[-1] - 1
@@ -292,6 +296,9 @@ def _patterns(model: _Attention) -> dict[str, Any]:
     off = block - torch.diag_embed(diag)
     omega, mu = diag.mean(dim=1), ov[:, -1, -1]
     spread = diag - omega[:, None]
+    effective = torch.einsum("h,hij->ij", mu, block)
+    effective_diag = effective.diagonal()
+    effective_off = effective - torch.diag(effective_diag)
     product = (omega * mu).abs()
     active = product >= ACTIVE * product.max()
     return {
@@ -299,6 +306,7 @@ def _patterns(model: _Attention) -> dict[str, Any]:
         "mu": mu.tolist(),
         "active_heads": int(active.sum()),
         "kq_offdiag_ratio": (off.norm() / diag.norm()).item(),
+        "kq_effective_offdiag_ratio": (effective_off.norm() / effective_diag.norm()).item(),
         "kq_diag_spread": (spread.norm() / diag.norm()).item(),
         "kq_y_row_share": (kq[:, d, :d].square().sum() / kq[:, :, :d].square().sum()).item(),
         "ov_last_entry_share": (mu.square().sum() / ov[:, -1, :].square().sum()).item(),
@@ -342,20 +350,21 @@ def _plot_patterns(model: _Attention, path: Path) -> bool:
         return False
     kq, ov = model.kq.detach().double(), model.ov.detach().double()
     heads, n = kq.shape[0], kq.shape[-1]
+    ticks = [*(f"x{i + 1}" for i in range(n - 1)), "y"]
     fig = Figure(figsize=(2.3 * heads + 0.8, 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(2, heads, squeeze=False)
     for row, (name, mats) in enumerate((("W_KQ", kq), ("W_OV", ov))):
         scale = mats.abs().max().item() or 1.0
-        image = None
+        images = []
         for h in range(heads):
             ax = axes[row][h]
-            image = ax.imshow(mats[h].numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
+            images.append(ax.imshow(mats[h].numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale))
             ax.set_title(f"{name}, head {h + 1}", fontsize=9)
-            ax.set_xticks(range(n), [*(f"x{i + 1}" for i in range(n - 1)), "y"], fontsize=6)
-            ax.set_yticks(range(n), [*(f"x{i + 1}" for i in range(n - 1)), "y"], fontsize=6)
-        fig.colorbar(image, ax=list(axes[row]), shrink=0.8)
-    fig.canvas.print_png(str(path))  # type: ignore[no-untyped-call]  # unannotated
+            ax.set_xticks(range(n), ticks, fontsize=6)
+            ax.set_yticks(range(n), ticks, fontsize=6)
+        fig.colorbar(images[-1], ax=list(axes[row]), shrink=0.8)
+    canvas.print_png(str(path))  # type: ignore[no-untyped-call]  # unannotated in matplotlib
     return True
 
 
@@ -367,7 +376,7 @@ def _plot_length(lengths: list[int], curves: dict[str, list[float]], path: Path)
     except ImportError:
         return False
     fig = Figure(figsize=(5.6, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.subplots()
     styles = {"linear_rescaled": ":", "debiased_gd": "--", "debiased_gd_model": "--"}
     for key, values in curves.items():
@@ -379,7 +388,7 @@ def _plot_length(lengths: list[int], curves: dict[str, list[float]], path: Path)
     ax.set_xlabel("prompt length L' (training length: the first)")
     ax.set_ylabel("error  E[(y_hat - beta^T x_q)^2]")
     ax.legend(fontsize=7)
-    fig.canvas.print_png(str(path))  # type: ignore[no-untyped-call]  # unannotated
+    canvas.print_png(str(path))  # type: ignore[no-untyped-call]  # unannotated in matplotlib
     return True
 
 
@@ -549,8 +558,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         + ", ".join(f"{v:+.3f}" for v in p["omega"])
         + "\n  mu_h (OV last entry):               "
         + ", ".join(f"{v:+.3f}" for v in p["mu"])
-        + f"\n  KQ off-diagonal / diagonal norm {p['kq_offdiag_ratio']:.3f}, diagonal spread "
-        f"{p['kq_diag_spread']:.3f}, y-row share {p['kq_y_row_share']:.4f}"
+        + f"\n  KQ x-block off-diagonal / diagonal norm {p['kq_offdiag_ratio']:.3f} per head, "
+        f"{p['kq_effective_offdiag_ratio']:.3f} for sum_h mu_h KQ_h; diagonal spread "
+        f"{p['kq_diag_spread']:.3f}; y-row share {p['kq_y_row_share']:.4f}"
         f"\n  OV last-entry share {p['ov_last_entry_share']:.4f}, "
         f"|sum mu| / sum |mu| {p['ov_sum_ratio']:.4f} (sum mu {p['sum_mu']:+.4f})",
         file=out,
