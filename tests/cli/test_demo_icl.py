@@ -89,6 +89,8 @@ def test_tiny_run_prints_tables_writes_json_and_png(tiny):
     gen = first["length_generalisation"]
     assert gen["lengths"] == [8, 16]
     assert set(gen["error"]) == PREDICTORS and all(len(v) == 2 for v in gen["error"].values())
+    for key, values in gen["error"].items():  # the first length is the training length
+        assert values[0] == first["error_at_train_length"][key]
     # the trained-length linear weights and the rescaled ones agree at the training length
     assert gen["error"]["linear"][0] == pytest.approx(gen["error"]["linear_rescaled"][0])
     # the Bayes-optimal predictor beats every other (up to the sampling error of 300 prompts)

@@ -248,6 +248,11 @@ def _fit_eta(s: _Setting, prompts: int, gen: torch.Generator) -> float:
     return num / den
 
 
+def _eval_generator(seed: int, length: int) -> torch.Generator:
+    """Prompts for evaluating at ``length`` (1: fitting eta), apart from the training ones."""
+    return torch.Generator().manual_seed(10_000 * (seed + 1) + length)
+
+
 def _chunks(total: int) -> list[int]:
     return [min(EVAL_CHUNK, total - i) for i in range(0, total, EVAL_CHUNK)]
 
@@ -514,7 +519,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     patterns = {name: _patterns(models[name]) for name in ("multi_head", "single_head")}
     etas = {
-        "fitted": _fit_eta(s, args.eval_prompts, torch.Generator().manual_seed(args.seed + 1)),
+        "fitted": _fit_eta(s, args.eval_prompts, _eval_generator(args.seed, 1)),
         "model": patterns["multi_head"]["eta_model"],
         "approx_loss": s.length / (s.length + (1 + s.noise) * s.d),
     }
@@ -529,14 +534,12 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "ridge": lambda p: _ridge(p.z, p.zq, s.noise),
     }
     lengths = [f * s.length for f in args.length_factors]
-    curves: dict[str, list[float]] = {key: [] for key in predictors}
-    eval_gen = torch.Generator().manual_seed(args.seed + 2)
-    for n in lengths:
-        for key, value in _errors(predictors, s, n, args.eval_prompts, eval_gen).items():
-            curves[key].append(value)
-    at_train = _errors(
-        predictors, s, s.length, args.eval_prompts, torch.Generator().manual_seed(args.seed + 3)
-    )
+    by_length = {
+        n: _errors(predictors, s, n, args.eval_prompts, _eval_generator(args.seed, n))
+        for n in sorted({s.length, *lengths})
+    }
+    at_train = by_length[s.length]
+    curves = {key: [by_length[n][key] for n in lengths] for key in predictors}
 
     p = patterns["multi_head"]
     print(
