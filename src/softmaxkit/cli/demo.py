@@ -203,8 +203,11 @@ def _describe(optimizer: str, loss: str, kw: dict[str, Any]) -> dict[str, Any]:
 class ProgressBar:
     """A carriage-return bar on a terminal stream; silent when the stream is not a tty."""
 
-    def __init__(self, label: str, total: int, stream: TextIO, width: int = 30) -> None:
+    def __init__(
+        self, label: str, total: int, stream: TextIO, width: int = 30, unit: str = "epochs"
+    ) -> None:
         self.label, self.total, self.stream, self.width = label, max(total, 1), stream, width
+        self.unit = unit
         self.enabled = bool(getattr(stream, "isatty", lambda: False)())
         self.start = time.monotonic()
         self.last = -math.inf
@@ -221,7 +224,7 @@ class ProgressBar:
         elapsed = now - self.start
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
         self.shown = (
-            f"\r{self.label:<9} [{bar}] {done}/{self.total} epochs {elapsed:5.0f}s "
+            f"\r{self.label:<9} [{bar}] {done}/{self.total} {self.unit} {elapsed:5.0f}s "
             f"(eta {eta:4.0f}s)"
         )
         self.stream.write(self.shown)

@@ -187,7 +187,7 @@ def _train(
     decay_step = int(DECAY_AT * args.steps)
     log_every = args.log_every or max(1, args.steps // TARGET_POINTS)
     curves: dict[str, list[float]] = {"step": [], "loss": []}
-    bar = ProgressBar(name, args.steps, err)
+    bar = ProgressBar(name, args.steps, err, unit="steps")
     start = time.perf_counter()
     total, count = 0.0, 0
     for step in range(1, args.steps + 1):
