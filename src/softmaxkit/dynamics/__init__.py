@@ -7,6 +7,7 @@ from softmaxkit.dynamics.collapse import (
     softmax_collapse_fraction,
 )
 from softmaxkit.dynamics.key_space import KeySpaceReport, KeySpaceSummary, key_space_report
+from softmaxkit.dynamics.monitor import CollapseMonitor, CollapseRecord
 from softmaxkit.dynamics.perpgrad import PerpGrad
 
 __all__ = [
@@ -17,4 +18,6 @@ __all__ = [
     "key_space_report",
     "KeySpaceReport",
     "KeySpaceSummary",
+    "CollapseMonitor",
+    "CollapseRecord",
 ]
