@@ -258,3 +258,25 @@ def test_shift_needs_the_classes_last():
         monitor.set_target(torch.zeros(2, 7, dtype=torch.long), shift=True)
         with pytest.raises(ValueError, match="shift=True"):
             conv(torch.randn(2, 3, 7))
+
+
+def test_an_empty_class_axis_is_a_placeholder_not_zeros():
+    """A fused-loss patch returns a (..., 0) placeholder instead of the logits."""
+    head = nn.Linear(4, 6)
+    head.forward = lambda h: h.new_empty((*h.shape[:-1], 0))
+    with CollapseMonitor(head) as monitor:
+        monitor.set_target(torch.zeros(3, dtype=torch.long))
+        head(torch.randn(3, 4))
+    assert monitor.history == [] and monitor.placeholder_calls == 1 and monitor.calls == 1
+
+
+def test_a_target_set_before_an_uncounted_eval_call_is_dropped():
+    net = _mlp()
+    x, y = _batch()
+    with CollapseMonitor(net, training_only=True) as monitor:
+        net.eval()
+        monitor.set_target(y)
+        net(x)
+        net.train()
+        net(x[:5])  # no target: the eval call's target must not be used (shape 32 != 5)
+    assert monitor.latest.zero_loss_fraction is None

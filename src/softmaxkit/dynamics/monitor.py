@@ -89,11 +89,15 @@ class CollapseMonitor:
     in the model (the usual output head); a model without ``nn.Linear`` is hooked itself.
     ``find=False`` hooks the given module as is. The hooked module's output may be the
     logits tensor, an object with a ``.logits`` tensor, or a tuple whose first element is the
-    logits; anything else is skipped with one warning. :attr:`module` says which was hooked.
+    logits; anything else is skipped with one warning. An output with an empty class axis
+    (``(..., 0)``, the placeholder a fused-loss patch such as
+    ``softmaxkit.integrations.transformers.apply`` returns, since it never builds the
+    logits) is skipped and counted in :attr:`placeholder_calls`, never recorded as zeros.
+    :attr:`module` says which module was hooked.
 
     **The zero-loss fraction needs the targets.** Give them with :meth:`set_target` before
-    the forward call (they are used by the next counted call, then dropped). Without a
-    target ``zero_loss_fraction`` is ``None``: the target-free alternative, "the top
+    the forward call (the next call of the hooked module uses them, then drops them). Without
+    a target ``zero_loss_fraction`` is ``None``: the target-free alternative, "the top
     probability rounds to exactly 1", is the same event as :math:`S = 1` (``1 / S`` rounds
     to 1 only when ``S`` does), so it would only repeat SC.
 
@@ -158,12 +162,14 @@ class CollapseMonitor:
         self._target: torch.Tensor | None = None
         self._shift = False
         self._warned = False
+        self._placeholders = 0
         self._handle: Any = self.module.register_forward_hook(self._hook)
 
     # ----------------------------------------------------------------------------- API
     def set_target(self, target: torch.Tensor | None, *, shift: bool = False) -> None:
-        """Targets for the next counted forward call (class indices, ``-100`` = ignored, or
-        probabilities of the logits' shape), as :func:`softmax_collapse` takes them.
+        """Targets for the next forward call of the hooked module (class indices, ``-100`` =
+        ignored, or probabilities of the logits' shape), as :func:`softmax_collapse` takes
+        them.
 
         ``shift=True`` is the causal-LM convention (Hugging Face ``labels``): logits
         ``(..., T, V)`` at position ``t`` are scored against ``target[..., t + 1]``, so the
@@ -190,6 +196,13 @@ class CollapseMonitor:
         """How many forward calls the monitor has counted (measured or not)."""
         return self._calls
 
+    @property
+    def placeholder_calls(self) -> int:
+        """Measured calls skipped because the output had an empty class axis: the
+        placeholder a fused-loss patch (``softmaxkit.integrations.transformers.apply``,
+        Liger-Kernel) returns instead of the logits it never builds."""
+        return self._placeholders
+
     def clear(self) -> None:
         """Forget the records (the call counter keeps running)."""
         self._history.clear()
@@ -213,15 +226,18 @@ class CollapseMonitor:
 
     # ---------------------------------------------------------------------------- hook
     def _hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        target, shift = self._target, self._shift
+        self._target = None  # a target belongs to one call, counted or not
         if self.training_only and not module.training:
             return
         call = self._calls
         self._calls += 1
-        target, shift = self._target, self._shift
-        self._target = None
         if call % self.every:
             return
         logits = _logits_of(output)
+        if logits is not None and logits.ndim > 0 and logits.shape[self.dim] == 0:
+            self._placeholders += 1  # no logits: a fused-loss patch's empty placeholder
+            return
         if logits is None or not logits.is_floating_point():
             if not self._warned:
                 self._warned = True
