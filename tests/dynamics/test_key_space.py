@@ -61,7 +61,7 @@ def test_summaries_are_nan_aware_mean_and_quantiles():
         assert isinstance(summary, KeySpaceSummary)
         torch.testing.assert_close(summary.mean, values.mean())
         torch.testing.assert_close(summary.quantiles, torch.quantile(values, r.levels))
-        assert summary.count.item() == 40
+        assert summary.defined.item() == 40
     assert r.levels.tolist() == [0.0, 0.5, 1.0]
 
 
@@ -183,7 +183,7 @@ def test_shapes_empty_batch_and_a_single_query():
     empty = key_space_report(keys, queries[:0])
     assert empty.spearman.shape == (0,) and empty.top1.shape == (0,)
     for summary in (empty.spearman_summary, empty.share_summary):
-        assert summary.count.item() == 0
+        assert summary.defined.item() == 0
         assert torch.isnan(summary.mean) and torch.isnan(summary.quantiles).all()
 
 
@@ -195,7 +195,7 @@ def test_undefined_correlation_is_nan_and_left_out_of_the_summary():
     out = key_space_report(keys, torch.cat([queries, torch.zeros(1, 4, dtype=keys.dtype)]))
     # a zero query: every logit 0, so every probability ties: rho undefined
     assert torch.isnan(out.spearman[-1])
-    assert out.spearman_summary.count.item() == int((~torch.isnan(out.spearman)).sum())
+    assert out.spearman_summary.defined.item() == int((~torch.isnan(out.spearman)).sum())
     torch.testing.assert_close(out.spearman_summary.mean, torch.nanmean(out.spearman))
 
 

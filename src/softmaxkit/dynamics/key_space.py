@@ -45,12 +45,12 @@ class KeySpaceSummary(NamedTuple):
         mean: 0-d tensor, the mean over the queries where the measure is defined (NaN ignored).
         quantiles: 1-d tensor, the quantiles at :attr:`KeySpaceReport.levels` (linear
             interpolation, NaN ignored).
-        count: 0-d int64 tensor, the number of queries where the measure is defined.
+        defined: 0-d int64 tensor, the number of queries where the measure is defined.
     """
 
     mean: torch.Tensor
     quantiles: torch.Tensor
-    count: torch.Tensor
+    defined: torch.Tensor
 
 
 class KeySpaceReport(NamedTuple):
@@ -151,7 +151,7 @@ def key_space_report(
     Returns:
         :class:`KeySpaceReport`. Floating results are float64 for a float64 input and float32
         otherwise (half precision is computed in float32). Empty batch: per-query tensors of
-        shape ``(0,)``, summaries with ``count = 0`` and NaN ``mean`` and ``quantiles`` (as
+        shape ``(0,)``, summaries with ``defined = 0`` and NaN ``mean`` and ``quantiles`` (as
         ``torch.mean`` of nothing).
 
     Notes:
@@ -254,15 +254,14 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _summary(values: torch.Tensor, levels: torch.Tensor) -> KeySpaceSummary:
-    defined = ~torch.isnan(values)
-    count = defined.sum()
+    n_defined = (~torch.isnan(values)).sum()
     if values.numel() == 0:
         mean = torch.full((), math.nan, dtype=values.dtype, device=values.device)
         qs = torch.full(levels.shape, math.nan, dtype=values.dtype, device=values.device)
     else:
         mean = torch.nanmean(values)
         qs = torch.nanquantile(values, levels)
-    return KeySpaceSummary(mean, qs, count)
+    return KeySpaceSummary(mean, qs, n_defined)
 
 
 def _check(
