@@ -180,7 +180,13 @@ def key_space_report(
         0.01002004008016032
     """
     keys, q, k, window, mass_ranks, levels = _check(
-        output_weight, queries, top, window, neighbours, mass_ranks, quantiles
+        output_weight,
+        queries,
+        top=top,
+        window=window,
+        neighbours=neighbours,
+        mass_ranks=mass_ranks,
+        quantiles=quantiles,
     )
     n_vocab, dim = keys.shape
     lead = q.shape[:-1]
@@ -267,6 +273,7 @@ def _summary(values: torch.Tensor, levels: torch.Tensor) -> KeySpaceSummary:
 def _check(
     output_weight: object,
     queries: object,
+    *,
     top: object,
     window: object,
     neighbours: object,
