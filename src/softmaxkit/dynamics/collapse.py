@@ -47,11 +47,12 @@ def _collapsed_rows(logits: torch.Tensor, dim: int, dtype: torch.dtype) -> torch
     if x.shape[dim] == 0:  # a row with no classes has S = 0
         return torch.zeros(x.shape[:dim] + x.shape[dim + 1 :], dtype=torch.bool, device=x.device)
     row_max = x.amax(dim=dim, keepdim=True)
-    # A fully -inf row would give -inf - (-inf) = NaN; give it exp(-inf) = 0 terms instead,
-    # so S = 0 and the row is not collapsed. Masked (-inf) entries of other rows give 0.
-    finite_max = torch.isfinite(row_max)
-    shifted = torch.where(finite_max, x - row_max, torch.full_like(x, float("-inf")))
-    total = torch.sum(torch.exp(shifted), dim=dim)
+    # A row whose max is not finite (all -inf, or holding +inf or NaN) is shifted by +inf:
+    # its terms are exp(-inf) = 0 or NaN, so S is 0 or NaN and the row is not collapsed
+    # (a per-row shift: no second full-size tensor). Masked (-inf) entries of other rows
+    # give 0.
+    shift = torch.where(torch.isfinite(row_max), row_max, float("inf"))
+    total = torch.sum(torch.exp(x - shift), dim=dim)
     return total == 1
 
 
