@@ -97,7 +97,7 @@ def _family(model: nn.Module) -> str:
     """The supported class ``model`` is (or subclasses without overriding its forward)."""
     for klass in type(model).__mro__:
         if klass.__name__ in SUPPORTED and klass.__module__.startswith("transformers."):
-            if type(model).forward is not klass.forward:
+            if type(model).forward is not getattr(klass, "forward", None):
                 raise TypeError(
                     f"model: {type(model).__name__} overrides the forward of {klass.__name__}; "
                     "only the transformers classes' own forward is supported"
@@ -135,20 +135,20 @@ def _softcap(model: nn.Module, patch: _Patch) -> float | None:
 
 
 def _fused_loss(
-    head: nn.Module,
+    layer: tuple[torch.Tensor, torch.Tensor | None],
     hidden: torch.Tensor,
     labels: torch.Tensor,
     loss_kwargs: dict[str, Any],
     softcap: float | None,
     options: _Options,
 ) -> torch.Tensor:
-    """transformers' ``ForCausalLMLoss`` of ``head(hidden)``, without the logits."""
+    """transformers' ``ForCausalLMLoss`` of ``linear(hidden, *layer)``, without the logits."""
     ignore_index = loss_kwargs.get("ignore_index", -100)
     target = loss_kwargs.get("shift_labels")
     if target is None:
         target = F.pad(labels.to(hidden.device), (0, 1), value=ignore_index)[..., 1:]
     target = target.to(hidden.device)
-    weight, bias = head.weight, getattr(head, "bias", None)
+    weight, bias = layer
     x = hidden.reshape(-1, hidden.shape[-1])
     if x.dtype in (torch.float16, torch.bfloat16):  # float32 loss, as transformers' upcast
         x, weight = x.float(), weight.float()
@@ -199,6 +199,17 @@ def _run_without_logits(
     return out, seen[0]
 
 
+def _output_layer(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (weight, bias) of the model's output layer, an ``nn.Linear``."""
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear):
+        raise TypeError(
+            f"model: the output layer of {type(model).__name__} must be an nn.Linear, got "
+            f"{type(head).__name__}"
+        )
+    return head.weight, head.bias
+
+
 def _patched_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     patch: _Patch = getattr(model, _STATE)
     if "labels" in kwargs or not args:
@@ -216,8 +227,8 @@ def _patched_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return_dict = getattr(model.config, "return_dict", None)
     call_kwargs["return_dict"] = True
     out, hidden = _run_without_logits(model, patch, call_args, call_kwargs)
-    head = model.get_output_embeddings()  # type: ignore[operator]
-    loss = _fused_loss(head, hidden, labels, call_kwargs, _softcap(model, patch), patch.options)
+    layer, cap = _output_layer(model), _softcap(model, patch)
+    loss = _fused_loss(layer, hidden, labels, call_kwargs, cap, patch.options)
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
     out = type(out)(**{**fields, "loss": loss, "logits": None})
     return out.to_tuple() if return_dict is False else out
@@ -334,9 +345,10 @@ def apply(
     had_forward = "forward" in model.__dict__
     original = model.forward
     forward = MethodType(_patched_forward, model)
+    _output_layer(model)
     patch = _Patch(options, family, forward, original, had_forward)
     object.__setattr__(model, _STATE, patch)
-    model.forward = forward  # type: ignore[method-assign]
+    model.forward = forward
     return model
 
 
@@ -363,7 +375,7 @@ def remove(model: M) -> M:
             "remove: model.forward was replaced after softmaxkit's apply(); undo that patch first"
         )
     if patch.had_forward:
-        model.forward = patch.original  # type: ignore[method-assign]
+        model.forward = patch.original
     else:
         del model.forward
     object.__delattr__(model, _STATE)
