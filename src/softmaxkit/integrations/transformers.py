@@ -24,7 +24,7 @@ and ``self.loss_function``, transformers' ``ForCausalLMLoss``, whose semantics a
   ``num_items_in_batch`` (the Trainer does, for gradient accumulation), the sum divided
   by ``num_items_in_batch``;
 * the loss is float32 for float16/bfloat16 models, as transformers' (which upcasts the
-  logits).
+  logits); float64 models keep float64 (transformers' loss is float32 there).
 
 Requires ``transformers`` (``pip install 'softmaxkit[hf]'``); tested with 5.x.
 """
@@ -274,7 +274,8 @@ def apply(
     Deliberate differences from the unpatched model: the loss is computed from float32
     logits recomputed per chunk (transformers rounds the logits to the model's dtype
     before upcasting them), so for float16/bfloat16 models it is slightly *more* accurate
-    than the original, and equal within float32 rounding for float32 models; and
+    than the original, equal within float32 rounding for float32 models, and float64 for
+    float64 models (transformers' ``.float()`` makes its loss float32 there); and
     ``logits`` is ``None`` whenever ``labels`` are passed, also in eval mode, so an
     evaluation that needs the logits (the Trainer's ``compute_metrics``) needs
     ``eval_logits=True`` (a model in eval mode then runs its own forward) or
