@@ -212,10 +212,11 @@ def test_without_labels_the_model_is_unchanged(family):
     model = build(family)
     ids, _ = batch(seed=9)
     before = model(input_ids=ids).logits
-    generated = model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    prompt = {"input_ids": ids[:1, :4], "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    generated = model.generate(**prompt, max_new_tokens=3, do_sample=False)
     apply(model)
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
-    after = model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False)
+    after = model.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert torch.equal(after, generated)
 
 
