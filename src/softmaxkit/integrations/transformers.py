@@ -13,9 +13,11 @@ own forward with ``labels=None`` while the output layer (``get_output_embeddings
 ``lm_head``) is swapped for one that records the hidden states it is given and returns an
 empty ``(..., 0)`` tensor. Everything before the output layer (the base model, the
 attention masks, ``logits_to_keep``) therefore stays the model's own code, and the only
-part re-implemented is what comes after it, which is why the families are a vetted list
-(:data:`SUPPORTED`): for each of them that part is the final-logit soft cap (Gemma 2 only)
-and ``self.loss_function``, transformers' ``ForCausalLMLoss``, whose semantics are kept:
+part re-implemented is what comes after it, which is why the families are a vetted list,
+:data:`SUPPORTED` (``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+``Qwen3ForCausalLM``, ``GemmaForCausalLM``, ``Gemma2ForCausalLM``, ``GPT2LMHeadModel``):
+for each of them that part is the final-logit soft cap (Gemma 2 only) and
+``self.loss_function``, transformers' ``ForCausalLMLoss``, whose semantics are kept:
 
 * the shift: position ``t`` predicts ``labels[t + 1]``; the labels are padded with
   ``ignore_index`` at the end (or ``shift_labels`` is used when passed);
@@ -26,7 +28,11 @@ and ``self.loss_function``, transformers' ``ForCausalLMLoss``, whose semantics a
 * the loss is float32 for float16/bfloat16 models, as transformers' (which upcasts the
   logits); float64 models keep float64 (transformers' loss is float32 there).
 
-Requires ``transformers`` (``pip install 'softmaxkit[hf]'``); tested with 5.x.
+A forward hook on the output layer (a logits monitor) sees that empty ``(..., 0)`` tensor
+during a call with labels: there are no logits to see.
+
+Requires ``transformers`` (``pip install 'softmaxkit[hf]'``); tested with 4.51.3, 4.57.1 and
+5.25.0.
 """
 
 from __future__ import annotations
