@@ -306,6 +306,14 @@ def test_missing_transformers_names_the_extra(monkeypatch):
         apply(torch.nn.Linear(2, 2))
 
 
+def test_too_old_transformers_names_the_minimum(monkeypatch):
+    model = build("LlamaForCausalLM")
+    # the module object in sys.modules, which transformers' lazy loading may have replaced
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "4.45.2")
+    with pytest.raises(ImportError, match=r"transformers>=4\.51, found 4\.45\.2"):
+        apply(model)
+
+
 # ------------------------------------------------------------------------------- memory
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from types import MethodType, ModuleType
 from typing import Any, TypeVar
@@ -66,6 +67,9 @@ SUPPORTED: dict[str, str | None] = {
     "GPT2LMHeadModel": None,
 }
 LOSSES = ("linear_cross_entropy",)
+#: the oldest transformers tested (4.51.3; also 4.57.1 and 5.25.0): ``loss_function``,
+#: ``num_items_in_batch`` and the Qwen3 family
+MIN_TRANSFORMERS = (4, 51)
 _STATE = "_softmaxkit_fused_loss"  # the attribute of a patched model holding its _Patch
 
 M = TypeVar("M", bound=nn.Module)
@@ -73,12 +77,21 @@ M = TypeVar("M", bound=nn.Module)
 
 def _transformers() -> ModuleType:
     try:
-        return importlib.import_module("transformers")
+        module = importlib.import_module("transformers")
     except ImportError as err:
         raise ImportError(
             "softmaxkit.integrations.transformers requires transformers, which is not "
             "installed: pip install 'softmaxkit[hf]'"
         ) from err
+    version = str(getattr(module, "__version__", "0"))
+    found = re.match(r"(\d+)\.(\d+)", version)
+    if found is None or (int(found[1]), int(found[2])) < MIN_TRANSFORMERS:
+        raise ImportError(
+            f"softmaxkit.integrations.transformers requires transformers>="
+            f"{'.'.join(map(str, MIN_TRANSFORMERS))}, found {version}: "
+            "pip install -U 'softmaxkit[hf]'"
+        )
+    return module
 
 
 @dataclasses.dataclass(frozen=True)
