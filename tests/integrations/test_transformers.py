@@ -9,6 +9,7 @@ unpatched logits (:func:`causal_lm_loss_ref`).
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -240,8 +241,10 @@ def test_output_fields_return_dict_false_and_labels_by_position():
 def test_remove_restores_and_apply_is_idempotent():
     model = build("Qwen3ForCausalLM")
     ids, labels = batch(seed=11)
+    signature = inspect.signature(model.forward)
     assert apply(model) is model
     patched_forward = model.forward
+    assert inspect.signature(model.forward) == signature  # the Trainer reads its parameters
     assert apply(model) is model and model.forward is patched_forward  # same options: no-op
     with pytest.raises(ValueError, match="remove"):
         apply(model, z_loss=1e-4)
@@ -260,6 +263,36 @@ def test_remove_refuses_to_undo_a_later_patch():
     model.forward = lambda *a, **k: theirs(*a, **k)
     with pytest.raises(RuntimeError, match="replaced"):
         remove(model)
+
+
+def test_trainer_step_with_gradient_accumulation_equals_the_unpatched_one(tmp_path):
+    """The Trainer passes num_items_in_batch to the patched forward (its signature is the
+    model's) and keeps the dataset columns: one SGD step over two accumulated micro-batches
+    with uneven masking gives the unpatched model's parameters."""
+    pytest.importorskip("accelerate")
+    ids, labels = batch(seed=13, b=4)
+    labels[2:, 1:6] = -100  # the second micro-batch keeps fewer tokens
+    rows = [{"input_ids": i, "labels": y} for i, y in zip(ids, labels)]
+
+    def train(patched):
+        model = build("LlamaForCausalLM")
+        if patched:
+            apply(model)
+        args = transformers.TrainingArguments(
+            output_dir=str(tmp_path / str(patched)), per_device_train_batch_size=2,
+            gradient_accumulation_steps=2, max_steps=1, learning_rate=0.1, optim="sgd",
+            lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
+            logging_strategy="no", dataloader_num_workers=0,
+        )  # fmt: skip
+        transformers.Trainer(model=model, args=args, train_dataset=rows).train()
+        return dict(model.named_parameters())
+
+    plain, fused = train(False), train(True)
+    for name, p in plain.items():
+        torch.testing.assert_close(fused[name], p, **TOL)
+    assert any(
+        not torch.equal(p, build("LlamaForCausalLM").state_dict()[n]) for n, p in plain.items()
+    )
 
 
 # ------------------------------------------------------------------------------- errors

@@ -38,11 +38,12 @@ Requires ``transformers`` (``pip install 'softmaxkit[hf]'``); tested with 4.51.3
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
 import re
 from collections.abc import Callable
-from types import MethodType, ModuleType
+from types import ModuleType
 from typing import Any, TypeVar
 
 import torch
@@ -364,7 +365,13 @@ def apply(
         )
     had_forward = "forward" in model.__dict__
     original = model.forward
-    forward = MethodType(_patched_forward, model)
+
+    # the original's name, docstring and signature (functools.wraps): the Trainer reads the
+    # forward's parameters to choose the dataset columns and to pass num_items_in_batch
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return _patched_forward(model, *args, **kwargs)
+
     _output_layer(model)
     patch = _Patch(options, family, forward, original, had_forward)
     object.__setattr__(model, _STATE, patch)
