@@ -29,7 +29,9 @@ for each of them that part is the final-logit soft cap (Gemma 2 only) and
   logits); float64 models keep float64 (transformers' loss is float32 there).
 
 A forward hook on the output layer (a logits monitor) sees that empty ``(..., 0)`` tensor
-during a call with labels: there are no logits to see.
+during a call with labels: there are no logits to see. :class:`CollapseCallback` (a
+``TrainerCallback`` logging the Softmax Collapse and zero-loss fractions of the training
+logits, from ``integrations/_trainer_callback.py``) warns once instead of logging there.
 
 Requires ``transformers`` (``pip install 'softmaxkit[hf]'``); tested with 4.51.3, 4.57.1 and
 5.25.0.
@@ -44,7 +46,7 @@ import inspect
 import re
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +55,20 @@ from torch import nn
 from softmaxkit import _validation as v
 from softmaxkit.heads import linear_cross_entropy
 
-__all__ = ["SUPPORTED", "apply", "remove"]
+if TYPE_CHECKING:  # loaded on first use by __getattr__ (it imports transformers)
+    from softmaxkit.integrations._trainer_callback import CollapseCallback
+
+__all__ = ["SUPPORTED", "CollapseCallback", "apply", "remove"]
+
+
+def __getattr__(name: str) -> Any:
+    """``CollapseCallback`` imports transformers, so it loads on first use."""
+    if name == "CollapseCallback":
+        from softmaxkit.integrations._trainer_callback import CollapseCallback
+
+        return CollapseCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: The supported model classes of ``transformers`` (their subclasses count when they keep
 #: the class's ``forward``) -> the config attribute holding their final-logit soft cap
