@@ -52,6 +52,7 @@ from softmaxkit.cli.bench_cases import (
     TARGET_KEYS,
     BenchError,
     Case,
+    Peer,
     call_op,
     find_cases_dir,
     impl_fn,
@@ -85,6 +86,7 @@ __all__ = [
     "TARGET_KEYS",
     "BenchError",
     "Case",
+    "Peer",
     "add_arguments",
     "find_cases_dir",
     "load_cases",
@@ -95,6 +97,7 @@ __all__ = [
     "run",
     "run_case",
     "select",
+    "to_device",
     "update_readme",
 ]
 

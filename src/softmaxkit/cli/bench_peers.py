@@ -19,6 +19,7 @@ definitions above stay as they are):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import sys
@@ -119,6 +120,7 @@ def torch_linear_ce(atol: float | None = 1e-4) -> Peer:
     return Peer(_torch_lce, atol=atol, available=_no_torch_lce)
 
 
+@functools.cache
 def load_cce_torch_compile() -> Callable[..., torch.Tensor]:
     """cut-cross-entropy's ``linear_cross_entropy(e, c, targets, impl="torch_compile")``.
 
@@ -136,6 +138,7 @@ def load_cce_torch_compile() -> Callable[..., torch.Tensor]:
             raise
         package = types.ModuleType("cut_cross_entropy")
         package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
         sys.modules["cut_cross_entropy"] = package
         module = importlib.import_module("cut_cross_entropy.torch_compile")
         entry: Callable[..., torch.Tensor] = module.torch_compile_linear_cross_entropy
@@ -149,7 +152,7 @@ def load_cce_torch_compile() -> Callable[..., torch.Tensor]:
 
 
 def _no_cce() -> str | None:
-    if importlib.util.find_spec("cut_cross_entropy") is None:
+    if "cut_cross_entropy" not in sys.modules and not importlib.util.find_spec("cut_cross_entropy"):
         return "cut-cross-entropy is not installed (pip install cut-cross-entropy --no-deps)"
     try:
         load_cce_torch_compile()
