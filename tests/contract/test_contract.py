@@ -701,7 +701,8 @@ def test_samples_move_to_the_device():
     modules move, generators and other values stay; CPU leaves the sample as it is."""
     g = torch.Generator()
     layer = torch.nn.Linear(2, 2)
-    sample = Sample((torch.ones(2), [torch.zeros(1)], layer, 3), {"generator": g, "w": torch.ones(1)})
+    kwargs = {"generator": g, "w": torch.ones(1)}
+    sample = Sample((torch.ones(2), [torch.zeros(1)], layer, 3), kwargs)
     assert on(sample, "cpu") is sample
     meta = on(sample, "meta")
     assert meta.args[0].is_meta and meta.args[1][0].is_meta and layer.weight.is_meta
