@@ -14,11 +14,13 @@
 #      torch.cuda.max_memory_allocated in a child per implementation), then the maps and
 #      the losses (timings only: a memory child per implementation costs a CUDA start-up
 #      each) -> bench-heads.json, bench-maps.json, bench-losses.json and their logs
-# summary.txt lists each step's exit status and time (124: stopped by its timeout).
+# summary.txt lists each step's exit status and time (124 or 130: stopped by its timeout,
+# 137: killed 5 s after that).
 #
 # Environment: OUT_DIR (default benchmarks/results/gpu), PYTEST_SHARE (default 45),
 # PYTEST_ARGS (default: -q -m "not slow" --maxfail=25 -p no:cacheprovider -rfE),
-# FULL=1 to bench every map and loss case instead of the issue-15 subset below
+# TESTS (default "tests/contract tests"), DEVICE (default cuda; cpu runs the same steps on
+# a machine without a GPU, to try the script), FULL=1 to bench every map and loss case instead of the issue-15 subset below
 # (StableMax, clipped softmax, the torch.softmax reference row, StableMax cross-entropy,
 # Z-loss; with the torch.compile(naive) peer, each compiles for tens of seconds).
 set -u
@@ -43,7 +45,8 @@ step() {  # step NAME SECONDS COMMAND...: run under timeout, log, record status
         return
     fi
     local t0=$(date +%s)
-    timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+    # SIGINT first (pytest then writes its summary and pytest.xml), SIGKILL 5 s later
+    timeout --signal=INT --kill-after=5 $((limit - 5)) "$@" > "$OUT_DIR/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc in $(($(date +%s) - t0)) s (limit $limit s)" | tee -a "$SUMMARY"
 }
@@ -57,23 +60,26 @@ if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
 EOF
 cat "$OUT_DIR/env.txt"
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
-    echo "CUDA is not available: nothing to do" | tee -a "$SUMMARY"
-    exit 1
-}
+DEVICE=${DEVICE:-cuda}
+if [ "$DEVICE" = cuda ]; then
+    python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+        echo "CUDA is not available: nothing to do" | tee -a "$SUMMARY"
+        exit 1
+    }
+fi
 
 # 2. tests: the CUDA parameter is active because torch.cuda.is_available()
 PYTEST_ARGS=${PYTEST_ARGS:--q -m "not slow" --maxfail=25 -p no:cacheprovider -rfE}
 eval "set -- $PYTEST_ARGS"
 step pytest $((BUDGET * PYTEST_SHARE / 100)) \
-    python -m pytest "$@" --junitxml="$OUT_DIR/pytest.xml" tests/contract tests
+    python -m pytest "$@" --junitxml="$OUT_DIR/pytest.xml" ${TESTS:-tests/contract tests}
 tail -n 30 "$OUT_DIR/pytest.log"
 
 # 3. benchmarks on CUDA
 bench() {  # bench NAME SECONDS ARGS...
     local name=$1 limit=$2
     shift 2
-    step "bench-$name" "$limit" python -m softmaxkit.cli.main bench --quick --device cuda \
+    step "bench-$name" "$limit" python -m softmaxkit.cli.main bench --quick --device "$DEVICE" \
         --out "$OUT_DIR/bench-$name.json" "$@"
 }
 if [ "${FULL:-0}" = 1 ]; then
@@ -86,8 +92,9 @@ else
 fi
 bench heads $(( $(left) * 45 / 100 )) -k linear_cross_entropy
 bench maps $(( $(left) / 2 )) --no-memory "${MAPS[@]}"
-bench losses $(( $(left) - 5 )) --no-memory "${LOSSES[@]}"
+bench losses $(( $(left) - 2 )) --no-memory "${LOSSES[@]}"
 for f in "$OUT_DIR"/bench-*.log; do
+    [ -e "$f" ] || continue
     echo "== $f"
     grep -v '^\[' "$f" | tail -n 25
 done
