@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from softmaxkit.attention import scaled_dot_product_attention
 from softmaxkit.cli.bench import Case
+from softmaxkit.cli.bench_peers import map_and_loss_peers, with_peers
 
 B, H, E = 2, 8, 64
 LONG, VERY_LONG = 2048, 8192
@@ -87,3 +88,8 @@ CASES = [
         atol=1e-5,
     ),
 ]
+
+
+# Peer columns (issue 15): torch.compile of the naive composition (for the 8192 forward
+# the compiler may fuse what eager cannot) and ours under softmaxkit's compile backend.
+CASES = with_peers(CASES, lambda case: map_and_loss_peers(case.ours, naive, 1e-5))

@@ -26,9 +26,12 @@ than the package.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from softmaxkit.cli.bench import Case
+from softmaxkit.cli.bench_peers import COMPILE_NAIVE, map_and_loss_peers, with_peers
 from softmaxkit.functional import entmax15, entmax_bisect, sparsemax
 
 SHAPES = ((1024, 32768), (4096, 1024))
@@ -105,4 +108,13 @@ def _cases() -> list[Case]:
     return cases
 
 
-CASES = _cases()
+def _peers(case: Case) -> dict:
+    """Peer columns (issue 15): ``torch.compile`` of the package's formula (the baseline;
+    its sort-based maps are the "naive" exact algorithm) and ours under softmaxkit's
+    compile backend."""
+    peers = map_and_loss_peers(case.ours, case.baseline, 1e-5)
+    peers[COMPILE_NAIVE] = dataclasses.replace(peers[COMPILE_NAIVE], requires=("entmax",))
+    return peers
+
+
+CASES = with_peers(_cases(), _peers)

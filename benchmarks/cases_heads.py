@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit.cli.bench import Case
+from softmaxkit.cli.bench_peers import fused_head_peers, with_peers
 from softmaxkit.heads import SphericalOutputLayer, VQLogits, linear_cross_entropy
 from softmaxkit.losses import z_loss
 
@@ -159,3 +160,18 @@ CASES += [
         baseline_name="F.cross_entropy(nn.Linear(d, V))",
     ),
 ]
+
+
+# ---------------------------------------------------------------------------------------
+# Peer columns (issue 15), attached by name so that the case definitions above stay as they
+# are: every fused linear + cross-entropy case (args x, w, y) against torch's chunked
+# F.linear_cross_entropy and cut-cross-entropy's impl="torch_compile" path (a benchmark-only
+# package: the column is skipped with a note where it is not installed).
+# ---------------------------------------------------------------------------------------
+
+
+def _head_peers(case: Case) -> dict | None:
+    return fused_head_peers() if case.name.startswith("linear_cross_entropy") else None
+
+
+CASES = with_peers(CASES, _head_peers)

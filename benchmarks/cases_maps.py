@@ -20,10 +20,13 @@ not trivial.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 import softmaxkit.functional as F
 from softmaxkit.cli.bench import Case
+from softmaxkit.cli.bench_peers import BACKEND_COMPILE, map_and_loss_peers, with_peers
 
 BATCH = (1024, 32768)
 BATCH_QUICK = (128, 4096)  # 1/64 of the elements
@@ -47,6 +50,11 @@ def _logits(full: tuple[int, int], quick_shape: tuple[int, int]):
 
 
 # The naive compositions, written as a user would (the authors' code for log_stablemax).
+
+
+def naive_softmax(x: torch.Tensor) -> torch.Tensor:
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
 def naive_stablemax(x: torch.Tensor) -> torch.Tensor:
@@ -102,6 +110,16 @@ def _replacement_cases(op: str, ours, naive, baseline, baseline_name: str) -> li
 
 
 CASES = [
+    # The reference row of the floor column: torch's own softmax ("ours" here) against the
+    # naive formula; no target.
+    Case(
+        name=f"torch.softmax[reference]/{_shape_name(BATCH)}",
+        setup=_logits(BATCH, BATCH_QUICK),
+        ours=_softmax,
+        baseline=naive_softmax,
+        baseline_name="naive softmax (exp(x - max) / sum)",
+        atol=1e-6,
+    ),
     Case(
         name=f"two_pass_softmax/{_shape_name(ROW)}",
         setup=_logits(ROW, ROW_QUICK),
@@ -149,3 +167,33 @@ CASES = [
         "torch.softmax",
     ),
 ]
+
+
+# ---------------------------------------------------------------------------------------
+# Peer and floor columns (issue 15). Every case is put against torch.compile of the naive
+# formula of ours (naive_softmax for the two-pass softmax; for the ":naive" cases this is
+# the baseline compiled), compiled once per case with dynamic=False and compared with ours
+# to 1e-5, and ours under softmaxkit's compile backend. Every map here also times the
+# allocation-and-copy floor of its output in the forward ("x floor": ours' forward time
+# as a multiple of torch.empty_like(out).copy_(x)); the reference row gives torch.softmax's.
+# ---------------------------------------------------------------------------------------
+
+NAIVE_OF = {
+    "torch.softmax[reference]": naive_softmax,
+    "two_pass_softmax": naive_softmax,
+    "stablemax": naive_stablemax,
+    "log_stablemax": naive_log_stablemax,
+    "clipped_softmax": naive_clipped_softmax,
+    f"topk_softmax[k={TOPK}]": naive_topk_softmax,
+}
+
+
+def _peers(case: Case) -> dict:
+    op = case.name.partition("/")[0]
+    peers = map_and_loss_peers(case.ours, NAIVE_OF[op], 1e-5)
+    if op == "torch.softmax[reference]":  # "ours" is torch's op: no softmaxkit backend
+        peers = {k: v for k, v in peers.items() if k != BACKEND_COMPILE}
+    return peers
+
+
+CASES = [dataclasses.replace(case, floor=True) for case in with_peers(CASES, _peers)]

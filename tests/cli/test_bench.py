@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import textwrap
 from pathlib import Path
 
@@ -319,3 +320,251 @@ def test_update_readme_lists_several_results_files_in_one_table(fake_run, tmp_pa
     text = readme.read_text()
     for case in report["cases"]:
         assert f"`{case['name']}`" in text and f"`other/{case['name']}`" in text
+
+
+# ------------------------------------------------------------------ peers, floor, device
+
+PEER_CASES = textwrap.dedent(
+    """
+    import contextlib
+
+    import torch
+
+    from softmaxkit.cli.bench import Case, Peer
+
+    ENTERED = []
+
+
+    def small(quick):
+        g = torch.Generator().manual_seed(0)
+        return (torch.randn(8, 16, generator=g).requires_grad_(),)
+
+
+    @contextlib.contextmanager
+    def setting():
+        ENTERED.append(1)
+        yield
+
+
+    def double(x):
+        return x * 2
+
+
+    CASES = [
+        Case("peered/8x16", small, double, lambda x: x.mul(2), "x.mul", atol=0.0, floor=True,
+             peers={
+                 "plain": Peer(lambda x: x + x, atol=0.0),
+                 "compiled": Peer(double, compile=True, atol=0.0),
+                 "variant": Peer(double, context=setting, variant=True),
+                 "bare": lambda x: 2 * x,
+                 "missing": Peer(double, requires=("softmaxkit_no_such_module",)),
+                 "unavailable": Peer(double, available=lambda: "not here"),
+                 "broken": lambda x: x.boom(),
+                 "off": Peer(lambda x: x * 3, atol=1e-6),
+             }),
+    ]
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def peer_run(tmp_path_factory):
+    """One timing run of a case with every kind of peer; torch.compile is a stand-in that
+    records its calls (the real compiler is exercised by the benchmarks, not here)."""
+    tmp = tmp_path_factory.mktemp("peers")
+    folder = tmp / "benchmarks"
+    folder.mkdir()
+    (folder / "cases_peers.py").write_text(PEER_CASES)
+    out = tmp / "out.json"
+    compiled = []
+
+    def fake_compile(fn, **kwargs):
+        compiled.append(kwargs)
+        return fn
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cli_main, "SUBCOMMANDS", {"bench": cli_main.SUBCOMMANDS["bench"]})
+        mp.setattr(torch, "compile", fake_compile)
+        argv = ["bench", "--cases", str(folder), "--no-memory", "--repeats", "3"]
+        rc = cli_main.main([*argv, "--out", str(out)])
+    report = json.loads(out.read_text())
+    return rc, report, report["cases"][0], compiled, folder
+
+
+def test_peer_definitions():
+    setup, fn = (lambda quick: ()), (lambda x: x)
+    case = bench.Case("a", setup, fn, fn, "b", peers={"p": fn})
+    assert isinstance(case.peer("p"), bench.Peer) and case.peer("p").fn is fn
+    for bad in ("ours", "baseline", "floor", ""):
+        with pytest.raises(ValueError, match="bad peer name"):
+            bench.Case("a", setup, fn, fn, "b", peers={bad: fn})
+    with pytest.raises(TypeError, match="must be a Peer or callable"):
+        bench.Case("a", setup, fn, fn, "b", peers={"p": 3})
+    with pytest.raises(TypeError, match="callable"):
+        bench.Peer(3)
+
+
+def test_peers_are_timed_interleaved_with_their_ratios(peer_run):
+    rc, report, res, compiled, _ = peer_run
+    assert rc == 0 and report["schema"] == bench.SCHEMA_VERSION == 2
+    assert compiled == [{"dynamic": False}]  # compiled once per case, shapes static
+    info = res["peers"]
+    assert info["compiled"]["status"] == "ok" and info["compiled"]["compile_s"] >= 0
+    assert "compile_s" not in info["plain"]
+    assert info["plain"]["max_abs_diff"] == 0.0 and info["plain"]["correct"] is True
+    assert info["off"]["correct"] is False  # compared with ours: a note, not a failed case
+    assert any("peer off" in n and "atol" in n for n in res["notes"])
+    assert res["status"] == "ok"
+    assert info["missing"]["status"] == info["unavailable"]["status"] == "skipped"
+    assert "softmaxkit_no_such_module" in info["missing"]["note"]
+    assert info["unavailable"]["note"] == "not here"
+    assert info["broken"]["status"] == "error" and "boom" in info["broken"]["note"]
+    ran = ["plain", "compiled", "variant", "bare", "off"]
+    for mode in ("fwd", "fwdbwd"):
+        t = res["time"][mode]
+        assert list(t["peers"]) == ran
+        med = {i: t[i]["median_ms"] for i in ("ours", "baseline")}
+        for name in ran:
+            entry = t["peers"][name]
+            assert entry["repeats"] == 3 and len(entry["samples_ms"]) == 3
+            if name == "variant":  # ours under another setting: to the baseline, as ours
+                assert entry["ratio"] == pytest.approx(entry["median_ms"] / med["baseline"])
+                assert set(entry["ratio_to"]) == set(ran) - {"variant"}
+            else:
+                assert entry["ratio"] == pytest.approx(med["ours"] / entry["median_ms"])
+
+
+def test_variant_runs_inside_its_context(peer_run):
+    *_, folder = peer_run
+    module = sys.modules["_softmaxkit_bench_cases_peers"]
+    assert len(module.ENTERED) >= 1 + 2 * (1 + 3)  # check, then warm-up + repeats per mode
+
+
+def test_floor_column(peer_run):
+    _, report, res, _, _ = peer_run
+    floor = res["time"]["fwd"]["floor"]
+    assert floor["repeats"] == 3
+    ran = {"plain", "compiled", "variant", "bare", "off"}
+    assert set(floor["ratio"]) == {"ours", "baseline", *ran}
+    assert floor["ratio"]["ours"] == pytest.approx(
+        res["time"]["fwd"]["ours"]["median_ms"] / floor["median_ms"], rel=1e-6
+    )
+    assert "floor" not in res["time"]["fwdbwd"]  # the floor is a forward figure
+    table = bench.format_table(report["cases"])
+    header = table.splitlines()[0]
+    for col in ("x plain", "x compiled", "x variant", "x missing", "x broken", "x floor"):
+        assert col in header
+    row = table.splitlines()[2]
+    assert " skip " in row and " error " in row
+
+
+def test_markdown_table_peer_columns_and_legend(peer_run, tmp_path):
+    _, report, _, _, _ = peer_run
+    table = bench.markdown_table(report)
+    head = table.splitlines()[0]
+    assert head.startswith("| op/shape | baseline | fwd | fwd+bwd | x plain | x compiled |")
+    assert "| x floor | memory | target | verdict |" in head
+    assert "Peer columns" in table and "x floor: ours' forward time" in table
+    # a results file without peers (schema 1) keeps the old columns
+    cases = [{k: v for k, v in c.items() if k != "peers"} for c in report["cases"]]
+    old = {**report, "cases": cases}
+    for case in cases:
+        case["time"] = {m: {k: v for k, v in t.items() if k not in ("peers", "floor")}
+                        for m, t in case["time"].items()}  # fmt: skip
+    assert bench.markdown_table(old).splitlines()[0] == (
+        "| op/shape | baseline | fwd | fwd+bwd | memory | target | verdict |"
+    )
+
+
+def test_memory_child_of_a_peer(peer_run):
+    *_, folder = peer_run
+    file = folder / "cases_peers.py"
+    case = bench_cases.cases_of(file)[0]
+    child = bench.memory_child(file, case, "plain", "fwd", True, None)
+    assert child["note"] is None and 0 <= child["peak_above_inputs_bytes"] < 8 * MB
+
+
+def test_backend_compile_column_with_a_stand_in(monkeypatch):
+    import contextlib
+
+    import softmaxkit
+    from softmaxkit.cli import bench_peers
+
+    peer = bench_peers.backend_compile(lambda x: x * 2)
+    if not hasattr(softmaxkit, "use_backend"):
+        assert "use_backend" in bench_cases.missing_requirement(peer)
+    used = []
+
+    @contextlib.contextmanager
+    def use_backend(name):
+        used.append(name)
+        yield
+
+    monkeypatch.setattr(softmaxkit, "use_backend", use_backend, raising=False)
+    assert bench_cases.missing_requirement(peer) is None
+    case = bench.Case("m", lambda q: (torch.ones(3),), lambda x: x * 2, lambda x: x * 2, "b",
+                      peers=bench_peers.map_and_loss_peers(lambda x: x * 2, None))  # fmt: skip
+    assert list(case.peers) == [bench_peers.BACKEND_COMPILE]
+    fn = bench_cases.impl_fn(case, bench_peers.BACKEND_COMPILE)
+    assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0)) and used == ["compile"]
+
+
+def test_cce_torch_compile_loads_without_triton(tmp_path, monkeypatch):
+    """The cut-cross-entropy package __init__ needs Triton; its torch_compile entry does not:
+    loaded on its own under a bare package (a fake package stands in here)."""
+    from softmaxkit.cli import bench_peers
+
+    pkg = tmp_path / "cut_cross_entropy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'triton'\", name='triton')\n"
+    )
+    (pkg / "torch_compile.py").write_text(
+        "def torch_compile_linear_cross_entropy(e, c, targets):\n    return 'entry'\n"
+    )
+    for name in [m for m in sys.modules if m.startswith("cut_cross_entropy")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bench_peers.load_cce_torch_compile.cache_clear()
+    try:
+        assert bench_peers._no_cce() is None
+        assert bench_peers.load_cce_torch_compile()(1, 2, 3) == "entry"
+    finally:
+        bench_peers.load_cce_torch_compile.cache_clear()
+        for name in [m for m in sys.modules if m.startswith("cut_cross_entropy")]:
+            del sys.modules[name]
+
+
+def test_to_device_keeps_leaves_and_moves_modules():
+    x = torch.ones(2, requires_grad=True)
+    layer = torch.nn.Linear(2, 2)
+    assert bench.to_device((x, 3), None)[0] is x
+    moved = bench.to_device((x, layer, 3, torch.arange(2)), "meta")
+    assert moved[0].device.type == "meta" and moved[0].is_leaf and moved[0].requires_grad
+    assert moved[1].weight.device.type == "meta" and moved[2] == 3
+
+
+def test_device_option(tmp_path, capsys):
+    folder = _write_cases(tmp_path)
+    argv = ["bench", "--cases", str(folder), "-k", "copy", "--no-memory", "--repeats", "1"]
+    if not torch.cuda.is_available():
+        assert cli_main.main([*argv, "--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert cli_main.main([*argv, "--device", "nonsense"]) == 2
+    out = tmp_path / "cpu.json"
+    assert cli_main.main([*argv, "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["cases"][0]["device"] == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_with_memory(tmp_path):
+    folder = _write_cases(tmp_path)
+    out = tmp_path / "cuda.json"
+    argv = ["bench", "--cases", str(folder), "-k", "copy", "--repeats", "2", "--device", "cuda"]
+    assert cli_main.main([*argv, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())["cases"][0]
+    assert res["device"] == "cuda" and res["status"] == "ok"
+    mem = res["memory"]["fwdbwd"]["ours"]
+    assert mem["note"] is None and mem["peak_above_inputs_bytes"] >= 0
+    assert "cuda_peak_bytes" in mem

@@ -8,6 +8,12 @@ probability targets equal class indices; (f) non-contiguous inputs and a non-las
 (g) empty inputs; (h) ``torch.compile`` on CPU equals eager; (i) gradcheck; (j) bad
 arguments raise and name the argument; (k) class indices of every integer dtype; (l)
 extreme magnitudes; (m) a fully masked row.
+
+Every test runs on CPU and, when ``torch.cuda.is_available()``, again on CUDA (test ids
+ending in ``-cuda``): the sample tensors (and any module or generator among the arguments)
+are moved there; the float64 references of (a) run on the CPU copy. A case whose op cannot
+run on CUDA says why in ``skip["cuda"]``. The bad-argument checks (j) run on CPU only
+(validation reads no data).
 """
 
 from __future__ import annotations
@@ -38,17 +44,71 @@ DEFAULT_TOL = {
 EXACT = {"atol": 1e-12, "rtol": 1e-10}  # float64 against float64: same math, other layout
 
 
-def cases(test: str, applies=lambda case: True):
-    """Parametrize over every case; those where ``test`` does not apply skip with a reason."""
+DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+
+
+def device_id(name: str, device: str) -> str:
+    """The test id: the case name on CPU (as before devices), ``name-cuda`` elsewhere."""
+    return name if device == "cpu" else f"{name}-{device}"
+
+
+# Cases whose *test wrapper* (in tests/contract/cases_*.py) builds a module, tensor or
+# generator on the CPU inside its op, so that the op cannot take CUDA inputs there although
+# the library op can (found on an H200, torch 2.11, 2026-12-04). Each belongs in its case's
+# skip["cuda"], or better, the wrapper builds on the input's device; until then, here.
+_WRAPPER = "the contract wrapper builds {} on the CPU inside its op (tests/contract/{})"
+CUDA_SKIPS = {
+    "softmaxkit.attention.MultiheadAttention": _WRAPPER.format("the module", "cases_attention.py"),
+    "softmaxkit.attention.local_band_mask": _WRAPPER.format("a tensor", "cases_rettention.py"),
+    "softmaxkit.calibration.CorrectnessAwareCalibrator": _WRAPPER.format(
+        "the module", "cases_after.py"
+    ),
+    "softmaxkit.calibration.MatrixScaling": _WRAPPER.format("the module", "cases_after.py"),
+    "softmaxkit.calibration.VectorScaling": _WRAPPER.format("the module", "cases_after.py"),
+    "softmaxkit.functional.GumbelSoftmax": _WRAPPER.format("a generator", "cases_maps.py"),
+    "softmaxkit.functional.gumbel_softmax": _WRAPPER.format("a generator", "cases_maps.py"),
+    "softmaxkit.heads.EquiangularHead": _WRAPPER.format("the module", "cases_heads_b.py"),
+    "softmaxkit.heads.FourierHead": _WRAPPER.format("the module", "cases_fourier_tempnet.py"),
+    "softmaxkit.heads.LinearCrossEntropy": _WRAPPER.format("the module", "cases_heads.py"),
+    "softmaxkit.heads.TempNet": _WRAPPER.format("the module", "cases_fourier_tempnet.py"),
+    "softmaxkit.heads.VQLogits": _WRAPPER.format("the module", "cases_heads.py"),
+    "softmaxkit.losses.ALDRKLLoss": _WRAPPER.format("the module", "cases_losses.py"),
+    "softmaxkit.losses.AdversarialCompSumLoss": _WRAPPER.format("a weight", "cases_losses.py"),
+    "softmaxkit.losses.adversarial_comp_sum_loss": _WRAPPER.format("a weight", "cases_losses.py"),
+    "softmaxkit.losses.NormalizedSoftmaxLoss": _WRAPPER.format("the module", "cases_losses.py"),
+    "softmaxkit.losses.USKDLoss": _WRAPPER.format("the module", "cases_losses.py"),
+    "softmaxkit.quant.AdaLogQuantizer": _WRAPPER.format("the module", "cases_quant.py"),
+    "softmaxkit.quant.Log2Quantizer": _WRAPPER.format("the module", "cases_quant.py"),
+    "softmaxkit.quant.LogSqrt2Quantizer": _WRAPPER.format("the module", "cases_quant.py"),
+    "softmaxkit.quant.calibrate": _WRAPPER.format("the module", "cases_quant.py"),
+    "softmaxkit.sparsity.NMMaskLearner": _WRAPPER.format("the layer", "cases_sparsity.py"),
+    "softmaxkit.sparsity.apply_nm_masks": _WRAPPER.format("the layer", "cases_sparsity.py"),
+    "softmaxkit.sparsity.nm_soft_mask": _WRAPPER.format("a generator", "cases_sparsity.py"),
+}
+
+
+def device_skip(case: Case, device: str) -> str | None:
+    """Why ``case`` does not run on ``device`` (``None``: it does)."""
+    if device == "cpu":
+        return None
+    return case.skip.get("cuda") or CUDA_SKIPS.get(case.name)
+
+
+def cases(test: str, applies=lambda case: True, devices=DEVICES):
+    """Parametrize over every case and device; those where ``test`` does not apply (or the
+    op cannot run on the device) skip with a reason."""
     params = []
     for case in CASES:
-        marks = []
-        if test in case.skip:
-            marks.append(pytest.mark.skip(reason=case.skip[test]))
-        elif not applies(case):
-            marks.append(pytest.mark.skip(reason=f"{test} does not apply to {case.name}"))
-        params.append(pytest.param(case, id=case.name, marks=marks))
-    return pytest.mark.parametrize("case", params)
+        for device in devices:
+            marks = []
+            if test in case.skip:
+                marks.append(pytest.mark.skip(reason=case.skip[test]))
+            elif not applies(case):
+                marks.append(pytest.mark.skip(reason=f"{test} does not apply to {case.name}"))
+            elif device_skip(case, device):
+                marks.append(pytest.mark.skip(reason=device_skip(case, device)))
+            params.append(pytest.param(case, device, id=device_id(case.name, device), marks=marks))
+    return pytest.mark.parametrize("case,device", params)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -83,9 +143,8 @@ def flat(value) -> list:
 
 def np64(value) -> np.ndarray:
     if isinstance(value, torch.Tensor):
-        return (
-            value.detach().to(torch.float64 if value.is_floating_point() else value.dtype).numpy()
-        )
+        value = value.detach().cpu()
+        return value.to(torch.float64 if value.is_floating_point() else value.dtype).numpy()
     return np.asarray(value, dtype=np.float64)
 
 
@@ -110,6 +169,34 @@ def map_tensors(sample: Sample, fn) -> Sample:
     )
 
 
+def moved(value, device: str):
+    """``value`` with its tensors and modules on ``device`` (nested in lists, tuples and
+    dicts); unchanged on CPU. A ``torch.Generator`` stays as it is: some ops draw on the CPU
+    with it by design (``kmeans``), others need one on the input's device (Gumbel)."""
+    if device == "cpu":
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, torch.nn.Module):
+        return value.to(device)
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: moved(v, device) for k, v in value.items()}
+    return value
+
+
+def on(sample: Sample, device: str) -> Sample:
+    """``sample`` on ``device``."""
+    if device == "cpu":
+        return sample
+    return Sample(moved(sample.args, device), moved(sample.kwargs, device), sample.grad)
+
+
+def samples_on(case: Case, dtype: torch.dtype, device: str) -> list[Sample]:
+    return [on(s, device) for s in case.samples(dtype)]
+
+
 def as_float64(sample: Sample) -> Sample:
     return map_tensors(
         sample, lambda t: t.detach().to(torch.float64) if t.is_floating_point() else t
@@ -131,7 +218,8 @@ def grads(output: torch.Tensor, leaves, seed: int = 7) -> list[torch.Tensor]:
     if not leaves or not output.requires_grad:
         return [torch.zeros_like(leaf) for leaf in leaves]
     cot = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
-    got = torch.autograd.grad(output, leaves, cot.to(output.dtype), allow_unused=True)
+    cot = cot.to(dtype=output.dtype, device=output.device)
+    got = torch.autograd.grad(output, leaves, cot, allow_unused=True)
     return [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, got)]
 
 
@@ -152,9 +240,9 @@ def replace_arg(sample: Sample, position: int, value) -> Sample:
 
 
 @cases("reference", lambda c: c.reference is not None)
-def test_reference(case: Case):
+def test_reference(case: Case, device: str):
     for k, sample in enumerate(case.samples(torch.float64)):
-        out = call(case, sample)
+        out = call(case, on(sample, device))
         expected = case.reference(*sample.args, **sample.kwargs)
         assert_close(out, expected, **tol(case, torch.float64), what=f"sample {k}")
 
@@ -164,10 +252,10 @@ def test_reference(case: Case):
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 @cases("dtypes")
-def test_dtypes(case: Case, dtype: torch.dtype):
+def test_dtypes(case: Case, device: str, dtype: torch.dtype):
     if dtype not in case.dtypes:
         pytest.skip(f"{case.name} does not take {dtype}")
-    for k, sample in enumerate(case.samples(dtype)):
+    for k, sample in enumerate(samples_on(case, dtype, device)):
         run, leaves = with_leaves(sample)
         out = call(case, run)
         if case.keeps_dtype and isinstance(out, (torch.Tensor, tuple, list)):
@@ -206,8 +294,8 @@ def test_dtypes(case: Case, dtype: torch.dtype):
 
 
 @cases("reductions", lambda c: bool(c.reductions))
-def test_reductions(case: Case):
-    for k, sample in enumerate(case.samples(torch.float64)):
+def test_reductions(case: Case, device: str):
+    for k, sample in enumerate(samples_on(case, torch.float64, device)):
         out = {r: main_of(case, call(case, sample, reduction=r)) for r in case.reductions}
         if "none" not in out:
             continue
@@ -235,8 +323,10 @@ def row_leaves(leaves, target: torch.Tensor):
 
 
 @cases("ignore_index", lambda c: c.ignore_index and c.target_arg is not None)
-def test_ignore_index(case: Case):
-    samples = [s for s in case.samples(torch.float64) if index_target(case, s) is not None]
+def test_ignore_index(case: Case, device: str):
+    samples = [
+        s for s in samples_on(case, torch.float64, device) if index_target(case, s) is not None
+    ]
     assert samples, "ignore_index needs a sample with a class-index target"
     sample = samples[0]
     reduction = {"reduction": "none"} if "none" in case.reductions else {}
@@ -273,10 +363,10 @@ def test_ignore_index(case: Case):
 
 
 @cases("prob_targets", lambda c: c.prob_targets and c.target_arg is not None)
-def test_one_hot_probability_target_equals_index_target(case: Case):
+def test_one_hot_probability_target_equals_index_target(case: Case, device: str):
     samples = [
         s
-        for s in case.samples(torch.float64)
+        for s in samples_on(case, torch.float64, device)
         if index_target(case, s) is not None and bool((index_target(case, s) >= 0).all())
     ]
     assert samples, "needs a sample with a class-index target and no ignored entry"
@@ -288,7 +378,7 @@ def test_one_hot_probability_target_equals_index_target(case: Case):
         else:  # the class axis of (N, C, d1, ...) logits with (N, d1, ...) targets, else last
             x = sample.args[0]
             classes = x.shape[1] if x.ndim == target.ndim + 1 and x.ndim > 1 else x.shape[-1]
-        one_hot = F.one_hot(target, classes).to(torch.float64)
+        one_hot = F.one_hot(target, classes).to(torch.float64)  # on the target's device
         if target.ndim > 0:  # losses take the class axis at 1: (N, C, d1, ...)
             one_hot = one_hot.movedim(-1, case.prob_axis)
         run, leaves = with_leaves(sample)
@@ -314,8 +404,8 @@ def strided(t: torch.Tensor) -> torch.Tensor:
 
 
 @cases("noncontiguous", lambda c: c.noncontiguous)
-def test_noncontiguous_equals_contiguous(case: Case):
-    for k, sample in enumerate(case.samples(torch.float64)):
+def test_noncontiguous_equals_contiguous(case: Case, device: str):
+    for k, sample in enumerate(samples_on(case, torch.float64, device)):
         run, leaves = with_leaves(sample)
         expected = call(case, run)
         expected_grads = grads(main_of(case, expected), leaves)
@@ -327,9 +417,9 @@ def test_noncontiguous_equals_contiguous(case: Case):
 
 
 @cases("dim", lambda c: c.dim)
-def test_other_dim_equals_movedim(case: Case):
+def test_other_dim_equals_movedim(case: Case, device: str):
     tested = 0
-    for k, sample in enumerate(case.samples(torch.float64)):
+    for k, sample in enumerate(samples_on(case, torch.float64, device)):
         x = sample.args[0]
         if x.ndim < 2:
             continue
@@ -355,8 +445,8 @@ def test_other_dim_equals_movedim(case: Case):
 
 
 @cases("empty", lambda c: c.empty is not None)
-def test_empty_input(case: Case):
-    run, leaves = with_leaves(case.empty())
+def test_empty_input(case: Case, device: str):
+    run, leaves = with_leaves(on(case.empty(), device))
     out = call(case, run)
     for t in flat(out):
         if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -389,12 +479,17 @@ GROUPS = compile_groups()
 BACKEND = os.environ.get("SOFTMAXKIT_CONTRACT_COMPILE", "aot_eager")
 
 
-@pytest.mark.parametrize("group", sorted(GROUPS))
-def test_compile_equals_eager(group: str):
+@pytest.mark.parametrize(
+    "group,device",
+    [pytest.param(g, d, id=device_id(g, d)) for g in sorted(GROUPS) for d in DEVICES],
+)
+def test_compile_equals_eager(group: str, device: str):
     """One float32 sample per function, all of a package in one compiled function (the
     compile cost is paid once per package instead of once per function)."""
-    members = GROUPS[group]
-    samples = [case.samples(torch.float32)[0] for case in members]
+    members = [case for case in GROUPS[group] if device_skip(case, device) is None]
+    if not members:
+        pytest.skip(f"no case of {group} runs on {device}")
+    samples = [samples_on(case, torch.float32, device)[0] for case in members]
 
     def run_all(arg_lists, kwarg_lists):
         return [
@@ -408,7 +503,7 @@ def test_compile_equals_eager(group: str):
         leaves = [leaf for _, case_leaves in runs for leaf in case_leaves]
         # one backward for all: <outputs, fixed cotangents> (the leaves are per case)
         total = sum(
-            (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(7))).sum()
+            (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(out)).sum()
             for out in outs
             if out.requires_grad
         )
@@ -444,9 +539,9 @@ def test_compile_skips_have_reasons():
 
 
 @cases("gradcheck", lambda c: c.gradcheck)
-def test_gradcheck(case: Case):
+def test_gradcheck(case: Case, device: str):
     checked = 0
-    for sample in case.samples(torch.float64):
+    for sample in samples_on(case, torch.float64, device):
         if not sample.grad:
             continue
         run, leaves = with_leaves(sample)
@@ -467,8 +562,8 @@ def test_gradcheck(case: Case):
 # ------------------------------------------------------------------- (j) bad arguments
 
 
-@cases("bad", lambda c: bool(c.bad))
-def test_bad_arguments_name_the_argument(case: Case):
+@cases("bad", lambda c: bool(c.bad), devices=("cpu",))
+def test_bad_arguments_name_the_argument(case: Case, device: str):
     sample = case.samples(torch.float32)[0]
     for bad in case.bad:
         args = list(sample.args)
@@ -484,10 +579,10 @@ INDEX_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 @cases("labels", lambda c: bool(c.labels))
-def test_integer_label_dtypes(case: Case):
+def test_integer_label_dtypes(case: Case, device: str):
     """Class indices of any integer dtype give the int64 result; bool and float a TypeError
     naming the argument."""
-    sample = case.samples(torch.float32)[0]
+    sample = samples_on(case, torch.float32, device)[0]
     expected = call(case, sample)
     tested = []
     for dtype in INDEX_DTYPES:
@@ -536,7 +631,7 @@ def scaled_to(sample: Sample, positions, magnitude: float, dtype: torch.dtype) -
     "dtype,magnitude", EXTREMES, ids=[f"{d}-{m:g}".replace("torch.", "") for d, m in EXTREMES]
 )
 @cases("magnitude", lambda c: bool(c.magnitude))
-def test_extreme_magnitudes(case: Case, dtype: torch.dtype, magnitude: float):
+def test_extreme_magnitudes(case: Case, device: str, dtype: torch.dtype, magnitude: float):
     """Finite inputs anywhere in the dtype's range: the output is finite and close to float64
     wherever float64's is finite and representable in ``dtype``, and no gradient is NaN where
     float64's is finite."""
@@ -545,7 +640,7 @@ def test_extreme_magnitudes(case: Case, dtype: torch.dtype, magnitude: float):
     if case.beyond_max and magnitude > 1e38:
         pytest.skip(case.beyond_max)
     top = torch.finfo(dtype).max
-    for k, sample in enumerate(case.samples(dtype)):
+    for k, sample in enumerate(samples_on(case, dtype, device)):
         if sample.kwargs.get("from_logits") is False:
             continue  # probabilities, not logits: they have no magnitude to scale
         run, leaves = with_leaves(scaled_to(sample, case.magnitude, magnitude, dtype))
@@ -569,14 +664,14 @@ def test_extreme_magnitudes(case: Case, dtype: torch.dtype, magnitude: float):
 
 
 @cases("masked_row", lambda c: c.masked_row is not None)
-def test_fully_masked_row(case: Case):
+def test_fully_masked_row(case: Case, device: str):
     """A row of all -inf gives zeros (a probability map) or -inf (a log map); the other rows
     are unchanged and no gradient is NaN (the masked row's is zero)."""
     fill = {"zeros": 0.0, "-inf": -float("inf")}[case.masked_row]
     for dtype in (torch.float64, torch.float32):
         sample = next(
             s
-            for s in case.samples(dtype)
+            for s in samples_on(case, dtype, device)
             if s.args[0].ndim >= 2 and s.kwargs.get("dim", -1) in (-1, s.args[0].ndim - 1)
         )
         x = sample.args[0].detach().clone()
@@ -591,3 +686,25 @@ def test_fully_masked_row(case: Case):
             assert not torch.isnan(g).any(), f"{dtype}: NaN gradient"
             if position == 0:
                 assert torch.all(g.reshape(-1, x.shape[-1])[0] == 0), "masked row has grad"
+
+
+def test_cuda_skips_name_registered_cases():
+    names = {case.name for case in CASES}
+    assert not set(CUDA_SKIPS) - names, f"stale CUDA_SKIPS: {set(CUDA_SKIPS) - names}"
+    for case in CASES:
+        if "cuda" in case.skip:
+            assert case.skip["cuda"].strip(), f"{case.name}: skip['cuda'] needs a reason"
+
+
+def test_samples_move_to_the_device():
+    """What the CUDA runs do to a sample, shown on the "meta" device: tensors (nested) and
+    modules move, generators and other values stay; CPU leaves the sample as it is."""
+    g = torch.Generator()
+    layer = torch.nn.Linear(2, 2)
+    kwargs = {"generator": g, "w": torch.ones(1)}
+    sample = Sample((torch.ones(2), [torch.zeros(1)], layer, 3), kwargs)
+    assert on(sample, "cpu") is sample
+    meta = on(sample, "meta")
+    assert meta.args[0].is_meta and meta.args[1][0].is_meta and layer.weight.is_meta
+    assert meta.args[3] == 3 and meta.kwargs["generator"] is g and meta.kwargs["w"].is_meta
+    assert device_id("x", "cpu") == "x" and device_id("x", "cuda") == "x-cuda"

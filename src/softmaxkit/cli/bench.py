@@ -52,21 +52,27 @@ from softmaxkit.cli.bench_cases import (
     TARGET_KEYS,
     BenchError,
     Case,
+    Peer,
     call_op,
     find_cases_dir,
+    impl_fn,
     load_cases,
     make_cotangent,
     missing_requirement,
     select,
+    to_device,
 )
 from softmaxkit.cli.bench_memory import CHILD_FLAG, child_main, measure_peak, memory_child
 from softmaxkit.cli.bench_readme import (
     README_END,
     README_START,
     add_readme_arguments,
+    floor_cell,
     fmt_diff,
     fmt_ratio,
     markdown_table,
+    peer_cell,
+    peer_kinds,
     ratio_of,
     run_update_readme,
     update_readme,
@@ -80,6 +86,7 @@ __all__ = [
     "TARGET_KEYS",
     "BenchError",
     "Case",
+    "Peer",
     "add_arguments",
     "find_cases_dir",
     "load_cases",
@@ -90,13 +97,14 @@ __all__ = [
     "run",
     "run_case",
     "select",
+    "to_device",
     "update_readme",
 ]
 
 MODES = ("fwd", "fwdbwd")
 MODE_LABELS = {"fwd": "fwd", "fwdbwd": "fwd+bwd"}
 IMPLS = ("ours", "baseline")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: peers, floor, device
 # Time budget per mode (ours + baseline together) and bounds on the repeat count.
 FULL_BUDGET_S, FULL_REPEATS = 1.0, (7, 200)
 QUICK_BUDGET_S, QUICK_REPEATS = 0.1, (3, 50)
@@ -164,32 +172,63 @@ def plan_repeats(estimate_s: float, quick: bool, requested: int | None) -> int:
 
 
 def time_mode(
-    case: Case,
+    fns: dict[str, Callable[..., Any]],
     args: tuple[Any, ...],
     mode: str,
     cotangents: dict[str, Any],
     quick: bool,
     repeats: int | None,
+    *,
+    variants: Sequence[str] = (),
+    floor: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
-    """Interleaved timing of ours and the baseline for one mode."""
-    fns = {"ours": case.ours, "baseline": case.baseline}
+    """Interleaved timing of every implementation of ``fns`` (ours, the baseline, the
+    peers, then the floor: A B P1 P2 F A B ...) for one mode.
+
+    ``ratio`` is ours / baseline; each peer's ``ratio`` is ours / peer, a variant's (ours
+    under another setting) variant / baseline, with ``ratio_to`` its ratio to each other
+    peer; ``floor`` (forward only) holds the floor's times and every implementation's
+    median as a multiple of it."""
+    timed = dict(fns)
+    if floor is not None:
+        timed["floor"] = floor
     leaves = _grad_leaves(args)
     # Warm-up, once each; its time sizes the repeat count.
-    estimate = sum(_time_once(fns[i], args, mode, cotangents.get(i), leaves) for i in IMPLS)
+    estimate = sum(_time_once(fn, args, mode, cotangents.get(i), leaves) for i, fn in timed.items())
     n = plan_repeats(estimate, quick, repeats)
-    samples: dict[str, list[float]] = {i: [] for i in IMPLS}
+    samples: dict[str, list[float]] = {i: [] for i in timed}
     for _ in range(n):
-        for impl in IMPLS:
-            samples[impl].append(_time_once(fns[impl], args, mode, cotangents.get(impl), leaves))
+        for impl, fn in timed.items():
+            samples[impl].append(_time_once(fn, args, mode, cotangents.get(impl), leaves))
     result: dict[str, Any] = {impl: _summary_ms(samples[impl]) for impl in IMPLS}
-    base = result["baseline"]["median_ms"]
-    result["ratio"] = result["ours"]["median_ms"] / base if base > 0 else None
+    med = {impl: statistics.median(xs) for impl, xs in samples.items()}
+    result["ratio"] = _div(med["ours"], med["baseline"])
     paired = [o / b for o, b in zip(samples["ours"], samples["baseline"], strict=True) if b > 0]
     if paired:
-        q1, med, q3 = _quartiles(paired)
-        result["paired_ratio_median"] = med
+        q1, mid, q3 = _quartiles(paired)
+        result["paired_ratio_median"] = mid
         result["paired_ratio_iqr"] = q3 - q1
+    peers = [i for i in fns if i not in IMPLS]
+    if peers:
+        result["peers"] = {}
+        for name in peers:
+            entry = _summary_ms(samples[name])
+            if name in variants:
+                entry["ratio"] = _div(med[name], med["baseline"])
+                entry["ratio_to"] = {
+                    other: _div(med[name], med[other]) for other in peers if other != name
+                }
+            else:
+                entry["ratio"] = _div(med["ours"], med[name])
+            result["peers"][name] = entry
+    if floor is not None:
+        result["floor"] = _summary_ms(samples["floor"])
+        result["floor"]["ratio"] = {impl: _div(med[impl], med["floor"]) for impl in fns}
     return result
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -239,6 +278,84 @@ def _overall(res: dict[str, Any]) -> str:
     return "-"
 
 
+def _out_spec(impl: str, out: Any) -> tuple[torch.Size, torch.dtype]:
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{impl} returned {type(out).__name__}, expected a tensor")
+    return out.shape, out.dtype
+
+
+def _floor_fn(args: tuple[Any, ...], spec: tuple[torch.Size, torch.dtype]) -> Callable[..., Any]:
+    """Allocate an output of ours' shape and dtype and copy a tensor of that size into it:
+    the least any op producing that output must do."""
+    shape, dtype = spec
+    first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if first is not None and first.shape == shape and first.dtype == dtype:
+        src = first.detach()
+    else:
+        device = first.device if first is not None else None
+        src = torch.ones(shape, dtype=dtype, device=device)
+
+    def floor(*_: Any) -> torch.Tensor:
+        return torch.empty_like(src).copy_(src)
+
+    return floor
+
+
+def _prepare_peers(
+    case: Case,
+    args: tuple[Any, ...],
+    ours_out: torch.Tensor,
+    out_spec: dict[str, tuple[torch.Size, torch.dtype]],
+    res: dict[str, Any],
+) -> dict[str, Callable[..., Any]]:
+    """Check every peer once (first calls timed as ``compile_s`` for compiled ones), compare
+    it with ours, and return the ones that run; a peer that cannot run or raises is
+    skipped with a note (the case goes on)."""
+    active: dict[str, Callable[..., Any]] = {}
+    if not case.peers:
+        return active
+    if any(p.compile for _, p in case.peer_items()):
+        torch._dynamo.reset()  # compile once per case, from a clean cache
+    res["peers"] = {}
+    for name, peer in case.peer_items():
+        entry: dict[str, Any] = {"status": "ok", "variant": peer.variant, "compile": peer.compile}
+        res["peers"][name] = entry
+        reason = missing_requirement(peer)
+        if reason is not None:
+            entry.update(status="skipped", note=reason)
+            res["notes"].append(f"peer {name} skipped: {reason}")
+            continue
+        try:
+            fn = impl_fn(case, name)
+            _sync(args)
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = fn(*args)
+            _sync(args)
+            first = time.perf_counter() - start
+            out_spec[name] = _out_spec(name, out)
+            if peer.atol is not None:
+                diff = max_abs_diff(out, ours_out)
+                entry["max_abs_diff"], entry["correct"] = diff, diff <= peer.atol
+                if diff > peer.atol:
+                    res["notes"].append(
+                        f"peer {name}: max |peer - ours| = {diff:.3g} > atol {peer.atol:g}"
+                    )
+            del out
+            if peer.compile or peer.warmup:
+                if case.backward:
+                    cot = make_cotangent(*out_spec[name], _grad_leaves(args)[0].device)
+                    leaves = _grad_leaves(args)
+                    first += _time_once(fn, args, "fwdbwd", cot, leaves)
+                entry["compile_s"] = first
+        except Exception as exc:
+            entry.update(status="error", note=f"{type(exc).__name__}: {exc}")
+            res["notes"].append(f"peer {name} failed: {type(exc).__name__}: {exc}")
+            continue
+        active[name] = fn
+    return active
+
+
 def run_case(
     file: Path,
     case: Case,
@@ -247,6 +364,7 @@ def run_case(
     repeats: int | None,
     memory: bool,
     progress: Callable[[str], None],
+    device: str | None = None,
 ) -> dict[str, Any]:
     res: dict[str, Any] = {
         "name": case.name,
@@ -255,6 +373,7 @@ def run_case(
         "backward": case.backward,
         "targets": dict(case.targets),
         "atol": case.atol,
+        "device": device or "cpu",
         "status": "ok",
         "time": None,
         "memory": None,
@@ -266,13 +385,11 @@ def run_case(
     try:
         progress("check")
         torch.manual_seed(SETUP_SEED)
-        args = tuple(case.setup(quick))
+        args = to_device(tuple(case.setup(quick)), device)
         with torch.no_grad():
             outs = {"ours": case.ours(*args), "baseline": case.baseline(*args)}
         for impl, out in outs.items():
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(f"{impl} returned {type(out).__name__}, expected a tensor")
-            out_spec[impl] = (out.shape, out.dtype)
+            out_spec[impl] = _out_spec(impl, out)
         res["output_shape"] = {impl: list(shape) for impl, (shape, _) in out_spec.items()}
         if case.atol is not None:
             diff = max_abs_diff(outs["ours"], outs["baseline"])
@@ -281,21 +398,26 @@ def run_case(
             if not res["correct"]:
                 res["status"] = "failed"
                 res["notes"].append(f"max |ours - baseline| = {diff:.3g} > atol {case.atol:g}")
+        if case.peers:
+            progress("peers (compile)")
+        fns = {"ours": case.ours, "baseline": case.baseline}
+        fns.update(_prepare_peers(case, args, outs["ours"], out_spec, res))
+        variants = [n for n in fns if n in case.peers and case.peer(n).variant]
+        floor = _floor_fn(args, out_spec["ours"]) if case.floor else None
         del outs
 
         cotangents: dict[str, torch.Tensor] = {}
-        device = None
+        grad_device = None
         if case.backward:
             if not _grad_leaves(args):
                 raise ValueError("backward=True but setup returned no tensor with requires_grad")
-            device = _grad_leaves(args)[0].device
-            for impl in IMPLS:
-                if impl == "baseline" and out_spec["baseline"] == out_spec["ours"]:
+            grad_device = _grad_leaves(args)[0].device
+            for impl in fns:
+                if impl != "ours" and out_spec[impl] == out_spec["ours"]:
                     cotangents[impl] = cotangents["ours"]
                 else:
-                    cotangents[impl] = make_cotangent(*out_spec[impl], device)
-            if device.type != "cpu":
-                res["notes"].append("memory is host RSS; accelerator memory is not measured")
+                    cotangents[impl] = make_cotangent(*out_spec[impl], grad_device)
+        on_cuda = any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
 
         res["time"] = {}
         for mode in MODES:
@@ -303,26 +425,46 @@ def run_case(
                 res["time"][mode] = None
                 continue
             progress(f"time {MODE_LABELS[mode]}")
-            res["time"][mode] = time_mode(case, args, mode, cotangents, quick, repeats)
-        del args, cotangents
+            res["time"][mode] = time_mode(
+                fns,
+                args,
+                mode,
+                cotangents,
+                quick,
+                repeats,
+                variants=variants,
+                floor=floor if mode == "fwd" else None,
+            )
+        del args, cotangents, floor
         gc.collect()
 
         if memory:
             res["memory"] = {}
+            if on_cuda:
+                res["notes"].append("memory is torch.cuda.max_memory_allocated above the inputs")
             for mode in MODES:
                 if mode == "fwdbwd" and not case.backward:
                     res["memory"][mode] = None
                     continue
                 entry: dict[str, Any] = {}
-                for impl in IMPLS:
+                for impl in fns:
                     progress(f"memory {MODE_LABELS[mode]} {impl}")
-                    cot = (*out_spec[impl], device) if mode == "fwdbwd" else None
-                    entry[impl] = memory_child(file, case, impl, mode, quick, cot)
+                    cot = (*out_spec[impl], grad_device) if mode == "fwdbwd" else None
+                    entry[impl] = memory_child(file, case, impl, mode, quick, cot, device=device)
                     if entry[impl].get("note"):
                         res["notes"].append(f"memory {mode} {impl}: {entry[impl]['note']}")
-                o = entry["ours"]["peak_above_inputs_bytes"]
-                b = entry["baseline"]["peak_above_inputs_bytes"]
-                entry["ratio"] = o / b if o is not None and b else None
+                peak = {i: e.get("peak_above_inputs_bytes") for i, e in entry.items()}
+                entry["ratio"] = _mem_ratio(peak["ours"], peak["baseline"])
+                peer_names = [i for i in fns if i not in IMPLS]
+                if peer_names:
+                    entry["peers"] = {}
+                for name in peer_names:
+                    child = entry.pop(name)
+                    if name in variants:
+                        child["ratio"] = _mem_ratio(peak[name], peak["baseline"])
+                    else:
+                        child["ratio"] = _mem_ratio(peak["ours"], peak[name])
+                    entry["peers"][name] = child
                 res["memory"][mode] = entry
     except Exception as exc:
         res["status"] = "error"
@@ -331,6 +473,10 @@ def run_case(
     res["verdicts"] = _verdicts(case, res)
     res["verdict"] = _overall(res)
     return res
+
+
+def _mem_ratio(a: int | None, b: int | None) -> float | None:
+    return a / b if a is not None and b else None
 
 
 # --------------------------------------------------------------------------- reporting
@@ -360,6 +506,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_affinity": affinity,
         "platform": platform.platform(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -369,6 +516,7 @@ def _fmt_ms(x: float) -> str:
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
+    kinds = peer_kinds(results)
     header = [
         "case",
         "baseline",
@@ -376,6 +524,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         "fwd x",
         "f+b ms (ours/base)",
         "f+b x",
+        *[f"x {kind}" for kind in kinds],
+        "x floor",
         "mem fwd x",
         "mem f+b x",
         "max diff",
@@ -391,6 +541,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
                 cells += [ms, fmt_ratio(t["ratio"])]
             else:
                 cells += ["-", "-"]
+        cells += [peer_cell(res, kind) for kind in kinds]
+        cells.append(floor_cell(res))
         cells += [fmt_ratio(ratio_of(res, "memory", m)) for m in MODES]
         cells.append(fmt_diff(res.get("max_abs_diff")))
         verdicts = " ".join(f"{k}:{v['verdict']}" for k, v in res["verdicts"].items())
@@ -479,6 +631,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, metavar="N", help="torch threads (default: torch's own choice)"
     )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="build the inputs on DEVICE (e.g. cuda): timings synchronize it, memory is "
+        "torch.cuda.max_memory_allocated in the child (default: where setup builds them, CPU)",
+    )
     parser.add_argument("--list", action="store_true", help="list the selected cases and exit")
     add_readme_arguments(parser)
 
@@ -520,6 +678,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise BenchError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.device is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise BenchError(f"--device {args.device}: {exc}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BenchError(f"--device {args.device}: CUDA is not available")
 
     folder = find_cases_dir(args.cases)
     cases, errors = load_cases(folder)
@@ -555,6 +720,7 @@ def _run(args: argparse.Namespace) -> int:
                     repeats=args.repeats,
                     memory=not args.no_memory,
                     progress=progress,
+                    device=args.device,
                 )
             )
         bar.done += 1
@@ -571,6 +737,7 @@ def _run(args: argparse.Namespace) -> int:
         "memory": not args.no_memory,
         "patterns": args.patterns,
         "threads": args.threads,
+        "device": args.device or "cpu",
         "cases_dir": str(folder),
         "machine": machine_info(),
         "cases": results,

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,39 @@ class BenchError(Exception):
 
 
 @dataclass(frozen=True)
+class Peer:
+    """A third implementation timed beside ours and the baseline, with a column of its own.
+
+    ``fn(*args)`` returns a tensor like ``ours``. ``compile``: run ``torch.compile(fn,
+    dynamic=False)`` instead, compiled once per case before timing (the first calls, forward
+    and forward + backward, are timed apart and reported as ``compile_s``). ``context``: a
+    factory of a context manager entered around every call (``use_backend("compile")``).
+    ``variant``: the peer is ours under another setting (its ratio is to the baseline, as
+    ours'), not a competitor (ratio ours / peer). ``warmup``: its first calls do one-off
+    work (a compiler of its own): timed apart as ``compile_s`` too. ``atol``: its output
+    must agree with ours to this (``None``: not compared). ``requires``: modules that must
+    import, ``available()`` a reason it cannot run (``None``: it can); either skips the
+    peer with a note.
+    """
+
+    fn: Callable[..., Any]
+    compile: bool = False
+    context: Callable[[], AbstractContextManager[Any]] | None = None
+    variant: bool = False
+    warmup: bool = False
+    atol: float | None = None
+    requires: tuple[str, ...] = ()
+    available: Callable[[], str | None] | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError("Peer.fn must be callable")
+        if isinstance(self.requires, str):
+            raise TypeError("Peer.requires must be a tuple of module names")
+        object.__setattr__(self, "requires", tuple(self.requires))
+
+
+@dataclass(frozen=True)
 class Case:
     """One benchmark: our op against the code a user would otherwise write.
 
@@ -36,7 +70,10 @@ class Case:
     maps ``time_fwd``/``time_fwdbwd``/``mem_fwd``/``mem_fwdbwd`` to the largest allowed
     ratio ours / baseline. ``atol``: the outputs must agree to this (``None``: different
     functions, not compared). ``requires``: modules that must import, else the case is
-    skipped with a note.
+    skipped with a note. ``peers``: named extra implementations (:class:`Peer`, or a bare
+    callable for a plain one), each timed and measured beside the two with a column per
+    name. ``floor``: also time the allocation-and-copy floor of ours' output in the forward
+    (``torch.empty_like(out).copy_(src)``) and report every forward as a multiple of it.
     """
 
     name: str
@@ -48,6 +85,8 @@ class Case:
     targets: Mapping[str, float] = field(default_factory=dict)
     atol: float | None = None
     requires: tuple[str, ...] = ()
+    peers: Mapping[str, Peer | Callable[..., Any]] = field(default_factory=dict)
+    floor: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -69,6 +108,26 @@ class Case:
         if isinstance(self.requires, str):
             raise TypeError(f"Case {self.name!r}: requires must be a tuple of module names")
         object.__setattr__(self, "requires", tuple(self.requires))
+        peers: dict[str, Peer] = {}
+        for key, peer in dict(self.peers).items():
+            if not isinstance(key, str) or not key or key in ("ours", "baseline", "floor"):
+                raise ValueError(f"Case {self.name!r}: bad peer name {key!r}")
+            if not isinstance(peer, Peer):
+                if not callable(peer):
+                    raise TypeError(f"Case {self.name!r}: peer {key!r} must be a Peer or callable")
+                peer = Peer(peer)
+            peers[key] = peer
+        object.__setattr__(self, "peers", peers)
+
+    def peer(self, name: str) -> Peer:
+        """The peer called ``name`` (``peers`` holds only :class:`Peer` after construction)."""
+        peer = self.peers[name]
+        assert isinstance(peer, Peer)
+        return peer
+
+    def peer_items(self) -> list[tuple[str, Peer]]:
+        """``(name, peer)`` for every peer, in order."""
+        return [(name, self.peer(name)) for name in self.peers]
 
 
 # --------------------------------------------------------------------------- discovery
@@ -157,7 +216,13 @@ def select(
     return [(f, c) for f, c in cases if any(p in c.name.lower() for p in lowered)]
 
 
-def missing_requirement(case: Case) -> str | None:
+def missing_requirement(case: Case | Peer) -> str | None:
+    """Why a case (or a peer) cannot run: a module of ``requires`` that does not import, or
+    a peer's ``available()`` reason; ``None`` when it can."""
+    if isinstance(case, Peer) and case.available is not None:
+        reason = case.available()
+        if reason:
+            return reason
     for module in case.requires:
         try:
             importlib.import_module(module)
@@ -183,3 +248,49 @@ def make_cotangent(shape: Sequence[int], dtype: torch.dtype, device: Any) -> tor
     g = torch.Generator().manual_seed(COTANGENT_SEED)
     cotangent = torch.randn(tuple(shape), generator=g, dtype=torch.float32)
     return cotangent.to(dtype=dtype, device=device)
+
+
+def to_device(args: tuple[Any, ...], device: str | torch.device | None) -> tuple[Any, ...]:
+    """``args`` with every tensor and module on ``device`` (leaves stay leaves that require
+    grad as before); ``None`` leaves them where ``setup`` built them."""
+    if device is None:
+        return args
+    dev = torch.device(device)
+    moved: list[Any] = []
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.device != dev:
+            if arg.is_leaf:
+                arg = arg.detach().to(dev).requires_grad_(arg.requires_grad)
+            else:
+                arg = arg.to(dev)
+        elif isinstance(arg, torch.nn.Module):
+            arg = arg.to(dev)
+        moved.append(arg)
+    return tuple(moved)
+
+
+def impl_fn(case: Case, impl: str) -> Callable[..., Any]:
+    """The callable of ``impl`` ("ours", "baseline" or a peer's name), ready to time: a
+    compiled peer is compiled here (lazily, on its first call), a peer's context entered
+    around every call."""
+    if impl == "ours":
+        return case.ours
+    if impl == "baseline":
+        return case.baseline
+    peer = case.peer(impl)
+    fn: Callable[..., Any] = peer.fn
+    if peer.compile:
+        fn = torch.compile(fn, dynamic=False)
+    if peer.context is not None:
+        fn = _in_context(fn, peer.context)
+    return fn
+
+
+def _in_context(
+    fn: Callable[..., Any], context: Callable[[], AbstractContextManager[Any]]
+) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        with context():
+            return fn(*args)
+
+    return run

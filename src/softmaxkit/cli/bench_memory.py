@@ -25,7 +25,15 @@ from typing import Any
 
 import torch
 
-from softmaxkit.cli.bench_cases import SETUP_SEED, Case, call_op, cases_of, make_cotangent
+from softmaxkit.cli.bench_cases import (
+    SETUP_SEED,
+    Case,
+    call_op,
+    cases_of,
+    impl_fn,
+    make_cotangent,
+    to_device,
+)
 
 CHILD_FLAG = "--_child"
 CHILD_MARKER = "SOFTMAXKIT_BENCH_CHILD "
@@ -62,7 +70,11 @@ def _reset_peak() -> str | None:
 def measure_peak(
     fn: Callable[..., Any], args: tuple[Any, ...], mode: str, cotangent: torch.Tensor | None
 ) -> dict[str, Any]:
-    """Peak RSS above what is resident now, for one run of ``fn`` (call in a fresh process)."""
+    """Peak RSS above what is resident now, for one run of ``fn`` (call in a fresh process);
+    with CUDA inputs, the peak of ``torch.cuda.max_memory_allocated`` above the allocated
+    memory before the run."""
+    if any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+        return _measure_cuda_peak(fn, args, mode, cotangent)
     gc.collect()
     _malloc_trim()
     note = _reset_peak()
@@ -84,27 +96,62 @@ def measure_peak(
     }
 
 
+def _measure_cuda_peak(
+    fn: Callable[..., Any], args: tuple[Any, ...], mode: str, cotangent: torch.Tensor | None
+) -> dict[str, Any]:
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = call_op(fn, args, mode, cotangent)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    del out
+    return {
+        "peak_above_inputs_bytes": peak - before,
+        "cuda_allocated_before_bytes": before,
+        "cuda_peak_bytes": peak,
+        "note": None,
+    }
+
+
 def child_main(argv: Sequence[str]) -> int:
     """``python -m softmaxkit.cli.bench --_child SPEC``: one memory measurement."""
     spec = json.loads(argv[1])
     torch.set_num_threads(spec["threads"])
     cases = cases_of(Path(spec["file"]))
     case = next(c for c in cases if c.name == spec["case"])
-    fn = case.ours if spec["impl"] == "ours" else case.baseline
-    # Warm up on the small inputs first: the first call of an op (the first backward
-    # above all, ~36 MB) pages in library code, which is not the op's allocation.
-    small = case.setup(True)
-    with torch.no_grad():
-        ones = torch.ones_like(fn(*small)) if spec["mode"] == "fwdbwd" else None
-    call_op(fn, small, spec["mode"], ones)
-    del small, ones
+    impl, on = spec["impl"], spec.get("on")
+    fn = impl_fn(case, impl)
+    peer = case.peer(impl) if impl in case.peers else None
+    # a compiled peer (or one that compiles on its first call) compiles per shape: warm it
+    # up on the real inputs, so that the compiler's memory is not counted as the op's
+    real_warmup = peer is not None and (peer.compile or peer.warmup)
+    if not real_warmup:
+        # Warm up on the small inputs first: the first call of an op (the first backward
+        # above all, ~36 MB) pages in library code, which is not the op's allocation.
+        small = to_device(tuple(case.setup(True)), on)
+        with torch.no_grad():
+            ones = torch.ones_like(fn(*small)) if spec["mode"] == "fwdbwd" else None
+        call_op(fn, small, spec["mode"], ones)
+        del small, ones
     torch.manual_seed(SETUP_SEED)
-    args = case.setup(spec["quick"])
+    args = to_device(tuple(case.setup(spec["quick"])), on)
     cotangent = None
     if spec["mode"] == "fwdbwd":
         cotangent = make_cotangent(spec["shape"], getattr(torch, spec["dtype"]), spec["device"])
+    if real_warmup:
+        call_op(fn, args, spec["mode"], cotangent)
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                arg.grad = None
     result = measure_peak(fn, args, spec["mode"], cotangent)
-    result["warmup"] = "one run on setup(quick=True) inputs"
+    result["warmup"] = (
+        "one run on the same inputs (compiled)"
+        if real_warmup
+        else "one run on setup(quick=True) inputs"
+    )
     print(CHILD_MARKER + json.dumps(result), flush=True)
     return 0
 
@@ -119,11 +166,19 @@ def _child_env() -> dict[str, str]:
 
 
 def memory_child(
-    file: Path, case: Case, impl: str, mode: str, quick: bool, cotangent: tuple[Any, ...] | None
+    file: Path,
+    case: Case,
+    impl: str,
+    mode: str,
+    quick: bool,
+    cotangent: tuple[Any, ...] | None,
+    *,
+    device: str | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`measure_peak` in a fresh interpreter and return its report;
-    ``cotangent`` is ``(shape, dtype, device)`` for fwd+bwd, ``None`` for fwd."""
-    shape, dtype, device = cotangent or (None, None, None)
+    """Run :func:`measure_peak` in a fresh interpreter and return its report; ``impl`` is
+    "ours", "baseline" or a peer's name, ``cotangent`` is ``(shape, dtype, device)`` for
+    fwd+bwd, ``None`` for fwd; ``device``: where the child puts the inputs."""
+    shape, dtype, cot_device = cotangent or (None, None, None)
     spec = {
         "file": str(file),
         "case": case.name,
@@ -133,7 +188,8 @@ def memory_child(
         "threads": torch.get_num_threads(),
         "shape": None if shape is None else list(shape),
         "dtype": None if dtype is None else str(dtype).removeprefix("torch."),
-        "device": None if device is None else str(device),
+        "device": None if cot_device is None else str(cot_device),
+        "on": device,
     }
     cmd = [sys.executable, "-m", "softmaxkit.cli.bench", CHILD_FLAG, json.dumps(spec)]
     try:

@@ -33,12 +33,46 @@ def ratio_of(res: dict[str, Any], kind: str, mode: str) -> float | None:
     return entry["ratio"] if entry else None
 
 
+def peer_kinds(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The peer names that appear in ``results``, in order of first appearance."""
+    kinds: list[str] = []
+    for res in results:
+        for name in res.get("peers") or {}:
+            if name not in kinds:
+                kinds.append(name)
+    return kinds
+
+
+def peer_cell(res: dict[str, Any], kind: str) -> str:
+    """A peer's time ratio: fwd+bwd where timed, else the forward's with "(fwd)"; "skip" or
+    "error" when it did not run, "-" when the case has no such peer."""
+    info = (res.get("peers") or {}).get(kind)
+    if info is None:
+        return "-"
+    if info.get("status") != "ok":
+        return "skip" if info.get("status") == "skipped" else "error"
+    for mode, suffix in (("fwdbwd", ""), ("fwd", " (fwd)")):
+        entry = (((res.get("time") or {}).get(mode) or {}).get("peers") or {}).get(kind)
+        if entry is not None:
+            return fmt_ratio(entry["ratio"]) + suffix
+    return "-"
+
+
+def floor_cell(res: dict[str, Any]) -> str:
+    """Ours' forward time as a multiple of the allocation-and-copy floor of its output."""
+    floor = ((res.get("time") or {}).get("fwd") or {}).get("floor")
+    return "-" if floor is None else fmt_ratio(floor["ratio"].get("ours"))
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The README table for a results report."""
-    lines = [
-        "| op/shape | baseline | fwd | fwd+bwd | memory | target | verdict |",
-        "|---|---|---:|---:|---:|---|---|",
-    ]
+    """The README table for a results report: one column per peer kind that appears, and
+    an "x floor" column when some case times the floor."""
+    kinds = peer_kinds(report["cases"])
+    has_floor = any(floor_cell(res) != "-" for res in report["cases"])
+    extra = [f"x {k}" for k in kinds] + (["x floor"] if has_floor else [])
+    head = ["op/shape", "baseline", "fwd", "fwd+bwd", *extra, "memory", "target", "verdict"]
+    align = ["---", "---", "---:", "---:", *(["---:"] * len(extra)), "---:", "---", "---"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for res in report["cases"]:
         mem_mode = "fwdbwd" if ratio_of(res, "memory", "fwdbwd") is not None else "fwd"
         mem = ratio_of(res, "memory", mem_mode)
@@ -52,6 +86,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             res["baseline_name"],
             fmt_ratio(ratio_of(res, "time", "fwd")),
             fmt_ratio(ratio_of(res, "time", "fwdbwd")),
+            *[peer_cell(res, k) for k in kinds],
+            *([floor_cell(res)] if has_floor else []),
             mem_cell,
             targets or "-",
             verdict,
@@ -65,13 +101,45 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Ratios are ours / baseline, lower is better{size}: median time (fwd under no_grad, "
         "fwd+bwd with a fixed random cotangent) and peak RSS above the inputs, fwd+bwd. "
         f"Measured {date} on {m.get('cpu_model')} ({m.get('threads')} threads), "
-        f"torch {m.get('torch')}, {m.get('platform')}."
+        f"torch {m.get('torch')}, {m.get('platform')}"
+        + (f", {m['gpu']} (inputs on {report.get('device')})" if m.get("gpu") else "")
+        + "."
     )
+    if kinds or has_floor:
+        lines.append("")
+        lines.append(peer_legend(kinds, has_floor))
     if report.get("skipped"):
         names = ", ".join(f"`{s['name']}` ({s['reason']})" for s in report["skipped"])
         lines.append("")
         lines.append(f"Skipped: {names}.")
     return "\n".join(lines)
+
+
+PEER_LEGEND = {
+    "compile(naive)": "ours / `torch.compile(naive formula, dynamic=False)`, compiled once "
+    "per case before timing (the compile time is in the JSON as `compile_s`)",
+    "ours backend=compile": 'ours inside `softmaxkit.use_backend("compile")` / baseline '
+    "(first calls untimed)",
+    "F.linear_ce": "ours / torch's chunked `F.linear_cross_entropy(..., "
+    "options=LinearCrossEntropyOptions())`",
+    "cce torch_compile": "ours / cut-cross-entropy's `linear_cross_entropy(..., "
+    'impl="torch_compile")` (first call untimed)',
+}
+
+
+def peer_legend(kinds: Sequence[str], floor: bool) -> str:
+    """The paragraph under the table that says what each extra column is."""
+    parts = [f"x {k}: {PEER_LEGEND.get(k, 'ours / ' + k)}" for k in kinds]
+    if floor:
+        parts.append(
+            "x floor: ours' forward time as a multiple of allocating and copying its output "
+            "(`torch.empty_like(out).copy_(x)`, timed in the same interleaved run)"
+        )
+    return (
+        "Peer columns (fwd+bwd unless marked; skip: not installed or not available here): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def update_readme(readme: Path, results: Path | Sequence[Path]) -> None:

@@ -470,7 +470,7 @@ def mace(
         log_gold = log_gold.scatter_add_(2, given_r, gain)
         log_gold = log_gold + log_spam.sum(-1, keepdim=True) - math.log(num_classes)
         log_instance = torch.logsumexp(log_gold, dim=-1)
-        lml = torch.logaddexp(log_instance, torch.tensor(math.log(1e-8), dtype=work))
+        lml = torch.logaddexp(log_instance, log_instance.new_tensor(math.log(1e-8)))
         lml = (lml * weight).sum(-1)
         post = torch.softmax(log_gold, dim=-1)
         p_given = post.gather(2, given_r)  # posterior of the given answer
