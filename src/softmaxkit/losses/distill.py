@@ -559,7 +559,9 @@ class _USKD(RowLoss):
         if probs:
             grad_w -= (0.9 * mu) * t
         else:
-            grad_w.scatter_add_(1, labels, torch.full(labels.shape, -0.9 * mu, dtype=z.dtype))
+            grad_w.scatter_add_(
+                1, labels, torch.full(labels.shape, -0.9 * mu, dtype=z.dtype, device=z.device)
+            )
         return grad_z, grad_w
 
 
