@@ -66,6 +66,9 @@ __all__ = [
     "prob_targets",
     "block",
     "chunk_logits",
+    "softcap_",
+    "fast_half_matmul",
+    "WEIGHT_BLOCK_BYTES",
     "reduce_statistics",
     "check_owned_once",
     "block_statistics",
@@ -341,6 +344,11 @@ def chunk_logits(
     """``(s, tanh(z / softcap) or None)``: a chunk's (soft-capped) logits ``z = x W^T + b``,
     a fresh buffer (the softcap is applied in place)."""
     z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
+    return softcap_(z, o)
+
+
+def softcap_(z: torch.Tensor, o: CrossEntropyOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(s, tanh(z / softcap) or None)`` of fresh logits ``z`` (overwritten when capped)."""
     if o.softcap is None:
         return z, None
     th = z.div_(o.softcap).tanh_()
@@ -557,6 +565,114 @@ class ChunkResult:
     grad_b: torch.Tensor | None
 
 
+#: float32 bytes of one block of the weight's rows in the half-precision paths: the unit of
+#: the float32 weight-gradient accumulator (one allocation per block, so that each is given
+#: back to the allocator as soon as it is cast into the output; at least glibc's largest
+#: mmap threshold, 32 MiB, so that a freed block leaves the resident set at once) and of
+#: the per-block float32 upcast of the weight on devices without fast half matmuls.
+WEIGHT_BLOCK_BYTES = 32 * 2**20
+
+
+def fast_half_matmul(t: torch.Tensor) -> bool:
+    """Whether matmuls in ``t``'s half dtype are native (and fast) on ``t``'s device.
+
+    CUDA: always (cuBLAS accumulates bf16/fp16 products in float32). CPU: bfloat16 with
+    AVX512-BF16 or AMX, float16 with AMX-FP16 (oneDNN); elsewhere torch's CPU half matmul is
+    an emulation several times slower than float32 (measured on an AVX2 EPYC: 4-50x), so
+    the half paths of :func:`linear_chunks` then upcast the weight block by block instead.
+    False for float32/float64."""
+    if t.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if t.device.type == "cuda":
+        return True
+    if t.device.type != "cpu":
+        return False
+    probe = "_is_avx512_bf16_supported" if t.dtype == torch.bfloat16 else "_is_amx_fp16_supported"
+    native = bool(getattr(torch.cpu, probe, lambda: False)())
+    if t.dtype == torch.bfloat16:
+        native = native or bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return native
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of half matrices as float32: accumulated in float32 and not rounded to the
+    half dtype where torch offers it (CUDA's ``out_dtype``), else rounded once then upcast."""
+    if a.device.type == "cuda":
+        return torch.mm(a, b, torch.float32)
+    return torch.mm(a, b).float()
+
+
+class _HalfWeight:
+    """The three matmuls of a chunk against a half weight ``W`` (V_r, d), in float32 math.
+
+    ``native`` (:func:`fast_half_matmul`): the matmuls run in the half dtype (float32
+    accumulation inside the kernel), the logits are upcast to float32 and the logit gradient
+    is rounded to the half dtype for the two gradient matmuls, as the plain half path
+    rounds its own. Otherwise the weight is upcast one block of rows at a time (never a
+    whole float32 copy) and the matmuls run in float32. Either way the weight gradient is
+    accumulated in float32 over the chunks, in one (rows of the block, d) buffer per block
+    of :data:`WEIGHT_BLOCK_BYTES`, and :meth:`grad_weight` casts the blocks into the
+    half-dtype gradient one at a time, freeing each (peak: the float32 accumulator plus one
+    block, instead of a float32 accumulator plus the whole half gradient).
+    """
+
+    def __init__(self, W: torch.Tensor, cdt: torch.dtype, want_grad: bool) -> None:
+        self.W, self.cdt = W, cdt
+        self.native = fast_half_matmul(W)
+        width, d = W.shape
+        step = max(1, -(-WEIGHT_BLOCK_BYTES // max(d * 4, 1)))
+        self.blocks = [slice(lo, min(lo + step, width)) for lo in range(0, width, step)]
+        self.acc = [W.new_zeros(bl.stop - bl.start, d, dtype=cdt) for bl in self.blocks]
+        if not want_grad:
+            self.acc = []
+
+    def logits(self, x_h: torch.Tensor, x_c: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The chunk's float32 logits ``x W^T + b`` (``x_h``: the chunk's rows in the half
+        dtype, ``x_c``: the same in the compute dtype; ``b`` in the compute dtype)."""
+        if self.native:
+            z = _mm32(x_h, self.W.t())
+        else:
+            z = x_c.new_empty(x_c.shape[0], self.W.shape[0])
+            for bl in self.blocks:
+                torch.mm(x_c, self.W[bl].to(self.cdt).t(), out=z[:, bl])
+        return z if b is None else z.add_(b)
+
+    def grads(
+        self, G: torch.Tensor, x_h: torch.Tensor, x_c: torch.Tensor, gx_c: torch.Tensor | None
+    ) -> None:
+        """Fold the chunk's float32 logit gradient ``G``: ``gx_c = G W`` (written into
+        ``gx_c``, compute dtype) and the weight-gradient blocks ``+= G^T x``."""
+        if self.native:
+            G16, x16 = G.to(self.W.dtype), x_h
+            if gx_c is not None:
+                gx_c.copy_(_mm32(G16, self.W))
+            for bl, acc in zip(self.blocks, self.acc):
+                if acc.device.type == "cuda":
+                    torch.addmm(acc, G16[:, bl].t(), x16, torch.float32, out=acc)
+                else:
+                    acc.add_(torch.mm(G16[:, bl].t(), x16))
+            return
+        if gx_c is not None:
+            gx_c.zero_()
+        for i, bl in enumerate(self.blocks):
+            if gx_c is None and not self.acc:
+                break
+            W32 = self.W[bl].to(self.cdt)
+            if gx_c is not None:
+                gx_c.addmm_(G[:, bl], W32)
+            if self.acc:
+                self.acc[i].addmm_(G[:, bl].t(), x_c)
+
+    def grad_weight(self) -> torch.Tensor:
+        """The weight gradient in the weight's dtype; the float32 blocks are freed as cast."""
+        out = torch.empty_like(self.W, memory_format=torch.contiguous_format)
+        for bl in self.blocks:
+            acc = self.acc.pop(0)
+            out[bl].copy_(acc)
+            del acc
+        return out
+
+
 def linear_chunks(
     x: torch.Tensor,
     W: torch.Tensor,
@@ -579,9 +695,17 @@ def linear_chunks(
     the per-row upstream gradient): the softmax is ``exp(s - lse)``, so no statistic is
     recomputed and none crosses ranks. Peak memory:
     one chunk's logits plus the target distribution (probability targets) and the tanh
-    (softcap).
+    (softcap); a chunk's buffers are released before the next chunk's are allocated.
+
+    The compute dtype is ``targets.dtype``. When ``W`` is half (float16/bfloat16, with
+    ``x`` and ``b`` of its dtype) the three matmuls go through :class:`_HalfWeight`: native
+    half matmuls where :func:`fast_half_matmul`, else the weight upcast block by block; the
+    statistics, loss and logit gradient stay float32, ``grad_W`` is accumulated in float32
+    and returned in ``W``'s dtype, ``grad_b`` in ``b``'s dtype; ``grad_x`` is always in the
+    compute dtype (the caller casts it).
     """
-    rows, width, cdt = x.shape[0], W.shape[0], W.dtype
+    rows, width, cdt = x.shape[0], W.shape[0], targets.dtype
+    half = W.dtype != cdt
     forward = lse is None
     if forward:
         den = mean_denominators(targets, rows, cdt, o)
@@ -593,12 +717,18 @@ def linear_chunks(
     lse_out = x.new_empty(rows, dtype=cdt) if forward else lse
     pred = x.new_empty(rows, dtype=torch.long) if forward and o.want_argmax else None
     gx = x.new_empty(rows, x.shape[1], dtype=cdt) if needs[0] else None
-    gw = torch.zeros_like(W) if needs[1] else None
-    gb = W.new_zeros(width) if needs[2] else None
+    hw = _HalfWeight(W, cdt, needs[1]) if half else None
+    gw = torch.zeros_like(W) if needs[1] and hw is None else None
+    gb = W.new_zeros(width, dtype=cdt) if needs[2] else None
+    b_c = None if b is None else b.to(cdt)
     for lo in range(0, rows, o.chunk_size):
         sl = slice(lo, min(lo + o.chunk_size, rows))
-        x_c = x[sl].to(cdt)
-        s, th = chunk_logits(x_c, W, b, o)
+        x_h = x[sl]
+        x_c = x_h.to(cdt)
+        if hw is None:
+            s, th = chunk_logits(x_c, W, b_c, o)
+        else:
+            s, th = softcap_(hw.logits(x_h, x_c, b_c), o)
         blk = block(targets, sl, width, o)
         if forward:
             if pred is not None:
@@ -612,15 +742,25 @@ def linear_chunks(
             assert lse is not None
             lse_c = lse[sl]
             e, norm = s.sub_(lse_c.unsqueeze(1)).exp_(), None
-        if gx is None and gw is None and gb is None:
+        if gx is None and gw is None and gb is None and (hw is None or not hw.acc):
+            del s, e, th
             continue
         G = logit_grad_(e, norm, lse_c, blk, up.rows(sl), o, tanh=th)
-        if gx is not None:
-            torch.mm(G, W, out=gx[sl])
-        if gw is not None:
-            gw.addmm_(G.t(), x_c)
+        if hw is not None:
+            hw.grads(G, x_h, x_c, None if gx is None else gx[sl])
+        else:
+            if gx is not None:
+                torch.mm(G, W, out=gx[sl])
+            if gw is not None:
+                gw.addmm_(G.t(), x_c)
         if gb is not None:
             gb.add_(G.sum(0))
+        # release this chunk's (chunk, V) buffers before the next chunk allocates its own
+        del s, e, th, G
+    if hw is not None and needs[1]:
+        gw = hw.grad_weight()
+    if gb is not None and b is not None:
+        gb = gb.to(b.dtype)
     loss = None
     if forward:
         assert ce is not None

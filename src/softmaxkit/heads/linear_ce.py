@@ -70,10 +70,6 @@ class _Call:
     class_weight: torch.Tensor | None
 
 
-def _dtype_of(*tensors: torch.Tensor | None) -> torch.dtype:
-    return next(t.dtype for t in tensors if t is not None)
-
-
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -86,7 +82,7 @@ class _LinearCE(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         o, cw = call.ce, call.class_weight
         eager = o.reduction != "none"
-        targets = ce_ops.targets_of(target, cw, o, W.dtype)
+        targets = ce_ops.targets_of(target, cw, o, compute_dtype(W))
         needs = call.needs if eager else (False, False, False)
         res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
         loss = res.loss
@@ -114,8 +110,7 @@ class _LinearCE(torch.autograd.Function):
         if o.reduction != "none":
             if ctx.grads is None:  # traced by torch.compile: saved tensors, out of place
                 gx, gw, gb = ctx.saved_tensors
-                g = g.to(_dtype_of(gx, gw, gb))
-                gx, gw, gb = (None if t is None else t * g for t in (gx, gw, gb))
+                gx, gw, gb = (None if t is None else t * g.to(t.dtype) for t in (gx, gw, gb))
             else:
                 # eager: take the buffers over and scale them in place, so that no second
                 # (V, d) buffer is ever allocated
@@ -128,13 +123,12 @@ class _LinearCE(torch.autograd.Function):
                     )
                 gx, gw, gb = ctx.grads
                 ctx.grads = "consumed"
-                g = g.to(_dtype_of(gx, gw, gb))
                 for t in (gx, gw, gb):
                     if t is not None:
-                        t.mul_(g)
+                        t.mul_(g.to(t.dtype))
         else:
             x, W, b, target, lse = ctx.saved_tensors
-            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, W.dtype)
+            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, compute_dtype(W))
             res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
             gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
         if gx is not None:
@@ -354,14 +348,14 @@ def linear_cross_entropy(
     lse: torch.Tensor
     pred: torch.Tensor | None
     if any(needs):
-        # the upcast of a half weight is differentiable, so its gradient flows back cast
-        W = linear_weight.to(cdt)
-        b = None if linear_bias is None else linear_bias.to(cdt)
+        # half weights go in as they are: the chunks run their matmuls in the half dtype
+        # (or upcast block by block) and accumulate grad_W in float32 (ce_ops.linear_chunks)
+        W, b = linear_weight, linear_bias
         call = _Call(ce=o, needs=needs, out_dtype=input.dtype, class_weight=cw)
         loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     else:
-        W = linear_weight.detach().to(cdt)
-        b = None if linear_bias is None else linear_bias.detach().to(cdt)
+        W = linear_weight.detach()
+        b = None if linear_bias is None else linear_bias.detach()
         targets = ce_ops.targets_of(tgt, cw, o, cdt)
         res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
         assert res.loss is not None and res.lse is not None  # a forward walk
