@@ -554,7 +554,9 @@ def logit_grad_(
 class ChunkResult:
     """What :func:`linear_chunks` returns: the reduced ``loss``, the per-row cross-entropy
     parts ``ce``, ``lse`` and ``argmax`` (forward only), and the gradients ``grad_x``,
-    ``grad_w``, ``grad_b`` (None unless asked for; ``grad_x`` of this rank's slice only)."""
+    ``grad_w``, ``grad_b`` (None unless asked for; ``grad_x`` of this rank's slice only);
+    ``half_weight``: instead of ``grad_w``, the float32 accumulator of a half weight
+    (``linear_chunks(..., finish=False)``) whose ``grad_weight(scale)`` gives it."""
 
     loss: torch.Tensor | None
     ce: torch.Tensor | None
@@ -563,6 +565,7 @@ class ChunkResult:
     grad_x: torch.Tensor | None
     grad_w: torch.Tensor | None
     grad_b: torch.Tensor | None
+    half_weight: _HalfWeight | None = None
 
 
 #: float32 bytes of one block of the weight's rows in the half-precision paths: the unit of
@@ -574,24 +577,16 @@ WEIGHT_BLOCK_BYTES = 32 * 2**20
 
 
 def fast_half_matmul(t: torch.Tensor) -> bool:
-    """Whether matmuls in ``t``'s half dtype are native (and fast) on ``t``'s device.
-
-    CUDA: always (cuBLAS accumulates bf16/fp16 products in float32). CPU: bfloat16 with
-    AVX512-BF16 or AMX, float16 with AMX-FP16 (oneDNN); elsewhere torch's CPU half matmul is
-    an emulation several times slower than float32 (measured on an AVX2 EPYC: 4-50x), so
-    the half paths of :func:`linear_chunks` then upcast the weight block by block instead.
-    False for float32/float64."""
-    if t.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if t.device.type == "cuda":
-        return True
-    if t.device.type != "cpu":
-        return False
-    probe = "_is_avx512_bf16_supported" if t.dtype == torch.bfloat16 else "_is_amx_fp16_supported"
-    native = bool(getattr(torch.cpu, probe, lambda: False)())
-    if t.dtype == torch.bfloat16:
-        native = native or bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return native
+    """Whether :func:`linear_chunks` runs its matmuls in ``t``'s half dtype (float16 or
+    bfloat16): on CUDA, whose half matmuls accumulate in float32 and can return float32
+    (``out_dtype``), so that neither the logits nor a chunk's weight-gradient partial is
+    rounded to the half dtype. Not on CPU: torch's CPU half matmul returns only the half
+    dtype, so each chunk's ``G^T x`` partial would be rounded before the float32
+    accumulation (more roundings than the plain half path: its error against float64 was
+    measured 1.2-1.7x the plain path's), and without AVX512-BF16/AMX it is an emulation
+    4-50x slower than float32 (measured on an AVX2 EPYC); there the weight is upcast one
+    block of rows at a time instead. False for float32/float64."""
+    return t.dtype in (torch.float16, torch.bfloat16) and t.device.type == "cuda"
 
 
 def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -605,10 +600,11 @@ def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class _HalfWeight:
     """The three matmuls of a chunk against a half weight ``W`` (V_r, d), in float32 math.
 
-    ``native`` (:func:`fast_half_matmul`): the matmuls run in the half dtype (float32
-    accumulation inside the kernel), the logits are upcast to float32 and the logit gradient
-    is rounded to the half dtype for the two gradient matmuls, as the plain half path
-    rounds its own. Otherwise the weight is upcast one block of rows at a time (never a
+    ``native`` (:func:`fast_half_matmul`): the matmuls run in the half dtype with float32
+    accumulation and float32 results (the logits, ``G W`` and each chunk's ``G^T x`` are
+    not rounded to the half dtype; off CUDA, where this path is only reached in tests, they
+    are), and the float32 logit gradient is rounded to the half dtype for the two gradient
+    matmuls, as the plain half path rounds its own. Otherwise the weight is upcast one block of rows at a time (never a
     whole float32 copy) and the matmuls run in float32. Either way the weight gradient is
     accumulated in float32 over the chunks, in one (rows of the block, d) buffer per block
     of :data:`WEIGHT_BLOCK_BYTES`, and :meth:`grad_weight` casts the blocks into the
@@ -663,12 +659,16 @@ class _HalfWeight:
             if self.acc:
                 self.acc[i].addmm_(G[:, bl].t(), x_c)
 
-    def grad_weight(self) -> torch.Tensor:
-        """The weight gradient in the weight's dtype; the float32 blocks are freed as cast."""
+    def grad_weight(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight gradient (times ``scale``, a 0-d upstream gradient, when given) in the
+        weight's dtype, rounded once from float32; the float32 blocks are freed as cast."""
         out = torch.empty_like(self.W, memory_format=torch.contiguous_format)
         for bl in self.blocks:
             acc = self.acc.pop(0)
-            out[bl].copy_(acc)
+            if scale is None:
+                out[bl].copy_(acc)
+            else:
+                out[bl].copy_(acc.mul_(scale.to(acc.dtype)))
             del acc
         return out
 
@@ -683,6 +683,7 @@ def linear_chunks(
     needs: tuple[bool, bool, bool] = (False, False, False),
     grad: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    finish: bool = True,
 ) -> ChunkResult:
     """Walk ``x`` (rows, d) in chunks of ``o.chunk_size`` rows against ``W`` (V_r, d).
 
@@ -702,7 +703,9 @@ def linear_chunks(
     half matmuls where :func:`fast_half_matmul`, else the weight upcast block by block; the
     statistics, loss and logit gradient stay float32, ``grad_W`` is accumulated in float32
     and returned in ``W``'s dtype, ``grad_b`` in ``b``'s dtype; ``grad_x`` is always in the
-    compute dtype (the caller casts it).
+    compute dtype (the caller casts it). ``finish=False`` keeps a half weight's float32
+    accumulator (``half_weight``) so that the caller rounds it once, after scaling it by the
+    upstream gradient.
     """
     rows, width, cdt = x.shape[0], W.shape[0], targets.dtype
     half = W.dtype != cdt
@@ -757,7 +760,7 @@ def linear_chunks(
             gb.add_(G.sum(0))
         # release this chunk's (chunk, V) buffers before the next chunk allocates its own
         del s, e, th, G
-    if hw is not None and needs[1]:
+    if hw is not None and needs[1] and finish:
         gw = hw.grad_weight()
     if gb is not None and b is not None:
         gb = gb.to(b.dtype)
@@ -765,4 +768,5 @@ def linear_chunks(
     if forward:
         assert ce is not None
         loss = reduce_loss(ce, lse_out, targets, den, o)
-    return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb)
+    keep = hw if hw is not None and needs[1] and not finish else None
+    return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb, keep)

@@ -84,16 +84,19 @@ class _LinearCE(torch.autograd.Function):
         eager = o.reduction != "none"
         targets = ce_ops.targets_of(target, cw, o, compute_dtype(W))
         needs = call.needs if eager else (False, False, False)
-        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        compiling = torch.compiler.is_compiling()
+        # eager "mean"/"sum": a half weight's float32 gradient is kept until backward, which
+        # scales it by the upstream gradient and rounds it once
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs, finish=compiling)
         loss = res.loss
         assert loss is not None  # a forward walk
         ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
-        grads = (res.grad_x, res.grad_w, res.grad_b)
-        if eager and torch.compiler.is_compiling():
-            ctx.save_for_backward(*grads)
+        if eager and compiling:
+            ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
         elif eager:
-            ctx.grads = grads
+            gw = res.grad_w if res.half_weight is None else res.half_weight
+            ctx.grads = (res.grad_x, gw, res.grad_b)
         else:
             ctx.save_for_backward(x, W, b, target, res.lse)
         ctx.mark_non_differentiable(res.lse)
@@ -123,7 +126,11 @@ class _LinearCE(torch.autograd.Function):
                     )
                 gx, gw, gb = ctx.grads
                 ctx.grads = "consumed"
-                for t in (gx, gw, gb):
+                if isinstance(gw, ce_ops._HalfWeight):
+                    gw = gw.grad_weight(g)
+                elif gw is not None:
+                    gw.mul_(g.to(gw.dtype))
+                for t in (gx, gb):
                     if t is not None:
                         t.mul_(g.to(t.dtype))
         else:
