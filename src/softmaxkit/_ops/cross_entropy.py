@@ -69,6 +69,7 @@ __all__ = [
     "softcap_",
     "fast_half_matmul",
     "WEIGHT_BLOCK_BYTES",
+    "UPCAST_BLOCK_BYTES",
     "reduce_statistics",
     "check_owned_once",
     "block_statistics",
@@ -576,6 +577,11 @@ class ChunkResult:
 WEIGHT_BLOCK_BYTES = 32 * 2**20
 
 
+#: float32 bytes of one piece of the weight upcast at a time where half matmuls are not
+#: native (:class:`_HalfWeight`): the only float32 copy of the weight ever held.
+UPCAST_BLOCK_BYTES = 4 * 2**20
+
+
 def fast_half_matmul(t: torch.Tensor) -> bool:
     """Whether :func:`linear_chunks` runs its matmuls in ``t``'s half dtype (float16 or
     bfloat16): on CUDA, whose half matmuls accumulate in float32 and can return float32
@@ -604,8 +610,9 @@ class _HalfWeight:
     accumulation and float32 results (the logits, ``G W`` and each chunk's ``G^T x`` are
     not rounded to the half dtype; off CUDA, where this path is only reached in tests, they
     are), and the float32 logit gradient is rounded to the half dtype for the two gradient
-    matmuls, as the plain half path rounds its own. Otherwise the weight is upcast one block of rows at a time (never a
-    whole float32 copy) and the matmuls run in float32. Either way the weight gradient is
+    matmuls, as the plain half path rounds its own. Otherwise the weight is upcast one
+    piece of :data:`UPCAST_BLOCK_BYTES` at a time (never a whole float32 copy) and the
+    matmuls run in float32. Either way the weight gradient is
     accumulated in float32 over the chunks, in one (rows of the block, d) buffer per block
     of :data:`WEIGHT_BLOCK_BYTES`, and :meth:`grad_weight` casts the blocks into the
     half-dtype gradient one at a time, freeing each (peak: the float32 accumulator plus one
@@ -621,6 +628,15 @@ class _HalfWeight:
         self.acc = [W.new_zeros(bl.stop - bl.start, d, dtype=cdt) for bl in self.blocks]
         if not want_grad:
             self.acc = []
+        # the upcast path's pieces: (accumulator block, rows in it, rows of W), each piece
+        # at most UPCAST_BLOCK_BYTES of float32 weight
+        sub = max(1, UPCAST_BLOCK_BYTES // max(d * 4, 1))
+        self.pieces = [
+            (i, slice(lo - bl.start, hi - bl.start), slice(lo, hi))
+            for i, bl in enumerate(self.blocks)
+            for lo in range(bl.start, bl.stop, sub)
+            for hi in (min(lo + sub, bl.stop),)
+        ]
 
     def logits(self, x_h: torch.Tensor, x_c: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         """The chunk's float32 logits ``x W^T + b`` (``x_h``: the chunk's rows in the half
@@ -629,8 +645,8 @@ class _HalfWeight:
             z = _mm32(x_h, self.W.t())
         else:
             z = x_c.new_empty(x_c.shape[0], self.W.shape[0])
-            for bl in self.blocks:
-                torch.mm(x_c, self.W[bl].to(self.cdt).t(), out=z[:, bl])
+            for _, _, rows in self.pieces:
+                torch.mm(x_c, self.W[rows].to(self.cdt).t(), out=z[:, rows])
         return z if b is None else z.add_(b)
 
     def grads(
@@ -650,14 +666,11 @@ class _HalfWeight:
             return
         if gx_c is not None:
             gx_c.zero_()
-        for i, bl in enumerate(self.blocks):
-            if gx_c is None and not self.acc:
-                break
-            W32 = self.W[bl].to(self.cdt)
+        for i, local, rows in self.pieces:
             if gx_c is not None:
-                gx_c.addmm_(G[:, bl], W32)
+                gx_c.addmm_(G[:, rows], self.W[rows].to(self.cdt))
             if self.acc:
-                self.acc[i].addmm_(G[:, bl].t(), x_c)
+                self.acc[i][local].addmm_(G[:, rows].t(), x_c)
 
     def grad_weight(self, scale: torch.Tensor | None = None) -> torch.Tensor:
         """The weight gradient (times ``scale``, a 0-d upstream gradient, when given) in the

@@ -546,9 +546,16 @@ class VQLogits(nn.Module):
         return target
 
     def _code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Code logits in the compute dtype (float32 for half inputs/parameters)."""
+        """Code logits in the compute dtype (float32 for half inputs/parameters).
+
+        Half ``hidden`` and codebook of one dtype on a device with native half matmuls
+        (CUDA; ``ce_ops.fast_half_matmul``): the matmul runs in that dtype and is upcast
+        after (as ``linear_cross_entropy`` does); otherwise both are upcast first."""
         dt = compute_dtype(hidden, self.codebook)
         b = None if self.bias is None else self.bias.to(dt)
+        if hidden.dtype == self.codebook.dtype and ce_ops.fast_half_matmul(self.codebook):
+            z = F.linear(hidden, self.codebook).to(dt)
+            return z if b is None else z + b
         return F.linear(hidden.to(dt), self.codebook.to(dt), b)
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
