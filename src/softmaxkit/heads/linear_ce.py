@@ -16,10 +16,15 @@ extra matmul per chunk).
 
 Chunks run over rows only (each chunk sees the whole vocabulary). Peak memory above the
 inputs is one chunk's logits plus at most one temporary of that size (two with softcap,
-three with probability targets; see :func:`default_chunk_size`), plus the gradients;
-``grad_W`` is accumulated in float32, so half inputs also hold float32 copies of
-``linear_weight`` and of its gradient during the call (until backward for "none"). No
-host synchronisation: the "mean" denominator stays a device tensor.
+three with probability targets; see :func:`default_chunk_size`), plus the gradients.
+Half inputs (float16/bfloat16): the three matmuls of a chunk run in the input dtype on
+CUDA (float32 accumulation and float32 results, ``out_dtype``); elsewhere (torch's CPU
+half matmul rounds its result and, without AVX512-BF16/AMX, is several times slower than
+float32) the weight is upcast 4 MiB at a time and the matmuls run in float32. The
+log-sum-exp, loss and logit gradient are float32 either way, ``grad_W`` is accumulated in
+float32 (4 bytes per weight entry, in 32 MiB blocks, no float32 copy of the weight) and
+rounded once to the weight's dtype, after the upstream scale, in backward. No host
+synchronisation: the "mean" denominator stays a device tensor.
 """
 
 from __future__ import annotations
@@ -285,8 +290,10 @@ def linear_cross_entropy(
     ``input``, ``linear_weight`` and ``linear_bias`` (only those that require grad, and none
     under ``torch.no_grad``) are computed during forward and scaled by the upstream
     scalar in backward; for "none" backward recomputes the logits chunk by chunk (exact).
-    Half inputs are computed and accumulated in float32 (the loss is returned in the
-    input dtype). ``target`` and ``weight`` are not differentiated. No double backward;
+    Half inputs: matmuls in the input dtype on CUDA, against a weight upcast piece by piece
+    elsewhere; log-sum-exp, loss, logit gradient and the ``grad_W`` accumulation in float32
+    (the loss and gradients are returned in the input dtype; see the module docstring).
+    ``target`` and ``weight`` are not differentiated. No double backward;
     for "mean"/"sum" the forward-computed gradients are handed to the first backward and
     scaled in place (so no second (V, in_features) buffer is allocated), hence a second
     backward through the same call (``retain_graph=True``, ``gradcheck``) raises a
