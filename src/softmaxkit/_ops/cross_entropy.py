@@ -92,10 +92,14 @@ def default_chunk_size(
 ) -> int:
     """Default rows per chunk: a chunk's logits take a quarter of the weight gradient's size.
 
-    The (num_classes, in_features) weight gradient is allocated anyway, so the chunk's
-    temporaries add at most about half of it to the peak (``in_features / 4`` rows),
-    clamped to :data:`MIN_CHUNK_BYTES` (16 MiB: fewer rows make the matmuls inefficient)
-    and :data:`MAX_CHUNK_BYTES` (256 MiB) of logits, and to ``rows``. Measured on a CPU
+    The (num_classes, in_features) weight gradient is allocated anyway, so one chunk's
+    logits add a quarter of it to the peak (``in_features / 4`` rows), clamped to
+    :data:`MIN_CHUNK_BYTES` (16 MiB: fewer rows make the matmuls inefficient) and
+    :data:`MAX_CHUNK_BYTES` (256 MiB) of logits, and to ``rows``: the peak of
+    :func:`linear_chunks` is the weight gradient plus at most 256 MiB per chunk buffer
+    (one buffer; two with softcap), whatever V (a chunk's buffers are released before
+    the next chunk's are allocated; measured, float32, N 512, d 512, V 65536: 170 MiB
+    for a 128 MiB weight gradient and a 32 MiB chunk, 202 MiB before that release). Measured on a CPU
     (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row chunks 1.05x.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
