@@ -99,8 +99,9 @@ def default_chunk_size(
     :func:`linear_chunks` is the weight gradient plus at most 256 MiB per chunk buffer
     (one buffer; two with softcap), whatever V (a chunk's buffers are released before
     the next chunk's are allocated; measured, float32, N 512, d 512, V 65536: 170 MiB
-    for a 128 MiB weight gradient and a 32 MiB chunk, 202 MiB before that release). Measured on a CPU
-    (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row chunks 1.05x.
+    for a 128 MiB weight gradient and a 32 MiB chunk, 202 MiB before that release).
+    Measured on a CPU (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row
+    chunks 1.05x.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     row_bytes = max(num_classes * itemsize, 1)
