@@ -345,20 +345,28 @@ def check_owned_once(blk: Block, owners: torch.Tensor) -> None:
 
 
 def chunk_logits(
-    x_c: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, o: CrossEntropyOptions
+    x_c: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    o: CrossEntropyOptions,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(s, tanh(z / softcap) or None)``: a chunk's (soft-capped) logits ``z = x W^T + b``,
-    a fresh buffer (the softcap is applied in place)."""
-    z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
-    return softcap_(z, o)
+    a fresh buffer or ``out[0]`` (the softcap is applied in place, ``s`` into ``out[1]``)."""
+    z0 = None if out is None else out[0]
+    z = torch.addmm(b, x_c, W.t(), out=z0) if b is not None else torch.mm(x_c, W.t(), out=z0)
+    return softcap_(z, o, None if out is None else out[1])
 
 
-def softcap_(z: torch.Tensor, o: CrossEntropyOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(s, tanh(z / softcap) or None)`` of fresh logits ``z`` (overwritten when capped)."""
+def softcap_(
+    z: torch.Tensor, o: CrossEntropyOptions, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(s, tanh(z / softcap) or None)`` of fresh logits ``z`` (overwritten when capped;
+    ``s`` written into ``out`` when given)."""
     if o.softcap is None:
         return z, None
     th = z.div_(o.softcap).tanh_()
-    return th * o.softcap, th
+    return torch.mul(th, o.softcap, out=out), th
 
 
 def block_statistics(
@@ -643,13 +651,16 @@ class _HalfWeight:
             for hi in (min(lo + sub, bl.stop),)
         ]
 
-    def logits(self, x_h: torch.Tensor, x_c: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def logits(
+        self, x_h: torch.Tensor, x_c: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor
+    ) -> torch.Tensor:
         """The chunk's float32 logits ``x W^T + b`` (``x_h``: the chunk's rows in the half
-        dtype, ``x_c``: the same in the compute dtype; ``b`` in the compute dtype)."""
+        dtype, ``x_c``: the same in the compute dtype; ``b`` in the compute dtype), written
+        into ``out`` (the upcast path) or a fresh buffer (native)."""
         if self.native:
             z = _mm32(x_h, self.W.t())
         else:
-            z = x_c.new_empty(x_c.shape[0], self.W.shape[0])
+            z = out
             for _, _, rows in self.pieces:
                 torch.mm(x_c, self.W[rows].to(self.cdt).t(), out=z[:, rows])
         return z if b is None else z.add_(b)
@@ -742,14 +753,23 @@ def linear_chunks(
     gw = torch.zeros_like(W) if needs[1] and hw is None else None
     gb = W.new_zeros(width, dtype=cdt) if needs[2] else None
     b_c = None if b is None else b.to(cdt)
+    # the chunks' logits (and soft-capped logits) buffers, allocated once: a fresh (chunk,
+    # V) buffer per chunk can leave the host allocator holding two (measured: glibc)
+    bufs: tuple[torch.Tensor, torch.Tensor] | None = None
     for lo in range(0, rows, o.chunk_size):
         sl = slice(lo, min(lo + o.chunk_size, rows))
         x_h = x[sl]
         x_c = x_h.to(cdt)
+        if bufs is None:
+            n_buf = min(o.chunk_size, rows)
+            z_buf = x.new_empty(n_buf, width, dtype=cdt)
+            s_buf = x.new_empty(n_buf, width, dtype=cdt) if o.softcap is not None else z_buf
+            bufs = (z_buf, s_buf)
+        out = (bufs[0][: sl.stop - lo], bufs[1][: sl.stop - lo])
         if hw is None:
-            s, th = chunk_logits(x_c, W, b_c, o)
+            s, th = chunk_logits(x_c, W, b_c, o, out)
         else:
-            s, th = softcap_(hw.logits(x_h, x_c, b_c), o)
+            s, th = softcap_(hw.logits(x_h, x_c, b_c, out[0]), o, out[1])
         blk = block(targets, sl, width, o)
         if forward:
             if pred is not None:
