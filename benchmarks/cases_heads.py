@@ -116,7 +116,9 @@ for _dt, _tag in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
 # their gradient. Target: peak memory at most the floor's (ratio <= 1.0); expected peak
 # V d 4 B + min(max(V d, 16 MiB), 256 MiB): 80, 160, 320, 640, 1280 MiB for the five V.
 # (Before issue 15 the previous chunk's logits were still alive when the next chunk's were
-# allocated: 1.5x the weight gradient at 128k.) ``--quick`` divides N and V by 8.
+# allocated: 1.5x the weight gradient at 128k.) The floor does one chunk's work, so the
+# time ratio is not a comparison (no time target): read our ms across the five rows, which
+# should double with V. ``--quick`` divides N and V by 8.
 # ---------------------------------------------------------------------------------------
 
 SCALE_N, SCALE_D = 2048, 1024
