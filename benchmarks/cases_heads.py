@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from softmaxkit.cli.bench import Case
 from softmaxkit.cli.bench_peers import fused_head_peers, with_peers
 from softmaxkit.heads import SphericalOutputLayer, VQLogits, linear_cross_entropy
+from softmaxkit.heads.linear_ce import default_chunk_size
 from softmaxkit.losses import z_loss
 
 N, D, V = 4096, 1024, 131072
@@ -63,6 +64,96 @@ CASES = [
     ),
 ]
 
+
+# ---------------------------------------------------------------------------------------
+# Half precision (issue 15, part 1): bfloat16 and float16 inputs, N = 2048, d = 1024, at
+# V = 65536 and 131072, forward + backward, against the plain half path
+# F.cross_entropy(F.linear(x, W), y) in that dtype. Targets: time <= 1.1x, peak memory
+# <= 0.5x the plain path's (expected peak: the float32 grad_W accumulator, 4 bytes per
+# weight entry, plus one float32 chunk of logits: ~256 + 64 MiB at V = 65536 against the
+# plain path's three (N, V) half buffers, ~768 MiB; ~512 + 128 MiB against ~1536 MiB at
+# V = 131072). On a CPU without AVX512-BF16/AMX (the AVX2 bench machine) torch's half
+# matmuls are emulated, so the plain half path is slow there and ours runs float32
+# matmuls against the weight upcast block by block; on CUDA ours runs native half
+# matmuls. ``--quick`` divides N and V by 8. The losses agree to the half path's rounding.
+# ---------------------------------------------------------------------------------------
+
+HALF_N, HALF_D = 2048, 1024
+
+
+def _half_setup(vocab: int, dtype: torch.dtype):
+    def setup(quick: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, v = (HALF_N // 8, vocab // 8) if quick else (HALF_N, vocab)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, HALF_D, generator=g).to(dtype).requires_grad_()
+        w = (torch.randn(v, HALF_D, generator=g) / HALF_D**0.5).to(dtype).requires_grad_()
+        return x, w, torch.randint(0, v, (n,), generator=g)
+
+    return setup
+
+
+for _dt, _tag in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+    for _v in (65536, 131072):
+        CASES.append(
+            Case(
+                name=f"linear_cross_entropy/{_tag}/{HALF_N}x{HALF_D}x{_v}",
+                setup=_half_setup(_v, _dt),
+                ours=linear_cross_entropy,
+                baseline=plain,
+                baseline_name=f"F.cross_entropy(F.linear) in {_tag}",
+                targets={"time_fwdbwd": 1.1, "mem_fwdbwd": 0.5},
+                atol=5e-2 if _dt == torch.bfloat16 else 1e-2,
+            )
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Scaling (issue 15, part 3): the fused head, float32, N = 2048, d = 1024, at V = 16k, 32k,
+# 64k, 128k, 256k. Time should grow linearly in V (read the ms across the five rows), and
+# the peak memory stay at the weight gradient plus one chunk of logits (the chunk takes a
+# quarter of the weight gradient's size, clamped to 16-256 MiB: ``default_chunk_size``).
+# The baseline is that floor itself: one default chunk's logits, its log-sum-exp and
+# backward into (x, W), which allocates the weight gradient and the chunk's logits and
+# their gradient. Target: peak memory at most the floor's (ratio <= 1.0); expected peak
+# V d 4 B + min(max(V d, 16 MiB), 256 MiB): 80, 160, 320, 640, 1280 MiB for the five V.
+# (Before issue 15 the previous chunk's logits were still alive when the next chunk's were
+# allocated: 1.5x the weight gradient at 128k.) The floor does one chunk's work, so the
+# time ratio is not a comparison (no time target): read our ms across the five rows, which
+# should double with V. ``--quick`` divides N and V by 8.
+# ---------------------------------------------------------------------------------------
+
+SCALE_N, SCALE_D = 2048, 1024
+
+
+def _scale_setup(vocab: int):
+    def setup(quick: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, v = (SCALE_N // 8, vocab // 8) if quick else (SCALE_N, vocab)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, SCALE_D, generator=g).requires_grad_()
+        w = (torch.randn(v, SCALE_D, generator=g) / SCALE_D**0.5).requires_grad_()
+        return x, w, torch.randint(0, v, (n,), generator=g)
+
+    return setup
+
+
+def chunk_floor(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One default chunk of the fused head, unfused: its logits, lse, and grad into x, W."""
+    rows = default_chunk_size(x.shape[0], w.shape[0], w.shape[1], w.dtype)
+    return F.linear(x[:rows], w).logsumexp(-1).sum()
+
+
+for _log2k in (4, 5, 6, 7, 8):
+    _v = 2**_log2k * 1024
+    CASES.append(
+        Case(
+            name=f"linear_cross_entropy/scaling/{SCALE_N}x{SCALE_D}x{2**_log2k}k",
+            setup=_scale_setup(_v),
+            ours=linear_cross_entropy,
+            baseline=chunk_floor,
+            baseline_name="floor: grad_W + one chunk of logits",
+            targets={"mem_fwdbwd": 1.0},
+        )
+    )
 
 # ---------------------------------------------------------------------------------------
 # The spherical exact-gradient layer (Vincent et al. 2015): one plain-SGD step (forward,

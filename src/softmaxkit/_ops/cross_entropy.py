@@ -66,6 +66,10 @@ __all__ = [
     "prob_targets",
     "block",
     "chunk_logits",
+    "softcap_",
+    "fast_half_matmul",
+    "WEIGHT_BLOCK_BYTES",
+    "UPCAST_BLOCK_BYTES",
     "reduce_statistics",
     "check_owned_once",
     "block_statistics",
@@ -88,11 +92,16 @@ def default_chunk_size(
 ) -> int:
     """Default rows per chunk: a chunk's logits take a quarter of the weight gradient's size.
 
-    The (num_classes, in_features) weight gradient is allocated anyway, so the chunk's
-    temporaries add at most about half of it to the peak (``in_features / 4`` rows),
-    clamped to :data:`MIN_CHUNK_BYTES` (16 MiB: fewer rows make the matmuls inefficient)
-    and :data:`MAX_CHUNK_BYTES` (256 MiB) of logits, and to ``rows``. Measured on a CPU
-    (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row chunks 1.05x.
+    The (num_classes, in_features) weight gradient is allocated anyway, so one chunk's
+    logits add a quarter of it to the peak (``in_features / 4`` rows), clamped to
+    :data:`MIN_CHUNK_BYTES` (16 MiB: fewer rows make the matmuls inefficient) and
+    :data:`MAX_CHUNK_BYTES` (256 MiB) of logits, and to ``rows``: the peak of
+    :func:`linear_chunks` is the weight gradient plus at most 256 MiB per chunk buffer
+    (one buffer; two with softcap), whatever V (a chunk's buffers are released before
+    the next chunk's are allocated; measured, float32, N 512, d 512, V 65536: 170 MiB
+    for a 128 MiB weight gradient and a 32 MiB chunk, 202 MiB before that release).
+    Measured on a CPU (d = 1024): 64-row chunks cost 1.5x the plain path's time, 256-row
+    chunks 1.05x.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     row_bytes = max(num_classes * itemsize, 1)
@@ -336,15 +345,28 @@ def check_owned_once(blk: Block, owners: torch.Tensor) -> None:
 
 
 def chunk_logits(
-    x_c: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, o: CrossEntropyOptions
+    x_c: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    o: CrossEntropyOptions,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(s, tanh(z / softcap) or None)``: a chunk's (soft-capped) logits ``z = x W^T + b``,
-    a fresh buffer (the softcap is applied in place)."""
-    z = torch.addmm(b, x_c, W.t()) if b is not None else x_c @ W.t()
+    a fresh buffer or ``out[0]`` (the softcap is applied in place, ``s`` into ``out[1]``)."""
+    z0 = None if out is None else out[0]
+    z = torch.addmm(b, x_c, W.t(), out=z0) if b is not None else torch.mm(x_c, W.t(), out=z0)
+    return softcap_(z, o, None if out is None else out[1])
+
+
+def softcap_(
+    z: torch.Tensor, o: CrossEntropyOptions, out: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(s, tanh(z / softcap) or None)`` of fresh logits ``z`` (overwritten when capped;
+    ``s`` written into ``out`` when given)."""
     if o.softcap is None:
         return z, None
     th = z.div_(o.softcap).tanh_()
-    return th * o.softcap, th
+    return torch.mul(th, o.softcap, out=out), th
 
 
 def block_statistics(
@@ -546,7 +568,9 @@ def logit_grad_(
 class ChunkResult:
     """What :func:`linear_chunks` returns: the reduced ``loss``, the per-row cross-entropy
     parts ``ce``, ``lse`` and ``argmax`` (forward only), and the gradients ``grad_x``,
-    ``grad_w``, ``grad_b`` (None unless asked for; ``grad_x`` of this rank's slice only)."""
+    ``grad_w``, ``grad_b`` (None unless asked for; ``grad_x`` of this rank's slice only);
+    ``half_weight``: instead of ``grad_w``, the float32 accumulator of a half weight
+    (``linear_chunks(..., finish=False)``) whose ``grad_weight(scale)`` gives it."""
 
     loss: torch.Tensor | None
     ce: torch.Tensor | None
@@ -555,6 +579,127 @@ class ChunkResult:
     grad_x: torch.Tensor | None
     grad_w: torch.Tensor | None
     grad_b: torch.Tensor | None
+    half_weight: _HalfWeight | None = None
+
+
+#: float32 bytes of one block of the weight's rows in the half-precision paths: the unit of
+#: the float32 weight-gradient accumulator (one allocation per block, so that each is given
+#: back to the allocator as soon as it is cast into the output; at least glibc's largest
+#: mmap threshold, 32 MiB, so that a freed block leaves the resident set at once) and of
+#: the per-block float32 upcast of the weight on devices without fast half matmuls.
+WEIGHT_BLOCK_BYTES = 32 * 2**20
+
+
+#: float32 bytes of one piece of the weight upcast at a time where half matmuls are not
+#: native (:class:`_HalfWeight`): the only float32 copy of the weight ever held.
+UPCAST_BLOCK_BYTES = 4 * 2**20
+
+
+def fast_half_matmul(t: torch.Tensor) -> bool:
+    """Whether :func:`linear_chunks` runs its matmuls in ``t``'s half dtype (float16 or
+    bfloat16): on CUDA, whose half matmuls accumulate in float32 and can return float32
+    (``out_dtype``), so that neither the logits nor a chunk's weight-gradient partial is
+    rounded to the half dtype. Not on CPU: torch's CPU half matmul returns only the half
+    dtype, so each chunk's ``G^T x`` partial would be rounded before the float32
+    accumulation (more roundings than the plain half path: its error against float64 was
+    measured 1.2-1.7x the plain path's), and without AVX512-BF16/AMX it is an emulation
+    4-50x slower than float32 (measured on an AVX2 EPYC); there the weight is upcast one
+    block of rows at a time instead. False for float32/float64."""
+    return t.dtype in (torch.float16, torch.bfloat16) and t.device.type == "cuda"
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of half matrices as float32: accumulated in float32 and not rounded to the
+    half dtype where torch offers it (CUDA's ``out_dtype``), else rounded once then upcast."""
+    if a.device.type == "cuda":
+        return torch.mm(a, b, torch.float32)
+    return torch.mm(a, b).float()
+
+
+class _HalfWeight:
+    """The three matmuls of a chunk against a half weight ``W`` (V_r, d), in float32 math.
+
+    ``native`` (:func:`fast_half_matmul`): the matmuls run in the half dtype with float32
+    accumulation and float32 results (the logits, ``G W`` and each chunk's ``G^T x`` are
+    not rounded to the half dtype; off CUDA, where this path is only reached in tests, they
+    are), and the float32 logit gradient is rounded to the half dtype for the two gradient
+    matmuls, as the plain half path rounds its own. Otherwise the weight is upcast one
+    piece of :data:`UPCAST_BLOCK_BYTES` at a time (never a whole float32 copy) and the
+    matmuls run in float32. Either way the weight gradient is
+    accumulated in float32 over the chunks, in one (rows of the block, d) buffer per block
+    of :data:`WEIGHT_BLOCK_BYTES`, and :meth:`grad_weight` casts the blocks into the
+    half-dtype gradient one at a time, freeing each (peak: the float32 accumulator plus one
+    block, instead of a float32 accumulator plus the whole half gradient).
+    """
+
+    def __init__(self, W: torch.Tensor, cdt: torch.dtype, want_grad: bool) -> None:
+        self.W, self.cdt = W, cdt
+        self.native = fast_half_matmul(W)
+        width, d = W.shape
+        step = max(1, -(-WEIGHT_BLOCK_BYTES // max(d * 4, 1)))
+        self.blocks = [slice(lo, min(lo + step, width)) for lo in range(0, width, step)]
+        self.acc = [W.new_zeros(bl.stop - bl.start, d, dtype=cdt) for bl in self.blocks]
+        if not want_grad:
+            self.acc = []
+        # the upcast path's pieces: (accumulator block, rows in it, rows of W), each piece
+        # at most UPCAST_BLOCK_BYTES of float32 weight
+        sub = max(1, UPCAST_BLOCK_BYTES // max(d * 4, 1))
+        self.pieces = [
+            (i, slice(lo - bl.start, hi - bl.start), slice(lo, hi))
+            for i, bl in enumerate(self.blocks)
+            for lo in range(bl.start, bl.stop, sub)
+            for hi in (min(lo + sub, bl.stop),)
+        ]
+
+    def logits(
+        self, x_h: torch.Tensor, x_c: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor
+    ) -> torch.Tensor:
+        """The chunk's float32 logits ``x W^T + b`` (``x_h``: the chunk's rows in the half
+        dtype, ``x_c``: the same in the compute dtype; ``b`` in the compute dtype), written
+        into ``out`` (the upcast path) or a fresh buffer (native)."""
+        if self.native:
+            z = _mm32(x_h, self.W.t())
+        else:
+            z = out
+            for _, _, rows in self.pieces:
+                torch.mm(x_c, self.W[rows].to(self.cdt).t(), out=z[:, rows])
+        return z if b is None else z.add_(b)
+
+    def grads(
+        self, G: torch.Tensor, x_h: torch.Tensor, x_c: torch.Tensor, gx_c: torch.Tensor | None
+    ) -> None:
+        """Fold the chunk's float32 logit gradient ``G``: ``gx_c = G W`` (written into
+        ``gx_c``, compute dtype) and the weight-gradient blocks ``+= G^T x``."""
+        if self.native:
+            G16, x16 = G.to(self.W.dtype), x_h
+            if gx_c is not None:
+                gx_c.copy_(_mm32(G16, self.W))
+            for bl, acc in zip(self.blocks, self.acc):
+                if acc.device.type == "cuda":
+                    torch.addmm(acc, G16[:, bl].t(), x16, torch.float32, out=acc)
+                else:
+                    acc.add_(torch.mm(G16[:, bl].t(), x16))
+            return
+        if gx_c is not None:
+            gx_c.zero_()
+        for i, local, rows in self.pieces:
+            if gx_c is not None:
+                gx_c.addmm_(G[:, rows], self.W[rows].to(self.cdt))
+            if self.acc:
+                self.acc[i][local].addmm_(G[:, rows].t(), x_c)
+
+    def grad_weight(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight gradient (times ``scale``, a 0-d upstream gradient, when given) in the
+        weight's dtype, rounded once from float32; the float32 blocks are freed as cast."""
+        out = torch.empty_like(self.W, memory_format=torch.contiguous_format)
+        for bl in self.blocks:
+            acc = self.acc.pop(0)
+            if scale is None:
+                out[bl].copy_(acc)
+            else:
+                out[bl].copy_(acc.mul_(scale.to(acc.dtype)))
+            del acc
+        return out
 
 
 def linear_chunks(
@@ -567,6 +712,7 @@ def linear_chunks(
     needs: tuple[bool, bool, bool] = (False, False, False),
     grad: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
+    finish: bool = True,
 ) -> ChunkResult:
     """Walk ``x`` (rows, d) in chunks of ``o.chunk_size`` rows against ``W`` (V_r, d).
 
@@ -579,9 +725,19 @@ def linear_chunks(
     the per-row upstream gradient): the softmax is ``exp(s - lse)``, so no statistic is
     recomputed and none crosses ranks. Peak memory:
     one chunk's logits plus the target distribution (probability targets) and the tanh
-    (softcap).
+    (softcap); a chunk's buffers are released before the next chunk's are allocated.
+
+    The compute dtype is ``targets.dtype``. When ``W`` is half (float16/bfloat16, with
+    ``x`` and ``b`` of its dtype) the three matmuls go through :class:`_HalfWeight`: native
+    half matmuls where :func:`fast_half_matmul`, else the weight upcast block by block; the
+    statistics, loss and logit gradient stay float32, ``grad_W`` is accumulated in float32
+    and returned in ``W``'s dtype, ``grad_b`` in ``b``'s dtype; ``grad_x`` is always in the
+    compute dtype (the caller casts it). ``finish=False`` keeps a half weight's float32
+    accumulator (``half_weight``) so that the caller rounds it once, after scaling it by the
+    upstream gradient.
     """
-    rows, width, cdt = x.shape[0], W.shape[0], W.dtype
+    rows, width, cdt = x.shape[0], W.shape[0], targets.dtype
+    half = W.dtype != cdt
     forward = lse is None
     if forward:
         den = mean_denominators(targets, rows, cdt, o)
@@ -593,12 +749,27 @@ def linear_chunks(
     lse_out = x.new_empty(rows, dtype=cdt) if forward else lse
     pred = x.new_empty(rows, dtype=torch.long) if forward and o.want_argmax else None
     gx = x.new_empty(rows, x.shape[1], dtype=cdt) if needs[0] else None
-    gw = torch.zeros_like(W) if needs[1] else None
-    gb = W.new_zeros(width) if needs[2] else None
+    hw = _HalfWeight(W, cdt, needs[1]) if half else None
+    gw = torch.zeros_like(W) if needs[1] and hw is None else None
+    gb = W.new_zeros(width, dtype=cdt) if needs[2] else None
+    b_c = None if b is None else b.to(cdt)
+    # the chunks' logits (and soft-capped logits) buffers, allocated once: a fresh (chunk,
+    # V) buffer per chunk can leave the host allocator holding two (measured: glibc)
+    bufs: tuple[torch.Tensor, torch.Tensor] | None = None
     for lo in range(0, rows, o.chunk_size):
         sl = slice(lo, min(lo + o.chunk_size, rows))
-        x_c = x[sl].to(cdt)
-        s, th = chunk_logits(x_c, W, b, o)
+        x_h = x[sl]
+        x_c = x_h.to(cdt)
+        if bufs is None:
+            n_buf = min(o.chunk_size, rows)
+            z_buf = x.new_empty(n_buf, width, dtype=cdt)
+            s_buf = x.new_empty(n_buf, width, dtype=cdt) if o.softcap is not None else z_buf
+            bufs = (z_buf, s_buf)
+        out = (bufs[0][: sl.stop - lo], bufs[1][: sl.stop - lo])
+        if hw is None:
+            s, th = chunk_logits(x_c, W, b_c, o, out)
+        else:
+            s, th = softcap_(hw.logits(x_h, x_c, b_c, out[0]), o, out[1])
         blk = block(targets, sl, width, o)
         if forward:
             if pred is not None:
@@ -612,17 +783,28 @@ def linear_chunks(
             assert lse is not None
             lse_c = lse[sl]
             e, norm = s.sub_(lse_c.unsqueeze(1)).exp_(), None
-        if gx is None and gw is None and gb is None:
+        if gx is None and gw is None and gb is None and (hw is None or not hw.acc):
+            del s, e, th
             continue
         G = logit_grad_(e, norm, lse_c, blk, up.rows(sl), o, tanh=th)
-        if gx is not None:
-            torch.mm(G, W, out=gx[sl])
-        if gw is not None:
-            gw.addmm_(G.t(), x_c)
+        if hw is not None:
+            hw.grads(G, x_h, x_c, None if gx is None else gx[sl])
+        else:
+            if gx is not None:
+                torch.mm(G, W, out=gx[sl])
+            if gw is not None:
+                gw.addmm_(G.t(), x_c)
         if gb is not None:
             gb.add_(G.sum(0))
+        # release this chunk's (chunk, V) buffers before the next chunk allocates its own
+        del s, e, th, G
+    if hw is not None and needs[1] and finish:
+        gw = hw.grad_weight()
+    if gb is not None and b is not None:
+        gb = gb.to(b.dtype)
     loss = None
     if forward:
         assert ce is not None
         loss = reduce_loss(ce, lse_out, targets, den, o)
-    return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb)
+    keep = hw if hw is not None and needs[1] and not finish else None
+    return ChunkResult(loss, ce, lse_out, pred, gx, gw, gb, keep)

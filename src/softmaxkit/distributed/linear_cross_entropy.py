@@ -65,7 +65,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
     ) -> torch.Tensor:
         o = call.ce
         eager = o.reduction != "none"
-        targets = ce_ops.targets_of(target, None, o, W.dtype)
+        targets = ce_ops.targets_of(target, None, o, compute_dtype(W))
         needs = call.needs if eager else (False, False, False)
         res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
         loss = res.loss
@@ -90,7 +90,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             # recompute each chunk's logits; the saved global lse gives the softmax, so no
             # statistic crosses ranks (then the one (N, d) all-reduce of the hidden gradient)
             x, W, b, target, lse = ctx.saved_tensors
-            targets = ce_ops.targets_of(target, None, o, W.dtype)
+            targets = ce_ops.targets_of(target, None, o, compute_dtype(W))
             res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
             gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
             _sum_over_ranks(gx, o)
@@ -150,8 +150,9 @@ def vocab_parallel_linear_cross_entropy(
     Args:
         hidden: (..., d) hidden states, identical on every rank.
         local_weight: (V_r, d) this rank's contiguous slice of the output weight, hidden's
-            dtype (float16/bfloat16 are computed and accumulated in float32); V_r may
-            differ between ranks.
+            dtype (float16/bfloat16: the matmuls in that dtype where it is native, else the
+            weight upcast block by block; statistics, loss and logit gradient in float32;
+            the weight gradient accumulated in float32); V_r may differ between ranks.
         target: (...) global class indices in [0, V - 1] or ``ignore_index``, identical on
             every rank. (Probability targets would need an (N, V) target; not supported.)
         local_bias: optional (V_r,) slice of the output bias.
@@ -246,7 +247,6 @@ def vocab_parallel_linear_cross_entropy(
     x = hidden.reshape(-1, d)
     eps = float(label_smoothing)
     class_index(flat, ignore_index, total, world)  # checks the kept values at world size 1
-    cdt = compute_dtype(hidden)
     o = CrossEntropyOptions(
         reduction=reduction,
         ignore_index=ignore_index,
@@ -266,8 +266,8 @@ def vocab_parallel_linear_cross_entropy(
         grad_on and local_weight.requires_grad,
         grad_on and local_bias is not None and local_bias.requires_grad,
     )
-    W = local_weight.to(cdt)
-    b = None if local_bias is None else local_bias.to(cdt)
+    # half weights go in as they are: native half matmuls (or a block-by-block upcast),
+    # float32 statistics and a float32 grad_W accumulator (ce_ops.linear_chunks)
     call = _Call(ce=o, needs=needs, out_dtype=hidden.dtype)
-    loss: torch.Tensor = _VocabParallelLinearCE.apply(x, W, b, flat, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
+    loss: torch.Tensor = _VocabParallelLinearCE.apply(x, local_weight, local_bias, flat, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     return loss.reshape(target.shape) if reduction == "none" else loss

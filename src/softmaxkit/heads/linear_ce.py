@@ -16,10 +16,15 @@ extra matmul per chunk).
 
 Chunks run over rows only (each chunk sees the whole vocabulary). Peak memory above the
 inputs is one chunk's logits plus at most one temporary of that size (two with softcap,
-three with probability targets; see :func:`default_chunk_size`), plus the gradients;
-``grad_W`` is accumulated in float32, so half inputs also hold float32 copies of
-``linear_weight`` and of its gradient during the call (until backward for "none"). No
-host synchronisation: the "mean" denominator stays a device tensor.
+three with probability targets; see :func:`default_chunk_size`), plus the gradients.
+Half inputs (float16/bfloat16): the three matmuls of a chunk run in the input dtype on
+CUDA (float32 accumulation and float32 results, ``out_dtype``); elsewhere (torch's CPU
+half matmul rounds its result and, without AVX512-BF16/AMX, is several times slower than
+float32) the weight is upcast 4 MiB at a time and the matmuls run in float32. The
+log-sum-exp, loss and logit gradient are float32 either way, ``grad_W`` is accumulated in
+float32 (4 bytes per weight entry, in 32 MiB blocks, no float32 copy of the weight) and
+rounded once to the weight's dtype, after the upstream scale, in backward. No host
+synchronisation: the "mean" denominator stays a device tensor.
 """
 
 from __future__ import annotations
@@ -71,10 +76,6 @@ class _Call:
     class_weight: torch.Tensor | None
 
 
-def _dtype_of(*tensors: torch.Tensor | None) -> torch.dtype:
-    return next(t.dtype for t in tensors if t is not None)
-
-
 class _LinearCE(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -87,18 +88,21 @@ class _LinearCE(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         o, cw = call.ce, call.class_weight
         eager = o.reduction != "none"
-        targets = ce_ops.targets_of(target, cw, o, W.dtype)
+        targets = ce_ops.targets_of(target, cw, o, compute_dtype(W))
         needs = call.needs if eager else (False, False, False)
-        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs)
+        compiling = torch.compiler.is_compiling()
+        # eager "mean"/"sum": a half weight's float32 gradient is kept until backward, which
+        # scales it by the upstream gradient and rounds it once
+        res = ce_ops.linear_chunks(x, W, b, targets, o, needs=needs, finish=compiling)
         loss = res.loss
         assert loss is not None  # a forward walk
         ctx.call, ctx.x_dtype = call, x.dtype
         ctx.grads = None
-        grads = (res.grad_x, res.grad_w, res.grad_b)
-        if eager and torch.compiler.is_compiling():
-            ctx.save_for_backward(*grads)
+        if eager and compiling:
+            ctx.save_for_backward(res.grad_x, res.grad_w, res.grad_b)
         elif eager:
-            ctx.grads = grads
+            gw = res.grad_w if res.half_weight is None else res.half_weight
+            ctx.grads = (res.grad_x, gw, res.grad_b)
         else:
             ctx.save_for_backward(x, W, b, target, res.lse)
         ctx.mark_non_differentiable(res.lse)
@@ -115,8 +119,7 @@ class _LinearCE(torch.autograd.Function):
         if o.reduction != "none":
             if ctx.grads is None:  # traced by torch.compile: saved tensors, out of place
                 gx, gw, gb = ctx.saved_tensors
-                g = g.to(_dtype_of(gx, gw, gb))
-                gx, gw, gb = (None if t is None else t * g for t in (gx, gw, gb))
+                gx, gw, gb = (None if t is None else t * g.to(t.dtype) for t in (gx, gw, gb))
             else:
                 # eager: take the buffers over and scale them in place, so that no second
                 # (V, d) buffer is ever allocated
@@ -129,13 +132,16 @@ class _LinearCE(torch.autograd.Function):
                     )
                 gx, gw, gb = ctx.grads
                 ctx.grads = "consumed"
-                g = g.to(_dtype_of(gx, gw, gb))
-                for t in (gx, gw, gb):
+                if isinstance(gw, ce_ops._HalfWeight):
+                    gw = gw.grad_weight(g)
+                elif gw is not None:
+                    gw.mul_(g.to(gw.dtype))
+                for t in (gx, gb):
                     if t is not None:
-                        t.mul_(g)
+                        t.mul_(g.to(t.dtype))
         else:
             x, W, b, target, lse = ctx.saved_tensors
-            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, W.dtype)
+            targets = ce_ops.targets_of(target, ctx.call.class_weight, o, compute_dtype(W))
             res = ce_ops.linear_chunks(x, W, b, targets, o, needs=ctx.call.needs, grad=g, lse=lse)
             gx, gw, gb = res.grad_x, res.grad_w, res.grad_b
         if gx is not None:
@@ -285,8 +291,10 @@ def linear_cross_entropy(
     ``input``, ``linear_weight`` and ``linear_bias`` (only those that require grad, and none
     under ``torch.no_grad``) are computed during forward and scaled by the upstream
     scalar in backward; for "none" backward recomputes the logits chunk by chunk (exact).
-    Half inputs are computed and accumulated in float32 (the loss is returned in the
-    input dtype). ``target`` and ``weight`` are not differentiated. No double backward;
+    Half inputs: matmuls in the input dtype on CUDA, against a weight upcast piece by piece
+    elsewhere; log-sum-exp, loss, logit gradient and the ``grad_W`` accumulation in float32
+    (the loss and gradients are returned in the input dtype; see the module docstring).
+    ``target`` and ``weight`` are not differentiated. No double backward;
     for "mean"/"sum" the forward-computed gradients are handed to the first backward and
     scaled in place (so no second (V, in_features) buffer is allocated), hence a second
     backward through the same call (``retain_graph=True``, ``gradcheck``) raises a
@@ -373,14 +381,14 @@ def linear_cross_entropy(
     lse: torch.Tensor
     pred: torch.Tensor | None
     if any(needs):
-        # the upcast of a half weight is differentiable, so its gradient flows back cast
-        W = linear_weight.to(cdt)
-        b = None if linear_bias is None else linear_bias.to(cdt)
+        # half weights go in as they are: the chunks run their matmuls in the half dtype
+        # (or upcast block by block) and accumulate grad_W in float32 (ce_ops.linear_chunks)
+        W, b = linear_weight, linear_bias
         call = _Call(ce=o, needs=needs, out_dtype=input.dtype, class_weight=cw)
         loss, lse, pred = _LinearCE.apply(x2, W, b, tgt, call)  # type: ignore[no-untyped-call]  # torch: Function.apply is unannotated
     else:
-        W = linear_weight.detach().to(cdt)
-        b = None if linear_bias is None else linear_bias.detach().to(cdt)
+        W = linear_weight.detach()
+        b = None if linear_bias is None else linear_bias.detach()
         targets = ce_ops.targets_of(tgt, cw, o, cdt)
         res = ce_ops.linear_chunks(x2.detach(), W, b, targets, o)
         assert res.loss is not None and res.lse is not None  # a forward walk

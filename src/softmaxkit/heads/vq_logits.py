@@ -561,12 +561,19 @@ class VQLogits(nn.Module):
         return target
 
     def _code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Code logits in the compute dtype (float32 for half inputs/parameters)."""
+        """Code logits in the compute dtype (float32 for half inputs/parameters).
+
+        Half ``hidden`` and codebook of one dtype on a device with native half matmuls
+        (CUDA; ``ce_ops.fast_half_matmul``): the matmul runs in that dtype and is upcast
+        after (as ``linear_cross_entropy`` does); otherwise both are upcast first."""
         # outside forward, FSDP2 leaves the parameters sharded: all-gathered (_ops/dtensor)
         codebook = dtensor.full_weight("codebook", self.codebook)
         bias = dtensor.full_weight("bias", self.bias)
         dt = compute_dtype(hidden, codebook)
         b = None if bias is None else bias.to(dt)
+        if hidden.dtype == codebook.dtype and ce_ops.fast_half_matmul(codebook):
+            z = F.linear(hidden, codebook).to(dt)
+            return z if b is None else z + b
         return F.linear(hidden.to(dt), codebook.to(dt), b)
 
     def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
