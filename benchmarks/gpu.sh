@@ -69,7 +69,7 @@ if [ "$DEVICE" = cuda ]; then
 fi
 
 # 2. tests: the CUDA parameter is active because torch.cuda.is_available()
-PYTEST_ARGS=${PYTEST_ARGS:--q -m "not slow" --maxfail=25 -p no:cacheprovider -rfE}
+PYTEST_ARGS=${PYTEST_ARGS:-'-q -m "not slow" --maxfail=25 -p no:cacheprovider -rfE'}
 eval "set -- $PYTEST_ARGS"
 step pytest $((BUDGET * PYTEST_SHARE / 100)) \
     python -m pytest "$@" --junitxml="$OUT_DIR/pytest.xml" ${TESTS:-tests/contract tests}
