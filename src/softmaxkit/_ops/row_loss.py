@@ -282,6 +282,24 @@ class _RowLoss(torch.autograd.Function):
         return (None,) * _RowLoss.LEADING + tuple(grads) + (None,) * len(extras)
 
 
+def _traced_row_loss(
+    loss: RowLoss,
+    o: _EngineOptions,
+    target: torch.Tensor | None,
+    kept: torch.Tensor | None,
+    inputs: Sequence[torch.Tensor],
+    extras: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The compile path of :func:`row_loss`: ``loss.value`` on all rows as one block, and its
+    gradient by autograd, so the compiler sees one graph it can fuse (the blocks, workspaces
+    and hand-written backward of :class:`_RowLoss` are the eager path's memory plan, which
+    the compiler replaces with its own). Same values; the gradient is autograd's on the same
+    ``value`` that :class:`_RowLoss` falls back to, with ignored rows given zero gradient."""
+    zs, t, ex = _block_args(slice(None), inputs, target, extras, o)
+    out = loss.value(*zs, t, *ex)
+    return out if kept is None else out.masked_fill(~kept, 0.0)
+
+
 def row_loss(
     loss: RowLoss,
     inputs: Sequence[torch.Tensor],
@@ -306,6 +324,8 @@ def row_loss(
         zero = sum((x.sum(-1) * 0 for x in inputs), inputs[0].new_zeros(inputs[0].shape[0]))
         return zero.to(dtype)
     o = _EngineOptions(dtype, float(smoothing), len(inputs))
+    if torch.compiler.is_compiling():
+        return _traced_row_loss(loss, o, target, kept, inputs, extras)
     # torch leaves Function.apply unannotated
     out: torch.Tensor = _RowLoss.apply(loss, o, target, kept, *inputs, *extras)  # type: ignore[no-untyped-call]
     return out

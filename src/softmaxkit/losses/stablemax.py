@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 from softmaxkit._ops.stablemax import r_map, s_derivative_over, s_map, scaled_total
 
@@ -42,6 +43,7 @@ class _StableMaxNLL(RowLoss):
         return grad.scatter_add_(1, t.unsqueeze(1), own.neg_())
 
 
+@backend_op
 def stablemax_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
