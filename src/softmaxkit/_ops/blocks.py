@@ -8,7 +8,6 @@ are computed in their own dtype. Where several tensors meet, the widest wins
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -137,11 +136,10 @@ def store(dst: torch.Tensor, value: torch.Tensor) -> None:
         dst.copy_(value)
 
 
-@functools.cache
 def unit_open_bounds(dtype: torch.dtype) -> tuple[float, float]:
     """The neighbours of 0 below and of 1 above in ``dtype``: ``lo < u < hi`` iff
     ``0 <= u <= 1``, so the fused ``hardtanh_backward`` (exclusive bounds) passes a clip's
-    gradient inclusively at 0 and 1 as ``torch.clamp`` does. Computed once per dtype."""
-    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
-    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
-    return lo, hi
+    gradient inclusively at 0 and 1 as ``torch.clamp`` does. From ``finfo`` alone (no tensor,
+    so dynamo folds it): the smallest subnormal is ``tiny * eps``, the spacing above 1 ``eps``."""
+    info = torch.finfo(dtype)
+    return -info.tiny * info.eps, 1.0 + info.eps
