@@ -7,7 +7,7 @@ sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`, :mod:`softmaxkit.sparsity`).
 ``softmaxkit.set_backend("compile")`` (or ``with softmaxkit.use_backend("compile"):``) runs
 every map and loss through ``torch.compile``, compiled once per shape, eager where no
-compiler is available; :func:`get_backend` reads the setting.
+compiler is available; :func:`softmaxkit.get_backend` reads the setting.
 """
 
 import re as _re
