@@ -5,6 +5,9 @@ sub-packages (:mod:`softmaxkit.losses`, :mod:`softmaxkit.heads`,
 :mod:`softmaxkit.attention`, :mod:`softmaxkit.quant`, :mod:`softmaxkit.distributed`,
 :mod:`softmaxkit.dynamics`, :mod:`softmaxkit.labels`, :mod:`softmaxkit.ood`,
 :mod:`softmaxkit.calibration`, :mod:`softmaxkit.moe`, :mod:`softmaxkit.sparsity`).
+``softmaxkit.set_backend("compile")`` (or ``with softmaxkit.use_backend("compile"):``) runs
+every map and loss through ``torch.compile``, compiled once per shape, eager where no
+compiler is available; :func:`softmaxkit.get_backend` reads the setting.
 """
 
 import re as _re
@@ -25,6 +28,7 @@ from softmaxkit import (
     quant,
     sparsity,
 )
+from softmaxkit._ops.backend import get_backend, set_backend, use_backend
 from softmaxkit.functional import *  # noqa: F403
 from softmaxkit.functional import __all__ as _functional_all
 
@@ -62,5 +66,8 @@ __all__ = [
     "moe",
     "sparsity",
     "__version__",
+    "set_backend",
+    "get_backend",
+    "use_backend",
     *_functional_all,
 ]

@@ -8,7 +8,6 @@ are computed in their own dtype. Where several tensors meet, the widest wins
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -79,6 +78,10 @@ BLOCK_ELEMENTS = 1 << 20
 
 def row_blocks(rows: int, row_length: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
     """Slices of whole rows covering ``rows`` rows, about ``elements`` entries each."""
+    if torch.compiler.is_compiling():
+        # under torch.compile one block: the compiler fuses the block's work and plans its
+        # own memory (an unrolled loop of slices would only lengthen the graph)
+        return [slice(0, rows)]
     step = max(1, elements // max(row_length, 1))
     return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
 
@@ -90,7 +93,8 @@ def as_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     """
     if t.ndim == 0:
         return t.reshape(1, 1)
-    rows = math.prod(size for axis, size in enumerate(t.shape) if axis != dim)
+    # a list, not a generator: dynamo cannot pass a generator to math.prod (graph break)
+    rows = math.prod([size for axis, size in enumerate(t.shape) if axis != dim])
     return t.movedim(dim, -1).contiguous().view(rows, t.shape[dim])
 
 
@@ -108,6 +112,8 @@ def workspace(x2: torch.Tensor, dtype: torch.dtype, count: int) -> list[torch.Te
     every block; reusing these keeps the blocked kernels' working set in cache.
     """
     rows = min(x2.shape[0], max(1, BLOCK_ELEMENTS // max(x2.shape[1], 1)))
+    if torch.compiler.is_compiling():  # one block of all rows (see row_blocks)
+        rows = x2.shape[0]
     return [torch.empty(rows, x2.shape[1], dtype=dtype, device=x2.device) for _ in range(count)]
 
 
@@ -123,16 +129,17 @@ def block_target(dst: torch.Tensor, dtype: torch.dtype, fallback: torch.Tensor) 
 
 
 def store(dst: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy ``value`` into ``dst`` unless it was computed there already."""
-    if value.data_ptr() != dst.data_ptr():
+    """Copy ``value`` into ``dst`` unless it was computed there already (under
+    ``torch.compile``, which cannot compare data pointers, always: the compiler removes
+    the copy of a tensor onto itself)."""
+    if torch.compiler.is_compiling() or value.data_ptr() != dst.data_ptr():
         dst.copy_(value)
 
 
-@functools.cache
 def unit_open_bounds(dtype: torch.dtype) -> tuple[float, float]:
     """The neighbours of 0 below and of 1 above in ``dtype``: ``lo < u < hi`` iff
     ``0 <= u <= 1``, so the fused ``hardtanh_backward`` (exclusive bounds) passes a clip's
-    gradient inclusively at 0 and 1 as ``torch.clamp`` does. Computed once per dtype."""
-    zero_one = torch.tensor([0.0, 1.0], dtype=dtype)
-    lo, hi = torch.nextafter(zero_one, torch.tensor([-1.0, 2.0], dtype=dtype)).tolist()
-    return lo, hi
+    gradient inclusively at 0 and 1 as ``torch.clamp`` does. From ``finfo`` alone (no tensor,
+    so dynamo folds it): the smallest subnormal is ``tiny * eps``, the spacing above 1 ``eps``."""
+    info = torch.finfo(dtype)
+    return -info.tiny * info.eps, 1.0 + info.eps

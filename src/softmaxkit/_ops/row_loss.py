@@ -227,11 +227,13 @@ def _autograd_block(
     return [next(found) if z.requires_grad else None for z in zs]
 
 
-class _RowLoss(torch.autograd.Function):
-    # forward(ctx, loss, options, target, kept, *inputs, *extras): the gradients of the
-    # inputs sit after these four leading arguments in needs_input_grad and in backward
-    LEADING = 4
+# _RowLoss.forward(ctx, loss, options, target, kept, *inputs, *extras): the gradients of the
+# inputs sit after these four leading arguments in needs_input_grad and in backward (a
+# module constant: dynamo cannot read a class attribute of an autograd.Function in backward)
+_LEADING = 4
 
+
+class _RowLoss(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
@@ -259,7 +261,7 @@ class _RowLoss(torch.autograd.Function):
         o: _EngineOptions = ctx.o
         target, kept, *tensors = ctx.saved_tensors
         inputs, extras = tensors[: o.inputs], tensors[o.inputs :]
-        wanted = ctx.needs_input_grad[_RowLoss.LEADING : _RowLoss.LEADING + o.inputs]
+        wanted = ctx.needs_input_grad[_LEADING : _LEADING + o.inputs]
         grads = [torch.empty_like(x) if w else None for x, w in zip(inputs, wanted)]
         g = g.to(o.dtype)
         if kept is not None:
@@ -279,7 +281,26 @@ class _RowLoss(torch.autograd.Function):
             for grad in grads:
                 if grad is not None:
                     grad.masked_fill_(~kept.unsqueeze(1), 0.0)
-        return (None,) * _RowLoss.LEADING + tuple(grads) + (None,) * len(extras)
+        return (None,) * _LEADING + tuple(grads) + (None,) * len(extras)
+
+
+def _traced_row_loss(
+    loss: RowLoss,
+    o: _EngineOptions,
+    target: torch.Tensor | None,
+    kept: torch.Tensor | None,
+    inputs: Sequence[torch.Tensor],
+    extras: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The compile path of :func:`row_loss` for a loss without an analytic ``grad``:
+    ``loss.value`` on all rows, differentiated by autograd in the graph, as
+    :class:`_RowLoss` differentiates it block by block in eager mode (its backward's
+    ``torch.autograd.grad`` is what dynamo cannot trace). A loss with an analytic ``grad``
+    runs :class:`_RowLoss` itself under ``torch.compile``, as one block (see
+    :func:`softmaxkit._ops.blocks.row_blocks`). Ignored rows give 0 and zero gradient."""
+    zs, t, ex = _block_args(slice(None), inputs, target, extras, o)
+    out = loss.value(*zs, t, *ex)
+    return out if kept is None else out.masked_fill(~kept, 0.0)
 
 
 def row_loss(
@@ -306,6 +327,8 @@ def row_loss(
         zero = sum((x.sum(-1) * 0 for x in inputs), inputs[0].new_zeros(inputs[0].shape[0]))
         return zero.to(dtype)
     o = _EngineOptions(dtype, float(smoothing), len(inputs))
+    if torch.compiler.is_compiling() and type(loss).grad is RowLoss.grad:
+        return _traced_row_loss(loss, o, target, kept, inputs, extras)
     # torch leaves Function.apply unannotated
     out: torch.Tensor = _RowLoss.apply(loss, o, target, kept, *inputs, *extras)  # type: ignore[no-untyped-call]
     return out

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import upcast
 from softmaxkit.functional.two_pass import auto_chunk, normalize
 
@@ -63,6 +64,7 @@ def _normalize(
     return normalize(z, dim, log, auto_chunk(z, dim)).to(x.dtype)
 
 
+@backend_op
 def softmax(
     x: torch.Tensor,
     dim: int = -1,
@@ -101,6 +103,7 @@ def softmax(
     return _normalize(x, dim, temperature, mask, log=False)
 
 
+@backend_op
 def log_softmax(
     x: torch.Tensor,
     dim: int = -1,

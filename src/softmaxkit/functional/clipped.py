@@ -9,6 +9,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import (
     as_rows,
     block_target,
@@ -84,6 +85,7 @@ def clipped_softmax_gamma(alpha: float, seq_len: int) -> float:
     return -alpha / seq_len
 
 
+@backend_op
 def clipped_softmax(
     x: torch.Tensor,
     dim: int = -1,

@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, from_rows, row_blocks, upcast
 
 # Narrowing schedule of the exact thresholds (sparsemax, entmax15):
@@ -217,6 +218,7 @@ def _exact_map(x: torch.Tensor, dim: int, entmax15: bool) -> torch.Tensor:
     return from_rows(out2, x, dim).to(x.dtype)
 
 
+@backend_op
 def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""Sparsemax: the Euclidean projection of the logits onto the probability simplex.
 
@@ -249,6 +251,7 @@ def sparsemax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return _exact_map(x, dim, False)
 
 
+@backend_op
 def entmax15(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     r"""1.5-entmax: the sparse map between softmax and sparsemax, computed exactly.
 
@@ -390,6 +393,7 @@ class _EntmaxBisectFunction(torch.autograd.Function):
         return gi, ga, None
 
 
+@backend_op
 def entmax_bisect(
     x: torch.Tensor, alpha: float | torch.Tensor = 1.5, dim: int = -1, n_iter: int = 50
 ) -> torch.Tensor:

@@ -6,11 +6,13 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import upcast
 from softmaxkit.functional._softmax import temper
 from softmaxkit.functional.two_pass import normalize
 
 
+@backend_op
 def gumbel_softmax(
     logits: torch.Tensor,
     tau: float = 1.0,

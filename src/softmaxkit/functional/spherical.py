@@ -13,6 +13,7 @@ import math
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import maybe_any, out_of_range, row_scale, upcast
 
 
@@ -50,6 +51,7 @@ def _normalised(x: torch.Tensor, dim: int, shift: float, eps: float) -> torch.Te
     return sphere_normalised(z + shift if shift else z, dim, eps).to(x.dtype)
 
 
+@backend_op
 def spherical_softmax(x: torch.Tensor, *, eps: float, dim: int = -1) -> torch.Tensor:
     r"""The spherical softmax :math:`p_i = (x_i^2 + \varepsilon) / \sum_k (x_k^2 +
     \varepsilon)` along ``dim``.
@@ -89,6 +91,7 @@ def spherical_softmax(x: torch.Tensor, *, eps: float, dim: int = -1) -> torch.Te
     return _normalised(x, dim, 0.0, eps)
 
 
+@backend_op
 def taylor_softmax(x: torch.Tensor, *, dim: int = -1) -> torch.Tensor:
     r"""The second-order Taylor softmax :math:`p_i = f(x_i) / \sum_k f(x_k)`,
     :math:`f(x) = 1 + x + x^2/2`, along ``dim``.

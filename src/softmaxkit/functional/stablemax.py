@@ -9,6 +9,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import (
     as_rows,
     block_target,
@@ -105,6 +106,7 @@ def _stablemax(x: torch.Tensor, dim: int, mask: torch.Tensor | None, log: bool) 
     return from_rows(out2, x, dim)
 
 
+@backend_op
 def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None) -> torch.Tensor:
     r"""StableMax: a softmax replacement whose terms grow linearly, not exponentially.
 
@@ -144,6 +146,7 @@ def stablemax(x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = Non
     return _stablemax(x, dim, mask, log=False)
 
 
+@backend_op
 def log_stablemax(
     x: torch.Tensor, dim: int = -1, *, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

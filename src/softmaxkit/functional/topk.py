@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, from_rows, maybe_any, upcast
 from softmaxkit.functional.two_pass import normalize as normalize_rows
 
@@ -25,6 +26,11 @@ def topk_indices(z2: torch.Tensor, k: int) -> torch.Tensor:
         return idx
     idx = idx[:, :k]
     tied = values[:, k] == values[:, k - 1]  # the first entry left out ties the last one kept
+    if torch.compiler.is_compiling():
+        # no data-dependent row selection under torch.compile: every row is re-sorted and
+        # the tied rows take the stable order (the same indices as the eager path)
+        stable = torch.sort(z2, dim=1, descending=True, stable=True).indices[:, :k]
+        return torch.where(tied.unsqueeze(1), stable, idx)
     if maybe_any(tied):
         rows = tied.nonzero().squeeze(1)
         idx[rows] = torch.sort(z2[rows], dim=1, descending=True, stable=True).indices[:, :k]
@@ -60,6 +66,7 @@ def topk_softmax(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
+@backend_op
 def topk_softmax(
     x: torch.Tensor,
     k: int,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, fill_where, from_rows, maybe_any, upcast
 
 #: default chunk length: 64 KiB of float32 per chunk, so a chunk stays in L2 while
@@ -189,6 +190,7 @@ def _two_pass(x: torch.Tensor, dim: int, chunk_size: int | None, log: bool) -> t
     return normalize(z, dim, log, chunk_size).to(x.dtype)
 
 
+@backend_op
 def two_pass_softmax(
     x: torch.Tensor, dim: int = -1, *, chunk_size: int | None = None
 ) -> torch.Tensor:
@@ -230,6 +232,7 @@ def two_pass_softmax(
     return _two_pass(x, dim, chunk_size, log=False)
 
 
+@backend_op
 def two_pass_log_softmax(
     x: torch.Tensor, dim: int = -1, *, chunk_size: int | None = None
 ) -> torch.Tensor:

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 
 __all__ = [
@@ -102,6 +103,7 @@ class _CompSum(RowLoss):
         return p.mul_(w.sum(1, keepdim=True)).sub_(w).mul_(g.unsqueeze(1))
 
 
+@backend_op
 def comp_sum_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -174,6 +176,7 @@ def comp_sum_loss(
     )
 
 
+@backend_op
 def sum_exp_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -205,6 +208,7 @@ def sum_exp_loss(
     )
 
 
+@backend_op
 def generalized_cross_entropy(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -247,6 +251,7 @@ def generalized_cross_entropy(
     )
 
 
+@backend_op
 def mae_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

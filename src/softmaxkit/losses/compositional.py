@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import compute_dtype
 from softmaxkit._ops.row_loss import LossModule, reduce
 
@@ -117,6 +118,7 @@ def _log_noise_rows(
     return v.check_number("log_noise", log_noise)
 
 
+@backend_op
 def compositional_nll(
     f_data: torch.Tensor,
     f_noise: torch.Tensor,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, compute_dtype, row_blocks
 from softmaxkit._ops.row_loss import (
     BufferedRowLoss,
@@ -51,6 +52,7 @@ def _check_pair(student: torch.Tensor, other: torch.Tensor, other_name: str) -> 
 # KD
 
 
+@backend_op
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -309,6 +311,7 @@ class _NKD(BufferedRowLoss):
         return grad_s, grad_t
 
 
+@backend_op
 def nkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -565,6 +568,7 @@ class _USKD(RowLoss):
         return grad_z, grad_w
 
 
+@backend_op
 def uskd_loss(
     student_logits: torch.Tensor,
     weak_logits: torch.Tensor,

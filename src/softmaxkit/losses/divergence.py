@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any
 from softmaxkit._ops.row_loss import BufferedRowLoss, LossModule, reduce, row_loss
 
@@ -539,6 +540,7 @@ def check_alpha(kind: str, alpha: float | None) -> float | None:
     return None
 
 
+@backend_op
 def f_divergence(
     p_logits: torch.Tensor,
     q_logits: torch.Tensor,

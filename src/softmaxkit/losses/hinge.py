@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.row_loss import LossModule, RowLoss, class_loss
 
 
@@ -61,6 +62,7 @@ class _SquaredHinge(RowLoss):
         return (m + z).clamp_min_(0).mul_(scale).scatter_(1, index, -own * scale)
 
 
+@backend_op
 def squared_hinge_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

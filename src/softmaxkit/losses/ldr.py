@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import compute_dtype, maybe_any, row_blocks, workspace
 from softmaxkit._ops.row_loss import BufferedRowLoss, LossModule, prepare, reduce, row_loss
 
@@ -215,6 +216,7 @@ def _sample_shape(logits: torch.Tensor) -> torch.Size:
 # --- LDR-KL ------------------------------------------------------------------------------------
 
 
+@backend_op
 def ldr_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -338,6 +340,7 @@ class LDRKLLoss(LossModule):
 # --- ALDR-KL -----------------------------------------------------------------------------------
 
 
+@backend_op
 def aldr_kl_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -10,6 +10,7 @@ from torch import nn
 
 from softmaxkit import _validation as v
 from softmaxkit._ops import dtensor
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, compute_dtype
 from softmaxkit._ops.row_loss import LossModule, class_loss
 from softmaxkit.losses.comp_sum import _CompSum
@@ -54,6 +55,7 @@ def _check_pair(embeddings: torch.Tensor, class_weights: torch.Tensor) -> None:
         )
 
 
+@backend_op
 def cosine_logits(
     embeddings: torch.Tensor,
     class_weights: torch.Tensor,
@@ -110,6 +112,7 @@ def cosine_logits(
     return z2.view(rows_shape).movedim(-1, 1)
 
 
+@backend_op
 def normalized_softmax_loss(
     embeddings: torch.Tensor,
     class_weights: torch.Tensor,

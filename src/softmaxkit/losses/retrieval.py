@@ -31,6 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks, workspace
 from softmaxkit._ops.row_loss import LossModule, Rows, check_logits, reduce
 
@@ -240,6 +241,7 @@ def _softmax_family(
     return reduce(losses, batch.reduction_rows, reduction, scores.dtype)
 
 
+@backend_op
 def decoupled_softmax_loss(
     scores: torch.Tensor,
     positives_mask: torch.Tensor,
@@ -317,6 +319,7 @@ def decoupled_softmax_loss(
     )
 
 
+@backend_op
 def multi_positive_softmax_loss(
     scores: torch.Tensor,
     positives_mask: torch.Tensor,
@@ -511,6 +514,7 @@ def _check_k(k: object, batch: _Batch, scores: torch.Tensor) -> torch.Tensor:
     return torch.full((batch.x2.shape[0],), k, device=batch.x2.device)
 
 
+@backend_op
 def soft_topk_loss(
     scores: torch.Tensor,
     positives_mask: torch.Tensor,

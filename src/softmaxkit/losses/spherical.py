@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from softmaxkit import _validation as v
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import as_rows, maybe_any, out_of_range, row_scale
 from softmaxkit._ops.row_loss import LossModule, RowLoss, Rows, class_loss, reduce, row_loss
 
@@ -187,6 +188,7 @@ class _ZLoss(RowLoss):
         return out.scatter_add_(1, t.unsqueeze(1), gf / s)
 
 
+@backend_op
 def z_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -351,6 +353,7 @@ class _TaylorNLL(RowLoss):
         return out.mul_(g2).scatter_add_(1, t.unsqueeze(1), -g2 * own)
 
 
+@backend_op
 def spherical_softmax_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -422,6 +425,7 @@ def spherical_softmax_loss(
     )
 
 
+@backend_op
 def taylor_softmax_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -506,6 +510,7 @@ class _LogSumExpSquare(RowLoss):
         return (z - lse).exp_().mul_(2 * self.weight * lse * g.unsqueeze(1))
 
 
+@backend_op
 def logsumexp_penalty(
     logits: torch.Tensor,
     *,

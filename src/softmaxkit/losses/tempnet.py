@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from softmaxkit._ops.backend import backend_op
 from softmaxkit._ops.blocks import compute_dtype, upcast
 from softmaxkit._validation import (
     check_class_target,
@@ -42,6 +43,7 @@ def _check(
     return target
 
 
+@backend_op
 def tempnet_dro_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
