@@ -29,7 +29,7 @@ from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 from softmaxkit._ops.dtensor import is_dtensor
 from softmaxkit.distributed import vocab_parallel_cross_entropy
 from softmaxkit.heads import LinearCrossEntropy, VQLogits, linear_cross_entropy
-from softmaxkit.losses import cosine_logits, normalized_softmax_loss
+from softmaxkit.losses import cosine_logits, normalized_softmax_loss, stablemax_cross_entropy
 from tests.distributed.launch import spawn
 
 D_IN, D, V, K = 5, 6, 11, 4
@@ -164,6 +164,7 @@ def _checks(rank: int, world: int) -> dict:
     for name, call in {
         "linear_ce_input": lambda: linear_cross_entropy(dt_h, w, y),
         "vp_logits": lambda: vocab_parallel_cross_entropy(dt_z, y, group=mesh),
+        "loss_logits": lambda: stablemax_cross_entropy(dt_z, y),
     }.items():
         try:
             call()
@@ -284,3 +285,5 @@ def test_dtensor_activations_raise_a_type_error_naming_the_fix(ranks):
         assert errors["vp_logits"] is not None
         assert "local_logits.to_local()" in errors["vp_logits"]
         assert "group=local_logits.device_mesh" in errors["vp_logits"]
+        assert "logits.full_tensor()" in errors["loss_logits"]
+        assert "vocab_parallel_cross_entropy(logits.to_local()" in errors["loss_logits"]

@@ -30,6 +30,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from softmaxkit import _validation as v
+from softmaxkit._ops import dtensor
 from softmaxkit._ops.blocks import as_rows, compute_dtype, maybe_any, row_blocks, workspace
 
 
@@ -60,6 +61,7 @@ class Rows:
 
 
 def check_logits(name: str, logits: torch.Tensor) -> torch.Tensor:
+    dtensor.refuse(name, logits, dtensor.LOGITS_FIX)  # before DTensor's mixed-tensor error
     v.check_floating(name, logits)
     if logits.ndim < 2:
         raise ValueError(
@@ -86,6 +88,7 @@ def prepare(
     v.check_int("ignore_index", ignore_index)
     v.check_number("label_smoothing", label_smoothing, low=0.0, high=1.0)
     v.check_tensor("target", target)
+    dtensor.refuse("target", target)
     x2 = as_rows(logits, 1)
     sample_shape = logits.shape[:1] + logits.shape[2:]
     # a floating target of the index shape (or where probabilities are not allowed) is
