@@ -91,7 +91,7 @@ def samples(dtype):
 def apply_op(inputs_embeds, labels, *, family="llama", **options):
     from softmaxkit.integrations.transformers import apply
 
-    model = apply(tiny_model(family, inputs_embeds.dtype), **options)
+    model = apply(tiny_model(family, inputs_embeds.dtype).to(inputs_embeds.device), **options)
     out = model(inputs_embeds=inputs_embeds, labels=labels)
     assert out.logits is None
     return out.loss
@@ -100,7 +100,8 @@ def apply_op(inputs_embeds, labels, *, family="llama", **options):
 def remove_op(inputs_embeds, labels, *, family="llama", **options):
     from softmaxkit.integrations.transformers import apply, remove
 
-    model = remove(apply(tiny_model(family, inputs_embeds.dtype), **options))
+    model = tiny_model(family, inputs_embeds.dtype).to(inputs_embeds.device)
+    model = remove(apply(model, **options))
     out = model(inputs_embeds=inputs_embeds, labels=labels)
     assert out.logits is not None
     return out.loss
@@ -131,7 +132,7 @@ def unpatched_baseline(inputs_embeds, labels, *, family="llama", **options):
     """The unpatched model in the same dtype, when the options keep its loss."""
     if options.get("z_loss", 0.0) or options.get("softcap", "model") != "model":
         return None
-    model = tiny_model(family, inputs_embeds.dtype)
+    model = tiny_model(family, inputs_embeds.dtype).to(inputs_embeds.device)
     return model(inputs_embeds=inputs_embeds, labels=labels).loss
 
 

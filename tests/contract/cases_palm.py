@@ -27,7 +27,7 @@ def _protos(seed: int = 11) -> torch.Tensor:
 def palm(features, y, **options):
     """PALMLoss(C, D, cache_size=CACHE) in training mode, prototypes = ``_protos()``."""
     dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-    crit = ood.PALMLoss(C, D, cache_size=CACHE, **options).to(dtype)
+    crit = ood.PALMLoss(C, D, cache_size=CACHE, **options).to(features.device, dtype)
     crit.prototypes.copy_(_protos())
     return crit(features, y)
 

@@ -16,6 +16,28 @@ from softmaxkit.functional.two_pass import normalize as normalize_rows
 NORMALIZATIONS = ("topk_then_softmax", "softmax_then_topk")
 
 
+def _stable_topk(z2: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries of each row in the stable order (value descending,
+    index ascending; NaN the largest, as torch.topk). float32: one topk over int64 keys
+    (the value's bits mapped to an order-preserving integer, times the width, plus the
+    reversed index); float64: the entries above the k-th value, then the lowest-index ones
+    equal to it, sorted by value."""
+    n = z2.shape[1]
+    if z2.dtype == torch.float32:
+        z = torch.where(z2.isnan(), float("nan"), z2 + 0.0)  # one NaN, and -0.0 -> +0.0
+        bits = z.view(torch.int32).to(torch.int64)
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the value
+        reverse = torch.arange(n - 1, -1, -1, device=z2.device)
+        return torch.topk(ordered * n + reverse, k, dim=1).indices
+    kth = torch.topk(z2, k, dim=1).values[:, k - 1 : k]
+    above = (z2 > kth) | z2.isnan()
+    equal = z2 == kth
+    kept = above | (equal & (equal.cumsum(1) <= k - above.sum(1, keepdim=True)))
+    chosen = torch.topk(kept.to(z2.dtype), k, dim=1).indices.sort(dim=1).values
+    by_value = z2.gather(1, chosen).sort(dim=1, descending=True, stable=True).indices
+    return chosen.gather(1, by_value)
+
+
 def topk_indices(z2: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries of each row of a 2-D tensor, by value descending,
     ties at the boundary broken towards the lower index (``torch.topk`` leaves that
@@ -27,18 +49,10 @@ def topk_indices(z2: torch.Tensor, k: int) -> torch.Tensor:
     idx = idx[:, :k]
     tied = values[:, k] == values[:, k - 1]  # the first entry left out ties the last one kept
     if torch.compiler.is_compiling():
-        # no data-dependent row selection under torch.compile: every row also takes the k
-        # entries the stable order keeps (those above the k-th value, NaN counting as the
-        # largest as in torch.topk, then the lowest-index ones equal to it: exactly k),
-        # ordered by value descending and index ascending; the tied rows use them (the
-        # same indices as the eager path), in O(n + k log k) per row instead of a sort
-        kth = values[:, k - 1 : k]
-        above = (z2 > kth) | z2.isnan()
-        equal = z2 == kth
-        kept = above | (equal & (equal.cumsum(1) <= k - above.sum(1, keepdim=True)))
-        chosen = torch.topk(kept.to(z2.dtype), k, dim=1).indices.sort(dim=1).values
-        by_value = z2.gather(1, chosen).sort(dim=1, descending=True, stable=True).indices
-        return torch.where(tied.unsqueeze(1), chosen.gather(1, by_value), idx)
+        # no data-dependent row selection under torch.compile: the tied rows take the
+        # stable order (value descending, index ascending: the eager path's indices) for
+        # every row, computed without a sort of the whole row
+        return torch.where(tied.unsqueeze(1), _stable_topk(z2, k), idx)
     if maybe_any(tied):
         rows = tied.nonzero().squeeze(1)
         idx[rows] = torch.sort(z2[rows], dim=1, descending=True, stable=True).indices[:, :k]
