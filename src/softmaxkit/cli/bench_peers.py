@@ -6,7 +6,7 @@ definitions above stay as they are):
 * :func:`compiled_naive` -- ``torch.compile(naive, dynamic=False)`` of the plain formula,
   column ``compile(naive)``, compiled once per case before timing;
 * :func:`backend_compile` -- ours run inside ``softmaxkit.use_backend("compile")``, column
-  ``ours backend=compile`` (skipped with a note while softmaxkit has no ``use_backend``);
+  ``ours backend=compile``;
 * :func:`torch_linear_ce` -- torch's chunked ``F.linear_cross_entropy``, column
   ``F.linear_ce`` (skipped on a torch without it);
 * :func:`cce_torch_compile` -- cut-cross-entropy's ``linear_cross_entropy(...,
@@ -54,24 +54,10 @@ def compiled_naive(naive: Callable[..., Any], atol: float | None = None) -> Peer
     return Peer(naive, compile=True, atol=atol)
 
 
-def _use_backend() -> Callable[[str], AbstractContextManager[Any]] | None:
+def _compile_backend() -> AbstractContextManager[Any]:
     import softmaxkit
 
-    use = getattr(softmaxkit, "use_backend", None)
-    return use if callable(use) else None
-
-
-def _backend_missing() -> str | None:
-    if _use_backend() is None:
-        return "softmaxkit has no use_backend yet (the compile backend is not merged)"
-    return None
-
-
-def _compile_backend() -> AbstractContextManager[Any]:
-    use = _use_backend()
-    if use is None:  # checked by available() before any call
-        raise RuntimeError(_backend_missing())
-    return use("compile")
+    return softmaxkit.use_backend("compile")
 
 
 def backend_compile(ours: Callable[..., Any], atol: float | None = 1e-5) -> Peer:
@@ -82,7 +68,6 @@ def backend_compile(ours: Callable[..., Any], atol: float | None = 1e-5) -> Peer
         variant=True,
         warmup=True,
         atol=atol,
-        available=_backend_missing,
     )
 
 

@@ -62,7 +62,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -396,6 +398,19 @@ def _checked(fn: Callable[[], _T], text: str) -> _T:
         raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
 
 
+def write_json(payload: dict[str, Any], path: Path) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file in the folder, renamed), so
+    a failed run never leaves a half-written file or destroys the previous one."""
+    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(payload, indent=1) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _device(text: str) -> str:
     try:
         device = torch.device(text)
@@ -541,7 +556,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         "runs": results,
     }
     json_path = args.out / "curves.json"
-    json_path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json(payload, json_path)
     print(f"\nCurves: {json_path}", file=out)
     png_path = args.out / "curves.png"
     if plot(results, png_path):

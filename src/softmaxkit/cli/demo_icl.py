@@ -84,11 +84,8 @@ CPU cores:
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,7 +96,7 @@ import torch
 from torch import nn
 
 from softmaxkit import _validation as V
-from softmaxkit.cli.demo import ProgressBar
+from softmaxkit.cli.demo import ProgressBar, write_json
 from softmaxkit.functional import softmax
 
 DESCRIPTION = (
@@ -478,17 +475,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of data and init (0)")
 
 
-def _write_json(payload: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
@@ -594,7 +580,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         "length_generalisation": {"lengths": lengths, "error": curves},
     }
     json_path = args.out / "results.json"
-    _write_json(payload, json_path)
+    write_json(payload, json_path)
     print(f"\nResults: {json_path}", file=out)
     pattern_png, length_png = args.out / "patterns.png", args.out / "length.png"
     plotted = {

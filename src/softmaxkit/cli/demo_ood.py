@@ -40,10 +40,7 @@ installed). Numbers are whatever the run gives: on digits PALM's SSD+ need not w
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -56,7 +53,7 @@ from torch import nn
 
 from softmaxkit import _validation as V
 from softmaxkit import ood as O
-from softmaxkit.cli.demo import ProgressBar
+from softmaxkit.cli.demo import ProgressBar, write_json
 from softmaxkit.cli.report import Data, ood_scores, split_halves
 from softmaxkit.cli.report_scores import SCORE_LABELS
 from softmaxkit.cli.report_task import (
@@ -320,18 +317,6 @@ def table(results: dict[str, Any]) -> str:
         "on this run."
     )
     return "\n".join(lines)
-
-
-def write_json(payload: dict[str, Any], path: Path) -> None:
-    """Write ``payload`` to ``path`` atomically (a temporary file in the folder, renamed)."""
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
